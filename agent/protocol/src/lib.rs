@@ -1,0 +1,88 @@
+//! The wire contract between the shim (host) and the agent (guest).
+//!
+//! This crate is the single source of truth for the agent API (`protos/`,
+//! compiled to async ttrpc stubs at build time), the vsock port the agent
+//! listens on, the kernel-command-line keys the shim writes and the agent
+//! reads, the protocol version both sides must agree on, and the guest paths
+//! that the image builder, the agent and the shim share.
+#![deny(unsafe_code)]
+
+#[allow(clippy::all, missing_docs, unused_qualifications, unused_imports, dead_code)]
+mod generated {
+    include!(concat!(env!("OUT_DIR"), "/mod.rs"));
+}
+
+pub use generated::{agent, agent_ttrpc, health, health_ttrpc};
+
+/// Wire-protocol version. Bump it on any change that an older peer would
+/// misread; the shim refuses an agent that reports another number.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// Version of the agent crate, reported by `Health.Version` and guest details.
+pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// vsock port of the agent's ttrpc server.
+pub const AGENT_VSOCK_PORT: u32 = 1024;
+
+/// Kernel-command-line keys the shim sets and the agent parses.
+pub mod cmdline {
+    /// Agent log level: `error`, `warn`, `info`, `debug` or `trace`.
+    pub const LOG_LEVEL: &str = "agent.log";
+    /// Which shared filesystem to mount at boot: `virtiofs`, `9p` or `none`.
+    pub const SHARED_FS: &str = "agent.shared_fs";
+    /// Seconds the agent waits for a device (console, share) to appear.
+    pub const DEVICE_TIMEOUT: &str = "agent.device_timeout";
+}
+
+/// Guest-side paths shared by the image builder, the agent and the shim.
+pub mod guest {
+    /// Module list written by the image builder: one absolute `.ko` path per
+    /// line, dependencies first, so the agent loads them in order.
+    pub const MODULES_LOAD_LIST: &str = "/etc/kata/modules.load";
+    /// Image manifest copied into the initrd, for diagnostics.
+    pub const IMAGE_MANIFEST: &str = "/etc/kata/manifest.json";
+    /// Console device the agent logs to (`console=hvc0`).
+    pub const CONSOLE_DEVICE: &str = "/dev/hvc0";
+    /// Where the sandbox share is mounted in the guest.
+    pub const SHARED_FS_MOUNT: &str = "/run/kata-containers/shared/containers";
+    /// Mount tag of the sandbox share (virtio-fs tag or 9p mount tag).
+    pub const SHARED_FS_TAG: &str = "kataShared";
+    /// Largest probe file content returned by guest details.
+    pub const SHARED_FS_PROBE_MAX: usize = 256;
+}
+
+/// How the agent and shim name the shared filesystem kinds on the command line.
+pub mod shared_fs {
+    /// virtio-fs through virtiofsd.
+    pub const VIRTIOFS: &str = "virtiofs";
+    /// virtio-9p served by QEMU itself.
+    pub const NINE_P: &str = "9p";
+    /// No share.
+    pub const NONE: &str = "none";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_details_round_trip() {
+        use protobuf::Message;
+        let mut d = agent::GuestDetailsResponse::new();
+        d.agent_version = AGENT_VERSION.to_string();
+        d.protocol_version = PROTOCOL_VERSION;
+        d.online_cpus = 2;
+        d.shared_fs.mut_or_insert_default().probe_found = true;
+        let bytes = d.write_to_bytes().expect("encode");
+        let back = agent::GuestDetailsResponse::parse_from_bytes(&bytes).expect("decode");
+        assert_eq!(back, d);
+        assert!(back.shared_fs.probe_found);
+    }
+
+    #[test]
+    fn cmdline_keys_are_agent_scoped() {
+        for k in [cmdline::LOG_LEVEL, cmdline::SHARED_FS, cmdline::DEVICE_TIMEOUT] {
+            assert!(k.starts_with("agent."), "{k}");
+        }
+    }
+}

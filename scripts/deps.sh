@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Installs what this project needs on a fresh Debian 12 node, and only what is missing.
+# Debian packages come from bookworm (and bookworm-backports for QEMU 10 and kernel 6.12);
+# vhost-device-vsock and virtiofsd are built with `cargo install --locked`.
+set -euo pipefail
+
+say() { printf 'deps: %s\n' "$*"; }
+die() { printf 'deps: error: %s\n' "$*" >&2; exit 1; }
+
+[ "$(id -u)" = 0 ] || die "run as root (apt-get and cargo install need it)"
+
+BACKPORTS_FILE=/etc/apt/sources.list.d/bookworm-backports.sources
+apt_updated=0
+apt_update() {
+    if [ "$apt_updated" = 0 ]; then
+        say "apt-get update"
+        apt-get update -qq
+        apt_updated=1
+    fi
+}
+
+if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    say "adding the bookworm-backports suite ($BACKPORTS_FILE)"
+    cat >"$BACKPORTS_FILE" <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    apt_updated=0
+else
+    say "found the bookworm-backports suite"
+fi
+
+# pkg_version NAME -> installed version or empty
+pkg_version() { { dpkg-query -W -f='${db:Status-Abbrev} ${Version}\n' "$1" 2>/dev/null || true; } | awk '/^ii/{print $2}'; }
+
+# Plain packages: any version will do.
+plain=(busybox-static containerd containernetworking-plugins cpio iproute2 kmod
+       libseccomp-dev libcap-ng-dev pkg-config protobuf-compiler systemd)
+missing=()
+for p in "${plain[@]}"; do
+    v=$(pkg_version "$p")
+    if [ -n "$v" ]; then say "found $p $v"; else missing+=("$p"); fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+    apt_update
+    say "installing ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+# Backports packages: need a minimum major version.
+need_bpo() { # NAME MIN_MAJOR
+    local v major
+    v=$(pkg_version "$1")
+    major=$(printf '%s' "$v" | sed -E 's/^[0-9]+://; s/^([0-9]+).*/\1/')
+    if [ -n "$v" ] && [ "${major:-0}" -ge "$2" ]; then
+        say "found $1 $v"
+        return 1
+    fi
+    [ -n "$v" ] && say "$1 $v is older than $2, upgrading from bookworm-backports"
+    return 0
+}
+bpo=()
+need_bpo qemu-system-x86 10 && bpo+=(qemu-system-x86)
+# linux-image-amd64 is a meta package; its version is the kernel's (6.12.x in backports).
+need_bpo linux-image-amd64 6 && bpo+=(linux-image-amd64)
+if [ "${#bpo[@]}" -gt 0 ]; then
+    apt_update
+    say "installing ${bpo[*]} from bookworm-backports"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+        -t bookworm-backports "${bpo[@]}" >/dev/null
+fi
+qv=$(qemu-system-x86_64 --version | head -1)
+case "$qv" in
+    *"version "1[0-9].*) say "qemu: $qv" ;;
+    *) die "QEMU 10 or newer is needed, got: $qv (apt-get install -t bookworm-backports qemu-system-x86)" ;;
+esac
+ls /lib/modules/*/vmlinuz >/dev/null 2>&1 || ls /boot/vmlinuz-* >/dev/null 2>&1 ||
+    die "no kernel image installed (apt-get install -t bookworm-backports linux-image-amd64)"
+
+# Rust-built helpers.
+CARGO_BIN=${CARGO_HOME:-$HOME/.cargo}/bin
+for tool in vhost-device-vsock virtiofsd; do
+    if command -v "$tool" >/dev/null 2>&1; then
+        say "found $tool $(command -v "$tool")"
+    elif [ -x "$CARGO_BIN/$tool" ]; then
+        say "found $tool $CARGO_BIN/$tool"
+    else
+        say "building $tool with cargo install --locked (a few minutes)"
+        cargo install --locked --quiet "$tool"
+    fi
+    if [ ! -e "/usr/local/bin/$tool" ]; then
+        ln -sf "$CARGO_BIN/$tool" "/usr/local/bin/$tool"
+        say "linked /usr/local/bin/$tool"
+    fi
+done
+say "all dependencies present"
