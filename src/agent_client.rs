@@ -1,0 +1,183 @@
+//! The shim's client of the in-guest agent: dialing over hybrid or kernel
+//! vsock with retries until a deadline, the first-contact checks (health and
+//! protocol version), and the calls the shim makes.
+
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use kata_agent_protocol::{AGENT_VSOCK_PORT, PROTOCOL_VERSION, agent, agent_ttrpc, health, health_ttrpc};
+use tokio::sync::watch;
+use ttrpc::context;
+use ttrpc::r#async::transport::Socket;
+
+use crate::vm::AgentAddr;
+
+/// Errors reaching or talking to the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("agent did not answer within {timeout:?} (last error: {last})")]
+    DialTimeout { timeout: Duration, last: String },
+    #[error("VM exited ({status}) before the agent answered{detail}")]
+    VmExited { status: String, detail: String },
+    #[error(
+        "agent speaks protocol version {agent}, this shim speaks {shim}: rebuild the guest image (kata-guest-image --force) so the agent matches the shim"
+    )]
+    VersionMismatch { agent: u32, shim: u32 },
+    #[error("agent reports it is not serving ({0:?})")]
+    NotServing(health::health_check_response::ServingStatus),
+    #[error("agent call {call} failed")]
+    Rpc {
+        call: &'static str,
+        #[source]
+        source: ttrpc::Error,
+    },
+}
+
+/// Per-attempt bound on the hybrid vsock handshake: the guest answers
+/// within milliseconds once its agent listens.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Deadline of ordinary calls.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A connected agent.
+#[derive(Clone)]
+pub struct AgentClient {
+    health: health_ttrpc::HealthClient,
+    agent: agent_ttrpc::AgentServiceClient,
+}
+
+impl std::fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentClient")
+    }
+}
+
+fn ctx(timeout: Duration) -> context::Context {
+    context::with_timeout(timeout.as_nanos() as i64)
+}
+
+async fn dial_once(addr: &AgentAddr) -> Result<Socket, String> {
+    match addr {
+        AgentAddr::Hybrid(uds) => crate::vm::vsock::dial_hybrid(uds, AGENT_VSOCK_PORT, HANDSHAKE_TIMEOUT)
+            .await
+            .map(Socket::from)
+            .map_err(|e| e.to_string()),
+        AgentAddr::Vhost(cid) => {
+            tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid as u32, AGENT_VSOCK_PORT))
+                .await
+                .map(Socket::from)
+                .map_err(|e| format!("vsock connect to cid {cid}: {e}"))
+        }
+    }
+}
+
+impl AgentClient {
+    /// Wraps an already connected stream (used by tests with a fake agent).
+    pub fn from_socket(socket: Socket) -> AgentClient {
+        let client = ttrpc::r#async::Client::new(socket);
+        AgentClient {
+            health: health_ttrpc::HealthClient::new(client.clone()),
+            agent: agent_ttrpc::AgentServiceClient::new(client),
+        }
+    }
+
+    /// Dials until the agent answers a health check or `timeout` passes.
+    /// Stops early when `vm_exit` reports that QEMU has ended: a guest that
+    /// died will never answer.
+    pub async fn connect(
+        addr: &AgentAddr,
+        timeout: Duration,
+        mut vm_exit: Option<watch::Receiver<Option<ExitStatus>>>,
+        vm_output: impl Fn() -> String,
+    ) -> Result<AgentClient, AgentError> {
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Duration::from_millis(10);
+        let mut last = String::from("no attempt made");
+        loop {
+            if let Some(status) = vm_exit.as_ref().and_then(|rx| *rx.borrow()) {
+                let out = vm_output();
+                return Err(AgentError::VmExited {
+                    status: status.to_string(),
+                    detail: if out.is_empty() { String::new() } else { format!("; last output: {out}") },
+                });
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(AgentError::DialTimeout { timeout, last });
+            }
+            let attempt = async {
+                let sock = dial_once(addr).await?;
+                let client = AgentClient::from_socket(sock);
+                let left = deadline.saturating_duration_since(Instant::now()).min(HANDSHAKE_TIMEOUT * 2);
+                client.check_health(left.max(Duration::from_millis(100))).await.map_err(|e| e.to_string())?;
+                Ok::<_, String>(client)
+            };
+            let remaining = deadline.saturating_duration_since(now);
+            let outcome = tokio::time::timeout(remaining, attempt).await;
+            match outcome {
+                Ok(Ok(client)) => return Ok(client),
+                Ok(Err(e)) => last = e,
+                Err(_) => last = "attempt cut by the deadline".to_string(),
+            }
+            let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
+            match vm_exit.as_mut() {
+                Some(rx) => {
+                    let _ = tokio::time::timeout(pause, rx.changed()).await;
+                }
+                None => tokio::time::sleep(pause).await,
+            }
+            backoff = (backoff * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    /// `Health.Check`, requiring SERVING.
+    pub async fn check_health(&self, timeout: Duration) -> Result<(), AgentError> {
+        let mut req = health::CheckRequest::new();
+        req.service = "kata-shim".into();
+        let r = self
+            .health
+            .check(ctx(timeout), &req)
+            .await
+            .map_err(|source| AgentError::Rpc { call: "Health.Check", source })?;
+        match r.status.enum_value_or_default() {
+            health::health_check_response::ServingStatus::SERVING => Ok(()),
+            other => Err(AgentError::NotServing(other)),
+        }
+    }
+
+    /// Guest details, optionally probing a file name at the share's root.
+    pub async fn guest_details(&self, shared_fs_probe: &str) -> Result<agent::GuestDetailsResponse, AgentError> {
+        let mut req = agent::GuestDetailsRequest::new();
+        req.shared_fs_probe = shared_fs_probe.to_string();
+        self.agent
+            .get_guest_details(ctx(CALL_TIMEOUT), &req)
+            .await
+            .map_err(|source| AgentError::Rpc { call: "GetGuestDetails", source })
+    }
+
+    /// First contact after [`AgentClient::connect`]: fetches the guest
+    /// details and refuses an agent of another protocol version.
+    pub async fn handshake(&self) -> Result<agent::GuestDetailsResponse, AgentError> {
+        let d = self.guest_details("").await?;
+        check_protocol_version(d.protocol_version)?;
+        Ok(d)
+    }
+
+    /// Asks the agent to tear the sandbox down and power the VM off.
+    pub async fn destroy_sandbox(&self) -> Result<(), AgentError> {
+        self.agent
+            .destroy_sandbox(ctx(CALL_TIMEOUT), &agent::DestroySandboxRequest::new())
+            .await
+            .map(|_| ())
+            .map_err(|source| AgentError::Rpc { call: "DestroySandbox", source })
+    }
+}
+
+/// Refuses any version but ours: the protocol has no negotiation.
+pub fn check_protocol_version(agent: u32) -> Result<(), AgentError> {
+    if agent == PROTOCOL_VERSION {
+        Ok(())
+    } else {
+        Err(AgentError::VersionMismatch { agent, shim: PROTOCOL_VERSION })
+    }
+}

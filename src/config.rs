@@ -1,0 +1,508 @@
+//! The runtime configuration: `configuration.toml` in Kata's shape
+//! (`[hypervisor.qemu]`, `[agent.kata]`, `[runtime]`), typed, closed and
+//! validated.
+//!
+//! Every key has a default in code, so an empty file is a valid
+//! configuration. Unknown keys are rejected with their full key path, because
+//! a misspelt key that is silently ignored is worse than a refusal to start.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Where the configuration is looked for, in order, when `KATA_CONF_FILE`
+/// is not set.
+pub const SEARCH_PATHS: [&str; 2] = [
+    "/etc/kata-containers/configuration.toml",
+    "/usr/share/defaults/kata-containers/configuration.toml",
+];
+
+/// Environment variable that names the configuration file to use.
+pub const CONF_FILE_ENV: &str = "KATA_CONF_FILE";
+
+/// Errors while finding, reading or validating the configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("configuration {path} is not valid TOML for this runtime: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("configuration {path}: unknown key `{key}`")]
+    UnknownKey { path: PathBuf, key: String },
+    #[error("configuration {path}: `{key}` {problem}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        problem: String,
+    },
+}
+
+/// Hardware acceleration choice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// KVM where it can run a stock guest, TCG otherwise.
+    Auto,
+    Kvm,
+    Tcg,
+}
+
+/// How the host reaches the guest's vsock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VsockMode {
+    /// `vhost` where `/dev/vhost-vsock` exists, `hybrid` otherwise.
+    Auto,
+    /// Kernel vhost-vsock with a reserved CID.
+    Vhost,
+    /// `vhost-user-vsock-pci` served by a per-VM `vhost-device-vsock`.
+    Hybrid,
+}
+
+/// How the sandbox directory is shared into the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SharedFs {
+    #[serde(rename = "virtio-fs")]
+    VirtioFs,
+    #[serde(rename = "virtio-9p")]
+    Virtio9p,
+    #[serde(rename = "none")]
+    None,
+}
+
+/// Log levels accepted for the shim and the agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+impl LogLevel {
+    /// The spelling used on the kernel command line and in filters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Error => "error",
+            LogLevel::Warn => "warn",
+            LogLevel::Info => "info",
+            LogLevel::Debug => "debug",
+            LogLevel::Trace => "trace",
+        }
+    }
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub hypervisor: Hypervisors,
+    pub agent: Agents,
+    pub runtime: Runtime,
+}
+
+/// `[hypervisor.*]` tables; only QEMU exists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Hypervisors {
+    pub qemu: Qemu,
+}
+
+/// `[hypervisor.qemu]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Qemu {
+    /// Candidate QEMU binaries; the first that exists is used.
+    pub path: Vec<PathBuf>,
+    /// Guest kernel (the image builder's stable symlink by default).
+    pub kernel: PathBuf,
+    /// Guest initrd holding the agent as `/init`.
+    pub initrd: PathBuf,
+    pub machine_type: String,
+    pub accel: Accel,
+    pub default_vcpus: u32,
+    /// Guest memory in MiB.
+    pub default_memory: u32,
+    /// Extra kernel parameters, appended after the built-in ones.
+    pub kernel_params: String,
+    pub vsock: VsockMode,
+    /// Candidate `vhost-device-vsock` binaries for hybrid vsock.
+    pub vhost_user_vsock_daemon: Vec<PathBuf>,
+    pub shared_fs: SharedFs,
+    /// Candidate `virtiofsd` binaries.
+    pub virtio_fs_daemon: Vec<PathBuf>,
+    /// virtiofsd `--cache` mode: never, metadata, auto or always.
+    pub virtio_fs_cache: String,
+    pub virtio_fs_extra_args: Vec<String>,
+    /// 9p `msize` in bytes.
+    pub msize_9p: u32,
+}
+
+impl Default for Qemu {
+    fn default() -> Self {
+        Qemu {
+            path: vec![
+                "/usr/libexec/qemu-kiwi".into(),
+                "/usr/libexec/qemu-kvm".into(),
+                "/usr/bin/qemu-system-x86_64".into(),
+            ],
+            kernel: "/var/cache/kata-containers/osbuilder-images/kata.kernel".into(),
+            initrd: "/var/cache/kata-containers/osbuilder-images/kata.initrd".into(),
+            machine_type: "q35".into(),
+            accel: Accel::Auto,
+            default_vcpus: 1,
+            default_memory: 2048,
+            kernel_params: String::new(),
+            vsock: VsockMode::Auto,
+            vhost_user_vsock_daemon: vec![
+                "/usr/libexec/vhost-device-vsock".into(),
+                "/usr/local/bin/vhost-device-vsock".into(),
+                "/usr/bin/vhost-device-vsock".into(),
+            ],
+            shared_fs: SharedFs::VirtioFs,
+            virtio_fs_daemon: vec![
+                "/usr/libexec/virtiofsd".into(),
+                "/usr/local/bin/virtiofsd".into(),
+                "/usr/bin/virtiofsd".into(),
+            ],
+            virtio_fs_cache: "auto".into(),
+            virtio_fs_extra_args: vec![
+                "--thread-pool-size=1".into(),
+                "--announce-submounts".into(),
+            ],
+            msize_9p: 262_144,
+        }
+    }
+}
+
+/// `[agent.*]` tables; only the kata agent exists.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Agents {
+    pub kata: Agent,
+}
+
+/// `[agent.kata]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Agent {
+    /// Seconds to wait for the agent to answer after QEMU starts.
+    pub dial_timeout: u32,
+    /// Agent log level (`agent.log=` on the kernel command line).
+    pub log_level: LogLevel,
+}
+
+impl Default for Agent {
+    fn default() -> Self {
+        Agent {
+            dial_timeout: 30,
+            log_level: LogLevel::Info,
+        }
+    }
+}
+
+impl Agent {
+    /// The dial deadline as a duration.
+    pub fn dial_timeout(&self) -> Duration {
+        Duration::from_secs(u64::from(self.dial_timeout))
+    }
+}
+
+/// `[runtime]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Runtime {
+    /// Shim log level.
+    pub log_level: LogLevel,
+    /// Debug mode: verbose guest kernel and agent logs.
+    pub enable_debug: bool,
+}
+
+impl Default for Runtime {
+    fn default() -> Self {
+        Runtime {
+            log_level: LogLevel::Info,
+            enable_debug: false,
+        }
+    }
+}
+
+/// A loaded configuration and the file it came from (`None`: built-in defaults).
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub source: Option<PathBuf>,
+}
+
+impl Config {
+    /// Parses and validates configuration text; `path` is used in messages.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let de = toml::Deserializer::new(text);
+        let mut unknown = Vec::new();
+        let config: Config = serde_ignored::deserialize(de, |p| unknown.push(p.to_string()))
+            .map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string().trim().to_string(),
+            })?;
+        if let Some(key) = unknown.into_iter().next() {
+            return Err(ConfigError::UnknownKey {
+                path: path.to_path_buf(),
+                key,
+            });
+        }
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Reads and validates one file.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Config::from_toml(&text, path)
+    }
+
+    /// Finds and loads the configuration: `KATA_CONF_FILE` when set (it must
+    /// exist), else the first of [`SEARCH_PATHS`] that exists, else defaults.
+    pub fn load() -> Result<Loaded, ConfigError> {
+        let env = std::env::var_os(CONF_FILE_ENV).filter(|v| !v.is_empty());
+        Config::load_from(env.map(PathBuf::from), &SEARCH_PATHS.map(PathBuf::from))
+    }
+
+    /// [`Config::load`] with the override and the search list given.
+    pub fn load_from(
+        explicit: Option<PathBuf>,
+        search: &[PathBuf],
+    ) -> Result<Loaded, ConfigError> {
+        if let Some(path) = explicit {
+            let config = Config::from_file(&path)?;
+            return Ok(Loaded {
+                config,
+                source: Some(path),
+            });
+        }
+        for path in search {
+            if path.exists() {
+                let config = Config::from_file(path)?;
+                return Ok(Loaded {
+                    config,
+                    source: Some(path.clone()),
+                });
+            }
+        }
+        Ok(Loaded {
+            config: Config::default(),
+            source: None,
+        })
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let invalid = |key: &'static str, problem: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            problem,
+        };
+        let q = &self.hypervisor.qemu;
+        if q.path.is_empty() {
+            return Err(invalid("hypervisor.qemu.path", "must list at least one binary".into()));
+        }
+        if !(1..=240).contains(&q.default_vcpus) {
+            return Err(invalid(
+                "hypervisor.qemu.default_vcpus",
+                format!("is {}, must be between 1 and 240", q.default_vcpus),
+            ));
+        }
+        if !(128..=1_048_576).contains(&q.default_memory) {
+            return Err(invalid(
+                "hypervisor.qemu.default_memory",
+                format!("is {} MiB, must be between 128 and 1048576", q.default_memory),
+            ));
+        }
+        if !["q35", "pc", "microvm"].contains(&q.machine_type.as_str()) {
+            return Err(invalid(
+                "hypervisor.qemu.machine_type",
+                format!("is {:?}, must be q35, pc or microvm", q.machine_type),
+            ));
+        }
+        if !["never", "metadata", "auto", "always"].contains(&q.virtio_fs_cache.as_str()) {
+            return Err(invalid(
+                "hypervisor.qemu.virtio_fs_cache",
+                format!("is {:?}, must be never, metadata, auto or always", q.virtio_fs_cache),
+            ));
+        }
+        if q.kernel_params.contains(['\n', '\0']) {
+            return Err(invalid(
+                "hypervisor.qemu.kernel_params",
+                "must be one line without NUL bytes".into(),
+            ));
+        }
+        if !(4096..=(64 << 20)).contains(&q.msize_9p) {
+            return Err(invalid(
+                "hypervisor.qemu.msize_9p",
+                format!("is {}, must be between 4096 and 67108864", q.msize_9p),
+            ));
+        }
+        for (key, p) in [("hypervisor.qemu.kernel", &q.kernel), ("hypervisor.qemu.initrd", &q.initrd)] {
+            if !p.is_absolute() {
+                return Err(invalid(key, format!("{} must be an absolute path", p.display())));
+            }
+        }
+        if !(1..=600).contains(&self.agent.kata.dial_timeout) {
+            return Err(invalid(
+                "agent.kata.dial_timeout",
+                format!("is {} s, must be between 1 and 600", self.agent.kata.dial_timeout),
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_toml(text, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c = parse("").expect("empty config is valid");
+        assert_eq!(c, Config::default());
+        assert_eq!(c.hypervisor.qemu.default_vcpus, 1);
+        assert_eq!(c.hypervisor.qemu.shared_fs, SharedFs::VirtioFs);
+        assert_eq!(c.agent.kata.dial_timeout(), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn shipped_configuration_parses() {
+        let text = include_str!("../configs/configuration.toml");
+        let c = parse(text).expect("configs/configuration.toml must load");
+        assert_eq!(c.hypervisor.qemu.accel, Accel::Auto);
+        assert_eq!(c.hypervisor.qemu.vsock, VsockMode::Auto);
+    }
+
+    #[test]
+    fn values_are_read() {
+        let c = parse(
+            r#"
+            [hypervisor.qemu]
+            path = ["/opt/qemu"]
+            accel = "tcg"
+            vsock = "hybrid"
+            shared_fs = "virtio-9p"
+            default_vcpus = 2
+            default_memory = 512
+            kernel_params = "quiet"
+            [agent.kata]
+            dial_timeout = 5
+            log_level = "debug"
+            [runtime]
+            enable_debug = true
+            "#,
+        )
+        .expect("valid");
+        let q = &c.hypervisor.qemu;
+        assert_eq!(q.path, vec![PathBuf::from("/opt/qemu")]);
+        assert_eq!(q.accel, Accel::Tcg);
+        assert_eq!(q.vsock, VsockMode::Hybrid);
+        assert_eq!(q.shared_fs, SharedFs::Virtio9p);
+        assert_eq!((q.default_vcpus, q.default_memory), (2, 512));
+        assert_eq!(c.agent.kata.log_level, LogLevel::Debug);
+        assert!(c.runtime.enable_debug);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_their_path() {
+        let cases = [
+            ("[hypervisor.qemu]\ndefault_vcpu = 1\n", "hypervisor.qemu.default_vcpu"),
+            ("[agent.kata]\ndial = 1\n", "agent.kata.dial"),
+            ("[runtime]\nfoo = true\n", "runtime.foo"),
+            ("[hypervisor.firecracker]\npath = []\n", "hypervisor.firecracker"),
+            ("top = 1\n", "top"),
+        ];
+        for (text, want) in cases {
+            match parse(text) {
+                Err(ConfigError::UnknownKey { key, .. }) => assert_eq!(key, want, "{text}"),
+                other => panic!("{text}: expected unknown key {want}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn invalid_values_name_the_key() {
+        let cases = [
+            ("[hypervisor.qemu]\ndefault_vcpus = 0\n", "hypervisor.qemu.default_vcpus"),
+            ("[hypervisor.qemu]\ndefault_memory = 64\n", "hypervisor.qemu.default_memory"),
+            ("[hypervisor.qemu]\npath = []\n", "hypervisor.qemu.path"),
+            ("[hypervisor.qemu]\nmachine_type = \"virt\"\n", "hypervisor.qemu.machine_type"),
+            ("[hypervisor.qemu]\nkernel = \"rel/vmlinuz\"\n", "hypervisor.qemu.kernel"),
+            ("[hypervisor.qemu]\nvirtio_fs_cache = \"fast\"\n", "hypervisor.qemu.virtio_fs_cache"),
+            ("[agent.kata]\ndial_timeout = 0\n", "agent.kata.dial_timeout"),
+        ];
+        for (text, want) in cases {
+            match parse(text) {
+                Err(ConfigError::Invalid { key, .. }) => assert_eq!(key, want, "{text}"),
+                other => panic!("{text}: expected invalid {want}, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn bad_enum_and_type_values_are_parse_errors_naming_the_key() {
+        for (text, key) in [
+            ("[hypervisor.qemu]\naccel = \"hvf\"\n", "accel"),
+            ("[hypervisor.qemu]\nshared_fs = \"nfs\"\n", "shared_fs"),
+            ("[hypervisor.qemu]\ndefault_vcpus = \"two\"\n", "default_vcpus"),
+        ] {
+            match parse(text) {
+                Err(e @ ConfigError::Parse { .. }) => {
+                    let msg = e.to_string();
+                    assert!(msg.contains(key), "{msg} should name {key}");
+                }
+                other => panic!("{text}: expected a parse error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn search_order_and_override() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let etc = dir.path().join("etc.toml");
+        let share = dir.path().join("share.toml");
+        std::fs::write(&share, "[hypervisor.qemu]\ndefault_vcpus = 3\n").expect("write");
+        let search = [etc.clone(), share.clone()];
+
+        let l = Config::load_from(None, &search).expect("share only");
+        assert_eq!(l.source.as_deref(), Some(share.as_path()));
+        assert_eq!(l.config.hypervisor.qemu.default_vcpus, 3);
+
+        std::fs::write(&etc, "[hypervisor.qemu]\ndefault_vcpus = 2\n").expect("write");
+        let l = Config::load_from(None, &search).expect("etc wins");
+        assert_eq!(l.source.as_deref(), Some(etc.as_path()));
+        assert_eq!(l.config.hypervisor.qemu.default_vcpus, 2);
+
+        let other = dir.path().join("other.toml");
+        std::fs::write(&other, "[hypervisor.qemu]\ndefault_vcpus = 4\n").expect("write");
+        let l = Config::load_from(Some(other.clone()), &search).expect("override wins");
+        assert_eq!(l.config.hypervisor.qemu.default_vcpus, 4);
+
+        let missing = dir.path().join("missing.toml");
+        assert!(matches!(
+            Config::load_from(Some(missing), &search),
+            Err(ConfigError::Read { .. })
+        ));
+
+        let none = Config::load_from(None, &[dir.path().join("nope.toml")]).expect("defaults");
+        assert!(none.source.is_none());
+        assert_eq!(none.config, Config::default());
+    }
+}

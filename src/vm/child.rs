@@ -1,0 +1,314 @@
+//! Supervised helper processes of a VM (QEMU, virtiofsd,
+//! vhost-device-vsock): spawning with piped output re-logged under the
+//! sandbox id, readiness by socket, exit watching, and a bounded stop.
+//!
+//! Output lines come from processes the guest can influence (the console
+//! above all), so they are rate-limited before they reach the log.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+
+/// Errors of helper processes.
+#[derive(Debug, thiserror::Error)]
+pub enum ChildError {
+    #[error("{what} not found (tried {tried}); install it with: {hint}")]
+    Missing { what: &'static str, tried: String, hint: &'static str },
+    #[error("cannot start {what} ({path})")]
+    Spawn {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} exited before it was ready ({status}){detail}")]
+    ExitedEarly { what: &'static str, status: String, detail: String },
+    #[error("{what} did not create {socket} within {timeout:?}")]
+    NotReady { what: &'static str, socket: PathBuf, timeout: Duration },
+}
+
+/// The first existing file among `candidates`.
+pub fn resolve_binary(
+    candidates: &[PathBuf],
+    what: &'static str,
+    hint: &'static str,
+) -> Result<PathBuf, ChildError> {
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| ChildError::Missing {
+            what,
+            tried: candidates
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            hint,
+        })
+}
+
+/// How a child's output lines are logged.
+#[derive(Debug, Clone, Copy)]
+pub enum LineKind {
+    /// Diagnostics of a host process.
+    Diagnostic,
+    /// The guest console (kernel and agent lines).
+    GuestConsole,
+}
+
+/// Most lines per second a child may put into the log; the rest are counted
+/// and reported as dropped.
+const LINES_PER_SECOND: u32 = 200;
+/// Longest line kept; the guest controls the console.
+const MAX_LINE: usize = 4096;
+
+/// A running helper process.
+#[derive(Debug)]
+pub struct Supervised {
+    pub what: &'static str,
+    pid: u32,
+    exit: watch::Receiver<Option<ExitStatus>>,
+    /// The last lines of output, for error messages.
+    tail: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+}
+
+impl Supervised {
+    /// Spawns `cmd` (stdin null, stdout and stderr piped into the log) and
+    /// starts watching it.
+    pub fn spawn(
+        what: &'static str,
+        mut cmd: Command,
+        sandbox_id: &str,
+        stdout_kind: LineKind,
+    ) -> Result<Supervised, ChildError> {
+        let path = PathBuf::from(cmd.as_std().get_program());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child: Child = cmd
+            .spawn()
+            .map_err(|source| ChildError::Spawn { what, path, source })?;
+        let pid = child.id().unwrap_or(0);
+        let tail = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(pump(out, what, sandbox_id.to_string(), stdout_kind, tail.clone()));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(pump(err, what, sandbox_id.to_string(), LineKind::Diagnostic, tail.clone()));
+        }
+        let (tx, exit) = watch::channel(None);
+        let sid = sandbox_id.to_string();
+        tokio::spawn(async move {
+            let status = child.wait().await;
+            match &status {
+                Ok(s) => tracing::debug!(sandbox_id = %sid, what, pid, status = %s, "helper exited"),
+                Err(e) => tracing::warn!(sandbox_id = %sid, what, pid, error = %e, "waiting for helper failed"),
+            }
+            let _ = tx.send(Some(status.unwrap_or_else(|_| exit_status_unknown())));
+        });
+        Ok(Supervised { what, pid, exit, tail })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// The exit status once the process has ended.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        *self.exit.borrow()
+    }
+
+    /// A receiver that sees the exit status when the process ends.
+    pub fn exit_watch(&self) -> watch::Receiver<Option<ExitStatus>> {
+        self.exit.clone()
+    }
+
+    /// The last output lines, joined, for error messages.
+    pub fn recent_output(&self) -> String {
+        let tail = self.tail.lock().map(|t| t.iter().cloned().collect::<Vec<_>>());
+        tail.map(|v| v.join(" | ")).unwrap_or_default()
+    }
+
+    /// Waits until `socket` exists, failing early if the process exits.
+    pub async fn wait_for_socket(&self, socket: &Path, timeout: Duration) -> Result<(), ChildError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.exit_status() {
+                return Err(self.exited_early(status));
+            }
+            if socket.exists() {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(ChildError::NotReady {
+                    what: self.what,
+                    socket: socket.to_path_buf(),
+                    timeout,
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The error for a process that ended before it should have.
+    pub fn exited_early(&self, status: ExitStatus) -> ChildError {
+        let out = self.recent_output();
+        ChildError::ExitedEarly {
+            what: self.what,
+            status: status.to_string(),
+            detail: if out.is_empty() { String::new() } else { format!(": {out}") },
+        }
+    }
+
+    /// Waits up to `timeout` for the process to end by itself.
+    pub async fn wait_exit(&self, timeout: Duration) -> Option<ExitStatus> {
+        let mut rx = self.exit.clone();
+        let waited = tokio::time::timeout(timeout, rx.wait_for(|s| s.is_some())).await;
+        match waited {
+            Ok(Ok(s)) => *s,
+            _ => self.exit_status(),
+        }
+    }
+
+    /// Ends the process: SIGTERM, then SIGKILL after `grace`, and waits until
+    /// it has been reaped.
+    pub async fn stop(&self, grace: Duration) -> ExitStatus {
+        if let Some(s) = self.exit_status() {
+            return s;
+        }
+        self.signal(Signal::SIGTERM);
+        if let Some(s) = self.wait_exit(grace).await {
+            return s;
+        }
+        self.kill().await
+    }
+
+    /// SIGKILL and reap.
+    pub async fn kill(&self) -> ExitStatus {
+        if let Some(s) = self.exit_status() {
+            return s;
+        }
+        self.signal(Signal::SIGKILL);
+        // A SIGKILLed child is reaped by the watcher task promptly; the bound
+        // only guards against a wedged runtime.
+        self.wait_exit(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(exit_status_unknown)
+    }
+
+    fn signal(&self, sig: Signal) {
+        if self.pid == 0 || self.exit_status().is_some() {
+            return;
+        }
+        // The pid stays ours until the watcher reaps it, and it only reaps
+        // after exit, which we checked just above; a race with the exit only
+        // makes kill() fail with ESRCH.
+        let _ = kill(Pid::from_raw(self.pid as i32), sig);
+    }
+}
+
+fn exit_status_unknown() -> ExitStatus {
+    use std::os::unix::process::ExitStatusExt;
+    ExitStatus::from_raw(255 << 8)
+}
+
+async fn pump(
+    stream: impl AsyncRead + Unpin,
+    what: &'static str,
+    sandbox_id: String,
+    kind: LineKind,
+    tail: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+) {
+    let mut lines = BufReader::new(stream);
+    let mut buf = Vec::new();
+    let mut window = Instant::now();
+    let (mut in_window, mut dropped) = (0u32, 0u64);
+    loop {
+        buf.clear();
+        match lines.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        buf.truncate(MAX_LINE);
+        let line = String::from_utf8_lossy(&buf);
+        let line = line.trim_end();
+        if line.is_empty() {
+            continue;
+        }
+        if window.elapsed() >= Duration::from_secs(1) {
+            if dropped > 0 {
+                tracing::warn!(sandbox_id = %sandbox_id, source = what, dropped, "output rate-limited");
+            }
+            window = Instant::now();
+            in_window = 0;
+            dropped = 0;
+        }
+        in_window += 1;
+        if in_window > LINES_PER_SECOND {
+            dropped += 1;
+            continue;
+        }
+        if let Ok(mut t) = tail.lock() {
+            if t.len() == 8 {
+                t.pop_front();
+            }
+            t.push_back(line.to_string());
+        }
+        match kind {
+            LineKind::GuestConsole => tracing::info!(sandbox_id = %sandbox_id, source = "guest", "{line}"),
+            LineKind::Diagnostic => tracing::info!(sandbox_id = %sandbox_id, source = what, "{line}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_binary_names_it_and_the_fix() {
+        let e = resolve_binary(
+            &["/nonexistent/a".into(), "/nonexistent/b".into()],
+            "QEMU",
+            "apt-get install qemu",
+        )
+        .expect_err("missing");
+        let msg = e.to_string();
+        assert!(msg.contains("QEMU not found"), "{msg}");
+        assert!(msg.contains("/nonexistent/a, /nonexistent/b"), "{msg}");
+        assert!(msg.contains("apt-get install qemu"), "{msg}");
+        assert_eq!(
+            resolve_binary(&["/nonexistent".into(), "/bin/sh".into()], "sh", "").expect("found"),
+            PathBuf::from("/bin/sh")
+        );
+    }
+
+    #[tokio::test]
+    async fn early_exit_and_stop() {
+        let mut c = Command::new("/bin/sh");
+        c.args(["-c", "echo boom >&2; exit 3"]);
+        let s = Supervised::spawn("sh", c, "t", LineKind::Diagnostic).expect("spawn");
+        let e = s
+            .wait_for_socket(Path::new("/nonexistent/sock"), Duration::from_secs(5))
+            .await
+            .expect_err("exits");
+        let msg = e.to_string();
+        assert!(msg.contains("exited before it was ready"), "{msg}");
+
+        let mut c = Command::new("/bin/sleep");
+        c.arg("100");
+        let s = Supervised::spawn("sleep", c, "t", LineKind::Diagnostic).expect("spawn");
+        assert!(s.exit_status().is_none());
+        let st = s.stop(Duration::from_millis(500)).await;
+        assert!(!st.success());
+        assert!(!Path::new(&format!("/proc/{}", s.pid())).exists());
+    }
+}

@@ -1,0 +1,485 @@
+//! One pod VM on the host: QEMU plus its per-VM helpers (virtiofsd,
+//! vhost-device-vsock), their sockets and directories.
+//!
+//! [`Vm::start`] either returns a running VM or leaves nothing behind: every
+//! step that fails tears down what the earlier steps created. [`Vm::stop`]
+//! ends QEMU (waiting for a guest power-off first when asked), stops the
+//! helpers and removes the sandbox's directories.
+
+pub mod accel;
+pub mod child;
+pub mod qemu;
+pub mod vsock;
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::Once;
+use std::time::{Duration, Instant};
+
+use tokio::process::Command;
+
+use crate::config::{Config, SharedFs};
+use crate::vm::child::{ChildError, LineKind, Supervised, resolve_binary};
+use crate::vm::qemu::cmdline::{self, KernelCmdline, QemuSpec, ShareDevice, VsockDevice};
+use crate::vm::qemu::qmp::{Qmp, QmpError};
+
+/// Per-sandbox runtime state (sockets) lives below this directory.
+pub const RUN_ROOT: &str = "/run/kata";
+/// Per-sandbox shared directories (what the guest sees) live below this one.
+pub const SHARE_ROOT: &str = "/run/kata-containers/shared/sandboxes";
+
+const QEMU_HINT: &str = "apt-get install -t bookworm-backports qemu-system-x86";
+const VSOCK_HINT: &str = "cargo install --locked vhost-device-vsock (or make deps)";
+const IMAGE_HINT: &str = "build the guest image with: kata-guest-image (or make image)";
+/// How long a helper may take to create its socket.
+const HELPER_READY: Duration = Duration::from_secs(10);
+
+/// Errors starting or stopping a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("invalid sandbox id {id:?}: {why}")]
+    InvalidId { id: String, why: &'static str },
+    #[error("guest {what} {path} does not exist; {hint}")]
+    MissingImage { what: &'static str, path: PathBuf, hint: &'static str },
+    #[error(transparent)]
+    Child(#[from] ChildError),
+    #[error(transparent)]
+    Vsock(#[from] vsock::VsockError),
+    #[error("QMP")]
+    Qmp(#[from] QmpError),
+    #[error("cannot create {path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Where one sandbox keeps its sockets and its share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxPaths {
+    pub state_dir: PathBuf,
+    pub share_dir: PathBuf,
+}
+
+impl SandboxPaths {
+    pub fn new(sandbox_id: &str) -> SandboxPaths {
+        SandboxPaths {
+            state_dir: Path::new(RUN_ROOT).join(sandbox_id),
+            share_dir: Path::new(SHARE_ROOT).join(sandbox_id),
+        }
+    }
+    pub fn qmp(&self) -> PathBuf {
+        self.state_dir.join("qmp.sock")
+    }
+    pub fn vsock_control(&self) -> PathBuf {
+        self.state_dir.join("vhost-vsock.sock")
+    }
+    pub fn vsock_uds(&self) -> PathBuf {
+        self.state_dir.join("kata.hvsock")
+    }
+    pub fn virtiofsd(&self) -> PathBuf {
+        self.state_dir.join("virtiofsd.sock")
+    }
+}
+
+/// Checks a sandbox id before it becomes part of paths and QEMU arguments:
+/// containerd's identifier rules (alphanumerics with single `.`, `_` or `-`
+/// between them, at most 76 characters).
+pub fn validate_sandbox_id(id: &str) -> Result<(), VmError> {
+    let bad = |why| Err(VmError::InvalidId { id: id.to_string(), why });
+    if id.is_empty() {
+        return bad("it is empty");
+    }
+    if id.len() > 76 {
+        return bad("it is longer than 76 characters");
+    }
+    let mut prev_sep = true;
+    for c in id.chars() {
+        let sep = matches!(c, '.' | '_' | '-');
+        if !(c.is_ascii_alphanumeric() || sep) {
+            return bad("only letters, digits, '.', '_' and '-' are allowed");
+        }
+        if sep && prev_sep {
+            return bad("separators must sit between letters or digits");
+        }
+        prev_sep = sep;
+    }
+    if prev_sep {
+        return bad("it must end with a letter or digit");
+    }
+    Ok(())
+}
+
+/// How the shim reaches the agent in this VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentAddr {
+    /// Hybrid vsock: the vhost-device-vsock Unix socket.
+    Hybrid(PathBuf),
+    /// Kernel vsock: the guest CID.
+    Vhost(u64),
+}
+
+/// What the shared filesystem turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShareKind {
+    VirtioFs,
+    NineP,
+    None,
+}
+
+/// A running pod VM.
+#[derive(Debug)]
+pub struct Vm {
+    pub sandbox_id: String,
+    pub paths: SandboxPaths,
+    pub accel: cmdline::Accel,
+    pub share: ShareKind,
+    pub agent_addr: AgentAddr,
+    /// When QEMU was spawned; boot phases are measured from here.
+    pub spawned_at: Instant,
+    /// From the start call until QEMU was spawned (helpers included).
+    pub spawn_duration: Duration,
+    qemu: Option<Supervised>,
+    qmp: Option<Qmp>,
+    vsock_daemon: Option<Supervised>,
+    fs_daemon: Option<Supervised>,
+    vhost: Option<vsock::VhostCid>,
+    dirs_created: bool,
+}
+
+static TCG_WARNING: Once = Once::new();
+
+impl Vm {
+    /// Starts the VM for `sandbox_id` as `config` says.
+    pub async fn start(config: &Config, sandbox_id: &str) -> Result<Vm, VmError> {
+        let began = Instant::now();
+        validate_sandbox_id(sandbox_id)?;
+        let q = &config.hypervisor.qemu;
+        let qemu_bin = resolve_binary(&q.path, "QEMU", QEMU_HINT)?;
+        for (what, path) in [("kernel", &q.kernel), ("initrd", &q.initrd)] {
+            if !path.exists() {
+                return Err(VmError::MissingImage { what, path: path.clone(), hint: IMAGE_HINT });
+            }
+        }
+        let choice = accel::choose(q.accel, accel::HostVirt::probe());
+        if let Some(w) = &choice.warning {
+            TCG_WARNING.call_once(|| tracing::warn!(sandbox_id, "{w}"));
+        }
+        let vsock_mode =
+            vsock::choose(q.vsock, Path::new(vsock::VHOST_VSOCK_DEVICE).exists());
+        let vsock_bin = match vsock_mode {
+            vsock::Mode::Hybrid => Some(resolve_binary(
+                &q.vhost_user_vsock_daemon,
+                "vhost-device-vsock",
+                VSOCK_HINT,
+            )?),
+            vsock::Mode::Vhost => None,
+        };
+        let (share, fs_bin) = match q.shared_fs {
+            SharedFs::None => (ShareKind::None, None),
+            SharedFs::Virtio9p => (ShareKind::NineP, None),
+            SharedFs::VirtioFs => match resolve_binary(&q.virtio_fs_daemon, "virtiofsd", "") {
+                Ok(p) => (ShareKind::VirtioFs, Some(p)),
+                Err(_) => {
+                    tracing::warn!(
+                        sandbox_id,
+                        tried = ?q.virtio_fs_daemon,
+                        "virtiofsd not found, sharing with virtio-9p instead"
+                    );
+                    (ShareKind::NineP, None)
+                }
+            },
+        };
+
+        let paths = SandboxPaths::new(sandbox_id);
+        let mut vm = Vm {
+            sandbox_id: sandbox_id.to_string(),
+            paths,
+            accel: choice.accel,
+            share,
+            agent_addr: AgentAddr::Vhost(0),
+            spawned_at: Instant::now(),
+            spawn_duration: Duration::ZERO,
+            qemu: None,
+            qmp: None,
+            vsock_daemon: None,
+            fs_daemon: None,
+            vhost: None,
+            dirs_created: false,
+        };
+        match vm.launch(config, &qemu_bin, vsock_mode, vsock_bin, fs_bin, began).await {
+            Ok(()) => Ok(vm),
+            Err(e) => {
+                vm.teardown().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn launch(
+        &mut self,
+        config: &Config,
+        qemu_bin: &Path,
+        vsock_mode: vsock::Mode,
+        vsock_bin: Option<PathBuf>,
+        fs_bin: Option<PathBuf>,
+        began: Instant,
+    ) -> Result<(), VmError> {
+        let q = &config.hypervisor.qemu;
+        let sid = self.sandbox_id.clone();
+        self.create_dirs()?;
+
+        let vsock_dev = match vsock_mode {
+            vsock::Mode::Hybrid => {
+                let bin = vsock_bin.expect("hybrid mode resolved the daemon binary");
+                let (ctl, uds) = (self.paths.vsock_control(), self.paths.vsock_uds());
+                let mut cmd = Command::new(&bin);
+                cmd.arg("--guest-cid=3")
+                    .arg(format!("--socket={}", ctl.display()))
+                    .arg(format!("--uds-path={}", uds.display()));
+                let d = Supervised::spawn("vhost-device-vsock", cmd, &sid, LineKind::Diagnostic)?;
+                let ready = d.wait_for_socket(&ctl, HELPER_READY).await;
+                self.vsock_daemon = Some(d);
+                ready?;
+                self.agent_addr = AgentAddr::Hybrid(uds);
+                VsockDevice::Hybrid { socket: ctl }
+            }
+            vsock::Mode::Vhost => {
+                let held = vsock::reserve_vhost_cid()?;
+                let dev = VsockDevice::Vhost { vhostfd: held.file.as_raw_fd(), cid: held.cid };
+                self.agent_addr = AgentAddr::Vhost(held.cid);
+                self.vhost = Some(held);
+                dev
+            }
+        };
+
+        let share_dev = match self.share {
+            ShareKind::VirtioFs => {
+                let bin = fs_bin.expect("virtio-fs resolved the daemon binary");
+                let sock = self.paths.virtiofsd();
+                let mut cmd = Command::new(&bin);
+                cmd.arg(format!("--socket-path={}", sock.display()))
+                    .arg(format!("--shared-dir={}", self.paths.share_dir.display()))
+                    .arg(format!("--cache={}", q.virtio_fs_cache))
+                    .args(&q.virtio_fs_extra_args);
+                let d = Supervised::spawn("virtiofsd", cmd, &sid, LineKind::Diagnostic)?;
+                let ready = d.wait_for_socket(&sock, HELPER_READY).await;
+                self.fs_daemon = Some(d);
+                ready?;
+                ShareDevice::VirtioFs { socket: sock }
+            }
+            ShareKind::NineP => ShareDevice::NineP { dir: self.paths.share_dir.clone() },
+            ShareKind::None => ShareDevice::None,
+        };
+
+        let debug = config.runtime.enable_debug;
+        let agent_log = if debug {
+            crate::config::LogLevel::Debug
+        } else {
+            config.agent.kata.log_level
+        };
+        let kernel_cmdline = KernelCmdline {
+            vcpus: q.default_vcpus,
+            debug,
+            agent_log,
+            share: &share_dev,
+            extra: &q.kernel_params,
+        }
+        .render();
+        let spec = QemuSpec {
+            sandbox_id: sid.clone(),
+            uuid: cmdline::sandbox_uuid(&sid),
+            machine_type: q.machine_type.clone(),
+            accel: self.accel,
+            vcpus: q.default_vcpus,
+            memory_mib: q.default_memory,
+            kernel: q.kernel.clone(),
+            initrd: q.initrd.clone(),
+            kernel_cmdline,
+            qmp_socket: self.paths.qmp(),
+            vsock: Some(vsock_dev),
+            share: share_dev,
+        };
+        let mut cmd = Command::new(qemu_bin);
+        cmd.args(spec.to_args());
+        if let Some(held) = &self.vhost {
+            let fd = held.file.as_raw_fd();
+            // SAFETY: the closure runs in the forked child before exec and
+            // only calls fcntl, which is async-signal-safe; `fd` is open for
+            // the parent's whole spawn call because `self.vhost` owns it.
+            unsafe {
+                cmd.pre_exec(move || {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        tracing::info!(sandbox_id = %sid, accel = self.accel.as_str(), share = ?self.share,
+            vsock = ?vsock_mode, qemu = %qemu_bin.display(), "starting VM");
+        tracing::debug!(sandbox_id = %sid, argv = ?spec.to_args(), "qemu argv");
+        let qemu = Supervised::spawn("qemu", cmd, &sid, LineKind::GuestConsole)?;
+        self.spawned_at = Instant::now();
+        self.spawn_duration = self.spawned_at - began;
+        self.qemu = Some(qemu);
+        let qmp = Qmp::connect(&self.paths.qmp(), HELPER_READY).await;
+        match qmp {
+            Ok(qmp) => self.qmp = Some(qmp),
+            Err(e) => {
+                if let Some(status) = self.exit_status() {
+                    let q = self.qemu.as_ref().expect("qemu was just stored");
+                    return Err(q.exited_early(status).into());
+                }
+                return Err(e.into());
+            }
+        }
+        Ok(())
+    }
+
+    fn create_dirs(&mut self) -> Result<(), VmError> {
+        use std::os::unix::fs::DirBuilderExt;
+        for dir in [&self.paths.state_dir, &self.paths.share_dir] {
+            if let Some(parent) = dir.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(|source| VmError::Dir { path: parent.to_path_buf(), source })?;
+            }
+            // A leftover directory means a sandbox with this id is live or
+            // was not cleaned up; refusing protects the other sandbox.
+            std::fs::DirBuilder::new()
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| VmError::Dir { path: dir.clone(), source })?;
+            self.dirs_created = true;
+        }
+        Ok(())
+    }
+
+    /// QEMU's pid: what containerd sees as the task pid.
+    pub fn pid(&self) -> u32 {
+        self.qemu.as_ref().map(Supervised::pid).unwrap_or(0)
+    }
+
+    /// QEMU's exit status once it has ended.
+    pub fn exit_status(&self) -> Option<ExitStatus> {
+        self.qemu.as_ref().and_then(Supervised::exit_status)
+    }
+
+    /// A receiver that sees QEMU's exit.
+    pub fn exit_watch(&self) -> Option<tokio::sync::watch::Receiver<Option<ExitStatus>>> {
+        self.qemu.as_ref().map(Supervised::exit_watch)
+    }
+
+    /// The last lines QEMU printed (console and errors).
+    pub fn recent_output(&self) -> String {
+        self.qemu.as_ref().map(Supervised::recent_output).unwrap_or_default()
+    }
+
+    /// The run state reported over QMP.
+    pub async fn status(&mut self) -> Result<String, VmError> {
+        match self.qmp.as_mut() {
+            Some(q) => Ok(q.status().await?),
+            None => Ok("not started".into()),
+        }
+    }
+
+    /// Stops the VM and removes everything it created. With `guest_grace`,
+    /// first waits that long for the guest to power off by itself (after the
+    /// agent was asked to), then asks QEMU to quit over QMP, then kills it.
+    pub async fn stop(mut self, guest_grace: Duration) -> StopReport {
+        let began = Instant::now();
+        let mut how = "already exited";
+        if let Some(q) = &self.qemu {
+            if q.exit_status().is_none() {
+                how = "guest power-off";
+                if q.wait_exit(guest_grace).await.is_none() {
+                    how = "QMP quit";
+                    if let Some(qmp) = self.qmp.as_mut() {
+                        if let Err(e) = qmp.quit().await {
+                            tracing::warn!(sandbox_id = %self.sandbox_id, error = %e, "QMP quit failed");
+                        }
+                    }
+                    if q.wait_exit(Duration::from_secs(3)).await.is_none() {
+                        how = "SIGKILL";
+                        q.kill().await;
+                    }
+                }
+            }
+        }
+        let qemu_status = self.exit_status();
+        self.teardown().await;
+        StopReport { how, qemu_status, duration: began.elapsed() }
+    }
+
+    /// Kills whatever runs and removes the directories. Idempotent.
+    async fn teardown(&mut self) {
+        self.qmp = None;
+        if let Some(q) = self.qemu.take() {
+            q.kill().await;
+        }
+        // With QEMU gone the helpers lose their peer and exit by themselves;
+        // the signal covers one that did not.
+        for d in [self.fs_daemon.take(), self.vsock_daemon.take()].into_iter().flatten() {
+            d.stop(Duration::from_secs(1)).await;
+        }
+        self.vhost = None;
+        if self.dirs_created {
+            remove_sandbox_dirs(&self.sandbox_id, &self.paths);
+            self.dirs_created = false;
+        }
+    }
+}
+
+/// How a stop went.
+#[derive(Debug, Clone)]
+pub struct StopReport {
+    pub how: &'static str,
+    pub qemu_status: Option<ExitStatus>,
+    pub duration: Duration,
+}
+
+/// Removes a sandbox's state directory (only our sockets live there) and its
+/// share directory. The share is removed with `rmdir`, never recursively:
+/// whatever is still in it may be a mount or data we do not own, and is
+/// reported instead.
+pub fn remove_sandbox_dirs(sandbox_id: &str, paths: &SandboxPaths) {
+    match std::fs::remove_dir_all(&paths.state_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(sandbox_id, path = %paths.state_dir.display(), error = %e,
+            "cannot remove state directory"),
+    }
+    match std::fs::remove_dir(&paths.share_dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => tracing::warn!(sandbox_id, path = %paths.share_dir.display(), error = %e,
+            "cannot remove share directory"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_ids() {
+        for ok in ["a", "abc123", "a.b_c-d", "0123456789abcdef0123456789abcdef"] {
+            validate_sandbox_id(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        let long = "a".repeat(77);
+        for bad in ["", "-a", "a-", "a--b", "a/b", "../x", "a b", "a\0b", long.as_str(), "ä"] {
+            assert!(validate_sandbox_id(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn paths_fit_unix_socket_limits() {
+        let id = "a".repeat(76);
+        let p = SandboxPaths::new(&id);
+        for s in [p.qmp(), p.vsock_control(), p.vsock_uds(), p.virtiofsd()] {
+            assert!(s.as_os_str().len() < 108, "{} too long", s.display());
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! The QEMU command line: a typed description of one pod VM turned into an
+//! argv, and the guest kernel command line in Kata's shape.
+//!
+//! Everything here is pure, so the whole matrix (KVM/TCG × vhost/hybrid
+//! vsock × virtio-fs/9p) is table-tested without starting anything.
+
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+
+use kata_agent_protocol::{cmdline as keys, guest, shared_fs};
+
+use crate::config::LogLevel;
+
+/// Acceleration after `auto` has been resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accel {
+    Kvm,
+    Tcg,
+}
+
+impl Accel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accel::Kvm => "kvm",
+            Accel::Tcg => "tcg",
+        }
+    }
+}
+
+/// The guest's vsock device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VsockDevice {
+    /// Kernel vhost-vsock: the fd of `/dev/vhost-vsock` that holds the CID.
+    Vhost { vhostfd: RawFd, cid: u64 },
+    /// vhost-user-vsock: the control socket of the per-VM vhost-device-vsock.
+    Hybrid { socket: PathBuf },
+}
+
+/// The sandbox share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShareDevice {
+    /// vhost-user-fs: the socket of the per-VM virtiofsd.
+    VirtioFs { socket: PathBuf },
+    /// virtio-9p served by QEMU from a host directory.
+    NineP { dir: PathBuf },
+    None,
+}
+
+impl ShareDevice {
+    /// The `agent.shared_fs=` value that tells the agent what to mount.
+    pub fn agent_value(&self) -> &'static str {
+        match self {
+            ShareDevice::VirtioFs { .. } => shared_fs::VIRTIOFS,
+            ShareDevice::NineP { .. } => shared_fs::NINE_P,
+            ShareDevice::None => shared_fs::NONE,
+        }
+    }
+}
+
+/// Everything that shapes one VM's argv.
+#[derive(Debug, Clone)]
+pub struct QemuSpec {
+    pub sandbox_id: String,
+    pub uuid: String,
+    pub machine_type: String,
+    pub accel: Accel,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub kernel_cmdline: String,
+    pub qmp_socket: PathBuf,
+    /// `None` only for the benchmark's raw boot, which has no agent.
+    pub vsock: Option<VsockDevice>,
+    pub share: ShareDevice,
+}
+
+/// Id of the guest memory backend; `-machine memory-backend=` refers to it.
+const MEM_ID: &str = "entire-guest-memory";
+
+impl QemuSpec {
+    /// The argv after the binary name.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut a: Vec<String> = Vec::with_capacity(48);
+        let mut push = |parts: &[&str]| a.extend(parts.iter().map(|s| s.to_string()));
+
+        push(&["-name", &format!("sandbox-{}", self.sandbox_id)]);
+        push(&["-uuid", &self.uuid]);
+        let mut machine = format!("{},accel={}", self.machine_type, self.accel.as_str());
+        if self.accel == Accel::Kvm {
+            machine.push_str(",kernel_irqchip=on");
+        }
+        machine.push_str(&format!(",memory-backend={MEM_ID}"));
+        push(&["-machine", &machine]);
+        if self.accel == Accel::Kvm {
+            push(&["-cpu", "host,pmu=off"]);
+        }
+        push(&["-smp", &self.vcpus.to_string()]);
+        push(&["-m", &format!("{}M", self.memory_mib)]);
+        // vhost-user devices (vsock, virtio-fs) need guest memory that other
+        // processes can map, hence a shared memfd.
+        push(&[
+            "-object",
+            &format!(
+                "memory-backend-memfd,id={MEM_ID},size={}M,share=on",
+                self.memory_mib
+            ),
+        ]);
+        push(&["-kernel", &self.kernel.to_string_lossy()]);
+        push(&["-initrd", &self.initrd.to_string_lossy()]);
+        push(&["-append", &self.kernel_cmdline]);
+        push(&[
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", self.qmp_socket.display()),
+        ]);
+        push(&["-rtc", "base=utc,clock=host,driftfix=slew"]);
+        push(&["-object", "rng-random,id=rng0,filename=/dev/urandom"]);
+        push(&["-device", "virtio-rng-pci,rng=rng0"]);
+        // The console is QEMU's stdout, read by the shim and re-logged with
+        // the sandbox id; stdin is /dev/null.
+        push(&["-device", "virtio-serial-pci,id=serial0"]);
+        push(&["-device", "virtconsole,chardev=charconsole0,id=console0"]);
+        push(&["-chardev", "stdio,id=charconsole0,signal=off"]);
+        match &self.vsock {
+            None => {}
+            Some(VsockDevice::Vhost { vhostfd, cid }) => push(&[
+                "-device",
+                &format!("vhost-vsock-pci,id=vsock-{cid},guest-cid={cid},vhostfd={vhostfd}"),
+            ]),
+            Some(VsockDevice::Hybrid { socket }) => {
+                push(&["-chardev", &format!("socket,id=charvsock0,path={}", socket.display())]);
+                push(&["-device", "vhost-user-vsock-pci,chardev=charvsock0,id=vsock0"]);
+            }
+        }
+        match &self.share {
+            ShareDevice::VirtioFs { socket } => {
+                push(&["-chardev", &format!("socket,id=charfs0,path={}", socket.display())]);
+                push(&[
+                    "-device",
+                    &format!(
+                        "vhost-user-fs-pci,chardev=charfs0,tag={},queue-size=1024",
+                        guest::SHARED_FS_TAG
+                    ),
+                ]);
+            }
+            ShareDevice::NineP { dir } => {
+                push(&[
+                    "-fsdev",
+                    &format!(
+                        "local,id=fs9p0,path={},security_model=none,multidevs=remap",
+                        dir.display()
+                    ),
+                ]);
+                push(&[
+                    "-device",
+                    &format!("virtio-9p-pci,fsdev=fs9p0,mount_tag={}", guest::SHARED_FS_TAG),
+                ]);
+            }
+            ShareDevice::None => {}
+        }
+        push(&["-vga", "none", "-no-user-config", "-nodefaults", "-nographic", "-no-reboot"]);
+        a
+    }
+}
+
+/// Inputs of the guest kernel command line.
+#[derive(Debug, Clone)]
+pub struct KernelCmdline<'a> {
+    pub vcpus: u32,
+    pub debug: bool,
+    pub agent_log: LogLevel,
+    pub share: &'a ShareDevice,
+    /// `kernel_params` from the configuration, appended last but before the
+    /// agent keys so an operator cannot silently override them.
+    pub extra: &'a str,
+}
+
+impl KernelCmdline<'_> {
+    /// The `-append` string.
+    pub fn render(&self) -> String {
+        let mut p: Vec<String> = [
+            "tsc=reliable",
+            "no_timer_check",
+            "rcupdate.rcu_expedited=1",
+            "i8042.direct=1",
+            "i8042.dumbkbd=1",
+            "i8042.nopnp=1",
+            "i8042.noaux=1",
+            "noreplace-smp",
+            "reboot=k",
+            "console=hvc0",
+            "cryptomgr.notests",
+            "net.ifnames=0",
+            "pci=lastbus=0",
+            "panic=1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        p.push(format!("nr_cpus={}", self.vcpus));
+        // The kernel's own chatter slows a TCG boot and floods the log; keep
+        // it for debugging only.
+        p.push(if self.debug { "debug" } else { "quiet" }.to_string());
+        let extra = self.extra.split_whitespace().map(str::to_string);
+        p.extend(extra);
+        p.push(format!("{}={}", keys::LOG_LEVEL, self.agent_log.as_str()));
+        p.push(format!("{}={}", keys::SHARED_FS, self.share.agent_value()));
+        p.join(" ")
+    }
+}
+
+/// A stable RFC 4122-shaped UUID (version 5 layout, SHA-256 based) derived
+/// from the sandbox id, so `-uuid` can be traced back to the sandbox.
+pub fn sandbox_uuid(sandbox_id: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("kata-sandbox:{sandbox_id}").as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&d[..16]);
+    b[6] = (b[6] & 0x0f) | 0x50;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(accel: Accel, vsock: VsockDevice, share: ShareDevice) -> QemuSpec {
+        let cmdline = KernelCmdline {
+            vcpus: 1,
+            debug: false,
+            agent_log: LogLevel::Info,
+            share: &share,
+            extra: "",
+        }
+        .render();
+        QemuSpec {
+            sandbox_id: "abc".into(),
+            uuid: sandbox_uuid("abc"),
+            machine_type: "q35".into(),
+            accel,
+            vcpus: 1,
+            memory_mib: 2048,
+            kernel: "/k".into(),
+            initrd: "/i".into(),
+            kernel_cmdline: cmdline,
+            qmp_socket: "/run/kata/abc/qmp.sock".into(),
+            vsock: Some(vsock),
+            share,
+        }
+    }
+
+    /// The value following `flag` each time it occurs.
+    fn values<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
+    }
+
+    #[test]
+    fn matrix() {
+        let vhost = VsockDevice::Vhost { vhostfd: 7, cid: 42 };
+        let hybrid = VsockDevice::Hybrid { socket: "/run/kata/abc/vhost-vsock.sock".into() };
+        let fs = ShareDevice::VirtioFs { socket: "/run/kata/abc/virtiofsd.sock".into() };
+        let p9 = ShareDevice::NineP { dir: "/run/kata-containers/shared/sandboxes/abc".into() };
+        struct Row {
+            accel: Accel,
+            vsock: VsockDevice,
+            share: ShareDevice,
+            machine: &'static str,
+            cpu: Option<&'static str>,
+            vsock_dev: &'static str,
+            share_dev: &'static str,
+            agent_fs: &'static str,
+        }
+        let kvm_m = "q35,accel=kvm,kernel_irqchip=on,memory-backend=entire-guest-memory";
+        let tcg_m = "q35,accel=tcg,memory-backend=entire-guest-memory";
+        let vhost_d = "vhost-vsock-pci,id=vsock-42,guest-cid=42,vhostfd=7";
+        let hybrid_d = "vhost-user-vsock-pci,chardev=charvsock0,id=vsock0";
+        let fs_d = "vhost-user-fs-pci,chardev=charfs0,tag=kataShared,queue-size=1024";
+        let p9_d = "virtio-9p-pci,fsdev=fs9p0,mount_tag=kataShared";
+        let rows = [
+            Row { accel: Accel::Kvm, vsock: vhost.clone(), share: fs.clone(), machine: kvm_m, cpu: Some("host,pmu=off"), vsock_dev: vhost_d, share_dev: fs_d, agent_fs: "virtiofs" },
+            Row { accel: Accel::Kvm, vsock: vhost.clone(), share: p9.clone(), machine: kvm_m, cpu: Some("host,pmu=off"), vsock_dev: vhost_d, share_dev: p9_d, agent_fs: "9p" },
+            Row { accel: Accel::Kvm, vsock: hybrid.clone(), share: fs.clone(), machine: kvm_m, cpu: Some("host,pmu=off"), vsock_dev: hybrid_d, share_dev: fs_d, agent_fs: "virtiofs" },
+            Row { accel: Accel::Kvm, vsock: hybrid.clone(), share: p9.clone(), machine: kvm_m, cpu: Some("host,pmu=off"), vsock_dev: hybrid_d, share_dev: p9_d, agent_fs: "9p" },
+            Row { accel: Accel::Tcg, vsock: vhost.clone(), share: fs.clone(), machine: tcg_m, cpu: None, vsock_dev: vhost_d, share_dev: fs_d, agent_fs: "virtiofs" },
+            Row { accel: Accel::Tcg, vsock: vhost, share: p9.clone(), machine: tcg_m, cpu: None, vsock_dev: vhost_d, share_dev: p9_d, agent_fs: "9p" },
+            Row { accel: Accel::Tcg, vsock: hybrid.clone(), share: fs, machine: tcg_m, cpu: None, vsock_dev: hybrid_d, share_dev: fs_d, agent_fs: "virtiofs" },
+            Row { accel: Accel::Tcg, vsock: hybrid, share: p9, machine: tcg_m, cpu: None, vsock_dev: hybrid_d, share_dev: p9_d, agent_fs: "9p" },
+        ];
+        for (i, r) in rows.into_iter().enumerate() {
+            let s = spec(r.accel, r.vsock.clone(), r.share.clone());
+            let args = s.to_args();
+            assert_eq!(values(&args, "-machine"), vec![r.machine], "row {i}");
+            assert_eq!(values(&args, "-cpu"), r.cpu.into_iter().collect::<Vec<_>>(), "row {i}");
+            let devices = values(&args, "-device");
+            assert!(devices.contains(&r.vsock_dev), "row {i}: {devices:?}");
+            assert!(devices.contains(&r.share_dev), "row {i}: {devices:?}");
+            let chardevs = values(&args, "-chardev");
+            match &r.vsock {
+                VsockDevice::Hybrid { .. } => assert!(chardevs.contains(&"socket,id=charvsock0,path=/run/kata/abc/vhost-vsock.sock"), "row {i}"),
+                VsockDevice::Vhost { .. } => assert!(!chardevs.iter().any(|c| c.contains("charvsock0")), "row {i}"),
+            }
+            match &r.share {
+                ShareDevice::VirtioFs { .. } => {
+                    assert!(chardevs.contains(&"socket,id=charfs0,path=/run/kata/abc/virtiofsd.sock"), "row {i}");
+                    assert!(values(&args, "-fsdev").is_empty(), "row {i}");
+                }
+                ShareDevice::NineP { .. } => assert_eq!(
+                    values(&args, "-fsdev"),
+                    vec!["local,id=fs9p0,path=/run/kata-containers/shared/sandboxes/abc,security_model=none,multidevs=remap"],
+                    "row {i}"
+                ),
+                ShareDevice::None => unreachable!("not in the table"),
+            }
+            let append = values(&args, "-append");
+            assert_eq!(append.len(), 1);
+            assert!(append[0].ends_with(&format!("agent.log=info agent.shared_fs={}", r.agent_fs)), "row {i}: {}", append[0]);
+        }
+    }
+
+    #[test]
+    fn fixed_pieces() {
+        let share = ShareDevice::None;
+        let args = spec(Accel::Tcg, VsockDevice::Hybrid { socket: "/s".into() }, share).to_args();
+        assert_eq!(values(&args, "-name"), vec!["sandbox-abc"]);
+        assert_eq!(values(&args, "-uuid"), vec![sandbox_uuid("abc").as_str()]);
+        assert_eq!(values(&args, "-smp"), vec!["1"]);
+        assert_eq!(values(&args, "-m"), vec!["2048M"]);
+        assert!(values(&args, "-object").contains(&"memory-backend-memfd,id=entire-guest-memory,size=2048M,share=on"));
+        assert_eq!(values(&args, "-kernel"), vec!["/k"]);
+        assert_eq!(values(&args, "-initrd"), vec!["/i"]);
+        assert_eq!(values(&args, "-qmp"), vec!["unix:/run/kata/abc/qmp.sock,server=on,wait=off"]);
+        assert!(values(&args, "-chardev").contains(&"stdio,id=charconsole0,signal=off"));
+        for flag in ["-no-reboot", "-nodefaults", "-no-user-config", "-nographic"] {
+            assert!(args.iter().any(|a| a == flag), "{flag} missing");
+        }
+        assert!(values(&args, "-fsdev").is_empty());
+        assert!(!values(&args, "-device").iter().any(|d| d.contains("fs-pci") || d.contains("9p")));
+    }
+
+    #[test]
+    fn kernel_cmdline_shape() {
+        let share = ShareDevice::VirtioFs { socket: "/s".into() };
+        let c = KernelCmdline { vcpus: 2, debug: false, agent_log: LogLevel::Debug, share: &share, extra: " foo=1  bar " }.render();
+        assert_eq!(
+            c,
+            "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 i8042.dumbkbd=1 \
+             i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k console=hvc0 cryptomgr.notests \
+             net.ifnames=0 pci=lastbus=0 panic=1 nr_cpus=2 quiet foo=1 bar agent.log=debug \
+             agent.shared_fs=virtiofs"
+        );
+        let d = KernelCmdline { vcpus: 1, debug: true, agent_log: LogLevel::Info, share: &ShareDevice::None, extra: "" }.render();
+        assert!(d.contains(" debug ") && !d.contains("quiet"));
+        assert!(d.ends_with("agent.shared_fs=none"));
+    }
+
+    #[test]
+    fn uuid_is_stable_and_well_formed() {
+        let u = sandbox_uuid("abc");
+        assert_eq!(u, sandbox_uuid("abc"));
+        assert_ne!(u, sandbox_uuid("abd"));
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "5");
+        assert!(matches!(&u[19..20], "8" | "9" | "a" | "b"));
+    }
+}
