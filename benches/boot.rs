@@ -1,1 +1,241 @@
-fn main() {}
+//! `make bench`: boot timings of a pod VM against the raw boot baseline
+//! (DESIGN decision 10), all measured in the same run, written as a table to
+//! BENCHMARKS.md (or `$BENCH_OUTPUT`).
+//!
+//! - raw boot: QEMU with the pod VM's machine, acceleration, memory, kernel
+//!   and kernel command line, and an initrd whose `/init` powers off at
+//!   once; QEMU spawn to QEMU exit.
+//! - boot to agent ready: QEMU spawn to the agent's first health answer.
+//!
+//! Raw and agent boots alternate so machine noise hits both alike.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kata_shim::config::Config;
+use kata_shim::sandbox::SandboxVm;
+use kata_shim::vm::qemu::cmdline::{KernelCmdline, QemuSpec, ShareDevice, sandbox_uuid};
+
+fn main() {
+    if let Err(e) = run() {
+        eprintln!("bench: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn bin_dir() -> PathBuf {
+    Path::new(env!("CARGO_BIN_EXE_kata-ctl"))
+        .parent()
+        .expect("binary has a parent")
+        .to_path_buf()
+}
+
+fn checked(cmd: &mut Command, what: &str) -> Result<(), String> {
+    let o = cmd.output().map_err(|e| format!("{what}: {e}"))?;
+    if !o.status.success() {
+        return Err(format!(
+            "{what} failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        ));
+    }
+    Ok(())
+}
+
+fn run() -> Result<(), String> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err("benchmarks start VMs and must run as root".into());
+    }
+    let iterations: usize = std::env::var("BENCH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = std::env::var_os("BENCH_OUTPUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("BENCHMARKS.md"));
+    let bins = bin_dir();
+    let images = bins.parent().expect("target dir").join("test-images");
+    let agent = bins.join("kata-agent");
+    let builder = bins.join("kata-guest-image");
+    for b in [&agent, &builder] {
+        if !b.is_file() {
+            return Err(format!("{} missing: run make build first", b.display()));
+        }
+    }
+    checked(
+        Command::new(&builder)
+            .arg("--agent")
+            .arg(&agent)
+            .arg("--output-dir")
+            .arg(&images),
+        "building the guest image",
+    )?;
+    let raw_initrd = images.join("raw-boot.initrd");
+    checked(
+        Command::new(&builder)
+            .arg("raw-boot")
+            .arg("--output")
+            .arg(&raw_initrd),
+        "building the raw-boot initrd",
+    )?;
+
+    let mut config = Config::default();
+    config.hypervisor.qemu.kernel = images.join("kata.kernel");
+    config.hypervisor.qemu.initrd = images.join("kata.initrd");
+    let kver = std::fs::read_link(images.join("kata.initrd"))
+        .ok()
+        .and_then(|p| {
+            p.components()
+                .next()
+                .map(|c| c.as_os_str().to_string_lossy().to_string())
+        })
+        .unwrap_or_default();
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let (mut raw, mut ready, mut start, mut stop) = (vec![], vec![], vec![], vec![]);
+    let mut accel = String::new();
+    for i in 0..iterations {
+        raw.push(raw_boot(&config, &raw_initrd)?);
+        let id = format!("bench-{}-{i}", std::process::id());
+        let began = Instant::now();
+        let sb = rt
+            .block_on(SandboxVm::boot(&config, &id))
+            .map_err(|e| format!("boot {id}: {}", chain(&e)))?;
+        start.push(began.elapsed());
+        ready.push(sb.agent_ready);
+        accel = sb.vm.accel.as_str().to_string();
+        let r = rt.block_on(sb.shutdown());
+        stop.push(r.duration);
+        eprintln!(
+            "bench: iteration {}/{iterations}: raw {:.2} s, agent ready {:.2} s",
+            i + 1,
+            secs(raw[i]),
+            secs(ready[i])
+        );
+    }
+    let base = median(&raw);
+    let ratio = secs(median(&ready)) / secs(base);
+    let row = |name: &str, v: &[Duration], goal: &str| {
+        format!(
+            "| {name} | {:.2} s | {:.2} s | {:.2} s | {:.2} | {goal} |",
+            secs(median(v)),
+            secs(*v.iter().min().expect("non-empty")),
+            secs(*v.iter().max().expect("non-empty")),
+            secs(median(v)) / secs(base)
+        )
+    };
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let table = [
+        "# Benchmarks".to_string(),
+        String::new(),
+        "Regenerated by `make bench`; every figure below comes from one run on one machine.".into(),
+        "Ratios divide by the raw boot measured in the same run (DESIGN.md decision 10), so".into(),
+        "they survive a noisy, shared machine better than the absolute times.".into(),
+        String::new(),
+        format!(
+            "Run: {iterations} iteration(s), {} CPUs ({cpu}), accel {accel}, guest kernel {kver}, {} vCPU, {} MiB, hybrid vsock, virtio-fs.",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            config.hypervisor.qemu.default_vcpus,
+            config.hypervisor.qemu.default_memory
+        ),
+        String::new(),
+        "| measurement | median | min | max | ratio to raw boot | goal |".into(),
+        "|---|---|---|---|---|---|".into(),
+        row("raw boot: QEMU spawn → exit, `/init` powers off at once", &raw, "baseline"),
+        row("boot to agent ready: QEMU spawn → first Health answer", &ready, "≤ 1.2"),
+        row("sandbox start: start call (helpers + QEMU) → agent ready", &start, ""),
+        row("sandbox stop: DestroySandbox → QEMU and helpers gone", &stop, ""),
+        String::new(),
+        format!(
+            "Boot-to-agent-ready ratio: **{ratio:.2}** (goal ≤ 1.2: {}).",
+            if ratio <= 1.2 { "met" } else { "not met" }
+        ),
+        String::new(),
+    ]
+    .join("\n");
+    std::fs::write(&output, &table).map_err(|e| format!("writing {}: {e}", output.display()))?;
+    println!("{table}");
+    eprintln!("bench: wrote {}", output.display());
+    Ok(())
+}
+
+/// One raw boot: spawn to exit of a QEMU whose guest powers off at once.
+fn raw_boot(config: &Config, initrd: &Path) -> Result<Duration, String> {
+    let q = &config.hypervisor.qemu;
+    let choice = kata_shim::vm::accel::choose(q.accel, kata_shim::vm::accel::HostVirt::probe());
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let share = ShareDevice::None;
+    let spec = QemuSpec {
+        sandbox_id: "raw-boot".into(),
+        uuid: sandbox_uuid("raw-boot"),
+        machine_type: q.machine_type.clone(),
+        accel: choice.accel,
+        vcpus: q.default_vcpus,
+        memory_mib: q.default_memory,
+        kernel: q.kernel.clone(),
+        initrd: initrd.to_path_buf(),
+        kernel_cmdline: KernelCmdline {
+            vcpus: q.default_vcpus,
+            debug: false,
+            agent_log: config.agent.kata.log_level,
+            share: &share,
+            extra: &q.kernel_params,
+        }
+        .render(),
+        qmp_socket: dir.path().join("qmp.sock"),
+        vsock: None,
+        share,
+    };
+    let qemu = q
+        .path
+        .iter()
+        .find(|p| p.is_file())
+        .ok_or("no QEMU binary")?;
+    let began = Instant::now();
+    let status = Command::new(qemu)
+        .args(spec.to_args())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(|e| format!("raw boot: {e}"))?;
+    let took = began.elapsed();
+    if !status.success() {
+        return Err(format!("raw boot QEMU exited with {status}"));
+    }
+    Ok(took)
+}
+
+fn median(v: &[Duration]) -> Duration {
+    let mut s = v.to_vec();
+    s.sort();
+    s[s.len() / 2]
+}
+
+fn secs(d: Duration) -> f64 {
+    d.as_secs_f64()
+}
+
+fn chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

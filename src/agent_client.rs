@@ -5,10 +5,12 @@
 use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
-use kata_agent_protocol::{AGENT_VSOCK_PORT, PROTOCOL_VERSION, agent, agent_ttrpc, health, health_ttrpc};
+use kata_agent_protocol::{
+    AGENT_VSOCK_PORT, PROTOCOL_VERSION, agent, agent_ttrpc, health, health_ttrpc,
+};
 use tokio::sync::watch;
-use ttrpc::context;
 use ttrpc::r#async::transport::Socket;
+use ttrpc::context;
 
 use crate::vm::AgentAddr;
 
@@ -58,16 +60,19 @@ fn ctx(timeout: Duration) -> context::Context {
 
 async fn dial_once(addr: &AgentAddr) -> Result<Socket, String> {
     match addr {
-        AgentAddr::Hybrid(uds) => crate::vm::vsock::dial_hybrid(uds, AGENT_VSOCK_PORT, HANDSHAKE_TIMEOUT)
-            .await
-            .map(Socket::from)
-            .map_err(|e| e.to_string()),
-        AgentAddr::Vhost(cid) => {
-            tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(*cid as u32, AGENT_VSOCK_PORT))
+        AgentAddr::Hybrid(uds) => {
+            crate::vm::vsock::dial_hybrid(uds, AGENT_VSOCK_PORT, HANDSHAKE_TIMEOUT)
                 .await
                 .map(Socket::from)
-                .map_err(|e| format!("vsock connect to cid {cid}: {e}"))
+                .map_err(|e| e.to_string())
         }
+        AgentAddr::Vhost(cid) => tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(
+            *cid as u32,
+            AGENT_VSOCK_PORT,
+        ))
+        .await
+        .map(Socket::from)
+        .map_err(|e| format!("vsock connect to cid {cid}: {e}")),
     }
 }
 
@@ -98,7 +103,11 @@ impl AgentClient {
                 let out = vm_output();
                 return Err(AgentError::VmExited {
                     status: status.to_string(),
-                    detail: if out.is_empty() { String::new() } else { format!("; last output: {out}") },
+                    detail: if out.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; last output: {out}")
+                    },
                 });
             }
             let now = Instant::now();
@@ -108,8 +117,13 @@ impl AgentClient {
             let attempt = async {
                 let sock = dial_once(addr).await?;
                 let client = AgentClient::from_socket(sock);
-                let left = deadline.saturating_duration_since(Instant::now()).min(HANDSHAKE_TIMEOUT * 2);
-                client.check_health(left.max(Duration::from_millis(100))).await.map_err(|e| e.to_string())?;
+                let left = deadline
+                    .saturating_duration_since(Instant::now())
+                    .min(HANDSHAKE_TIMEOUT * 2);
+                client
+                    .check_health(left.max(Duration::from_millis(100)))
+                    .await
+                    .map_err(|e| e.to_string())?;
                 Ok::<_, String>(client)
             };
             let remaining = deadline.saturating_duration_since(now);
@@ -119,6 +133,7 @@ impl AgentClient {
                 Ok(Err(e)) => last = e,
                 Err(_) => last = "attempt cut by the deadline".to_string(),
             }
+            tracing::debug!(elapsed_ms = now.elapsed().as_millis() as u64, error = %last, "agent dial attempt failed");
             let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));
             match vm_exit.as_mut() {
                 Some(rx) => {
@@ -126,7 +141,10 @@ impl AgentClient {
                 }
                 None => tokio::time::sleep(pause).await,
             }
-            backoff = (backoff * 2).min(Duration::from_millis(250));
+            // Failed attempts cost almost nothing (the socket is not there
+            // yet, or the guest resets at once), and every poll interval is
+            // added to the boot time, so poll often.
+            backoff = (backoff * 2).min(Duration::from_millis(40));
         }
     }
 
@@ -138,7 +156,10 @@ impl AgentClient {
             .health
             .check(ctx(timeout), &req)
             .await
-            .map_err(|source| AgentError::Rpc { call: "Health.Check", source })?;
+            .map_err(|source| AgentError::Rpc {
+                call: "Health.Check",
+                source,
+            })?;
         match r.status.enum_value_or_default() {
             health::health_check_response::ServingStatus::SERVING => Ok(()),
             other => Err(AgentError::NotServing(other)),
@@ -146,13 +167,19 @@ impl AgentClient {
     }
 
     /// Guest details, optionally probing a file name at the share's root.
-    pub async fn guest_details(&self, shared_fs_probe: &str) -> Result<agent::GuestDetailsResponse, AgentError> {
+    pub async fn guest_details(
+        &self,
+        shared_fs_probe: &str,
+    ) -> Result<agent::GuestDetailsResponse, AgentError> {
         let mut req = agent::GuestDetailsRequest::new();
         req.shared_fs_probe = shared_fs_probe.to_string();
         self.agent
             .get_guest_details(ctx(CALL_TIMEOUT), &req)
             .await
-            .map_err(|source| AgentError::Rpc { call: "GetGuestDetails", source })
+            .map_err(|source| AgentError::Rpc {
+                call: "GetGuestDetails",
+                source,
+            })
     }
 
     /// First contact after [`AgentClient::connect`]: fetches the guest
@@ -169,7 +196,10 @@ impl AgentClient {
             .destroy_sandbox(ctx(CALL_TIMEOUT), &agent::DestroySandboxRequest::new())
             .await
             .map(|_| ())
-            .map_err(|source| AgentError::Rpc { call: "DestroySandbox", source })
+            .map_err(|source| AgentError::Rpc {
+                call: "DestroySandbox",
+                source,
+            })
     }
 }
 
@@ -178,6 +208,9 @@ pub fn check_protocol_version(agent: u32) -> Result<(), AgentError> {
     if agent == PROTOCOL_VERSION {
         Ok(())
     } else {
-        Err(AgentError::VersionMismatch { agent, shim: PROTOCOL_VERSION })
+        Err(AgentError::VersionMismatch {
+            agent,
+            shim: PROTOCOL_VERSION,
+        })
     }
 }

@@ -35,6 +35,8 @@ pub struct Report {
     pub vsock: String,
     pub shared_fs: String,
     pub qemu_pid: u32,
+    /// QEMU's run state over QMP while the guest was up.
+    pub vm_status: String,
     pub agent_version: String,
     pub protocol_version: u32,
     pub kernel_release: String,
@@ -56,7 +58,7 @@ pub struct Report {
 /// Runs the check for `sandbox_id`. SIGINT or SIGTERM during the run stops
 /// the VM cleanly before returning.
 pub async fn run(config: &Config, sandbox_id: &str) -> Result<Report, BootCheckError> {
-    let sandbox = tokio::select! {
+    let mut sandbox = tokio::select! {
         r = SandboxVm::boot(config, sandbox_id) => r?,
         s = interrupted() => {
             // The boot future is dropped: its children are killed on drop,
@@ -69,9 +71,17 @@ pub async fn run(config: &Config, sandbox_id: &str) -> Result<Report, BootCheckE
         r = probe(&sandbox) => r,
         s = interrupted() => Err(BootCheckError::Interrupted(s)),
     };
+    let vm_status = match sandbox.vm.status().await {
+        Ok(s) => s,
+        Err(e) => format!("unknown ({e})"),
+    };
     let vm = &sandbox.vm;
-    let (accel, qemu_pid, spawn, ready) =
-        (vm.accel.as_str().to_string(), vm.pid(), vm.spawn_duration, sandbox.agent_ready);
+    let (accel, qemu_pid, spawn, ready) = (
+        vm.accel.as_str().to_string(),
+        vm.pid(),
+        vm.spawn_duration,
+        sandbox.agent_ready,
+    );
     let vsock = match vm.agent_addr {
         AgentAddr::Hybrid(_) => "hybrid",
         AgentAddr::Vhost(_) => "vhost",
@@ -91,6 +101,7 @@ pub async fn run(config: &Config, sandbox_id: &str) -> Result<Report, BootCheckE
         vsock: vsock.into(),
         shared_fs: shared_fs.into(),
         qemu_pid,
+        vm_status,
         agent_version: d.agent_version,
         protocol_version: d.protocol_version,
         kernel_release: d.kernel_release,
@@ -137,7 +148,10 @@ async fn probe(
 
 async fn interrupted() -> &'static str {
     use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
+    let (Ok(mut int), Ok(mut term)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
         return std::future::pending().await;
     };
     tokio::select! {
@@ -154,7 +168,10 @@ fn ms(d: Duration) -> u64 {
 pub fn nonce() -> String {
     use std::io::Read;
     let mut b = [0u8; 8];
-    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)).is_err() {
+    if std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut b))
+        .is_err()
+    {
         let t = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -173,19 +190,37 @@ impl Report {
             format!(
                 "{} ({} at {}): host file {}",
                 self.shared_fs,
-                if self.guest_share_fstype.is_empty() { "not mounted" } else { &self.guest_share_fstype },
+                if self.guest_share_fstype.is_empty() {
+                    "not mounted"
+                } else {
+                    &self.guest_share_fstype
+                },
                 self.guest_share_mount,
-                if self.share_visible { "visible in the guest" } else { "NOT visible in the guest" }
+                if self.share_visible {
+                    "visible in the guest"
+                } else {
+                    "NOT visible in the guest"
+                }
             )
         };
         [
             format!("sandbox         {}", self.sandbox_id),
-            format!("qemu pid        {} (accel {}, vsock {})", self.qemu_pid, self.accel, self.vsock),
-            format!("agent           {} (protocol {})", self.agent_version, self.protocol_version),
+            format!(
+                "qemu pid        {} ({}, accel {}, vsock {})",
+                self.qemu_pid, self.vm_status, self.accel, self.vsock
+            ),
+            format!(
+                "agent           {} (protocol {})",
+                self.agent_version, self.protocol_version
+            ),
             format!("kernel release  {}", self.kernel_release),
             format!("uptime          {:.2} s", self.uptime_seconds),
             format!("cpus            {}", self.online_cpus),
-            format!("memory          {} MiB total, {} MiB available", self.mem_total_kib / 1024, self.mem_available_kib / 1024),
+            format!(
+                "memory          {} MiB total, {} MiB available",
+                self.mem_total_kib / 1024,
+                self.mem_available_kib / 1024
+            ),
             format!("cmdline         {}", self.kernel_cmdline),
             format!("shared fs       {share}"),
             format!(

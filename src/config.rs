@@ -278,10 +278,7 @@ impl Config {
     }
 
     /// [`Config::load`] with the override and the search list given.
-    pub fn load_from(
-        explicit: Option<PathBuf>,
-        search: &[PathBuf],
-    ) -> Result<Loaded, ConfigError> {
+    pub fn load_from(explicit: Option<PathBuf>, search: &[PathBuf]) -> Result<Loaded, ConfigError> {
         if let Some(path) = explicit {
             let config = Config::from_file(&path)?;
             return Ok(Loaded {
@@ -312,7 +309,10 @@ impl Config {
         };
         let q = &self.hypervisor.qemu;
         if q.path.is_empty() {
-            return Err(invalid("hypervisor.qemu.path", "must list at least one binary".into()));
+            return Err(invalid(
+                "hypervisor.qemu.path",
+                "must list at least one binary".into(),
+            ));
         }
         if !(1..=240).contains(&q.default_vcpus) {
             return Err(invalid(
@@ -323,7 +323,10 @@ impl Config {
         if !(128..=1_048_576).contains(&q.default_memory) {
             return Err(invalid(
                 "hypervisor.qemu.default_memory",
-                format!("is {} MiB, must be between 128 and 1048576", q.default_memory),
+                format!(
+                    "is {} MiB, must be between 128 and 1048576",
+                    q.default_memory
+                ),
             ));
         }
         if !["q35", "pc", "microvm"].contains(&q.machine_type.as_str()) {
@@ -335,7 +338,10 @@ impl Config {
         if !["never", "metadata", "auto", "always"].contains(&q.virtio_fs_cache.as_str()) {
             return Err(invalid(
                 "hypervisor.qemu.virtio_fs_cache",
-                format!("is {:?}, must be never, metadata, auto or always", q.virtio_fs_cache),
+                format!(
+                    "is {:?}, must be never, metadata, auto or always",
+                    q.virtio_fs_cache
+                ),
             ));
         }
         if q.kernel_params.contains(['\n', '\0']) {
@@ -350,15 +356,24 @@ impl Config {
                 format!("is {}, must be between 4096 and 67108864", q.msize_9p),
             ));
         }
-        for (key, p) in [("hypervisor.qemu.kernel", &q.kernel), ("hypervisor.qemu.initrd", &q.initrd)] {
+        for (key, p) in [
+            ("hypervisor.qemu.kernel", &q.kernel),
+            ("hypervisor.qemu.initrd", &q.initrd),
+        ] {
             if !p.is_absolute() {
-                return Err(invalid(key, format!("{} must be an absolute path", p.display())));
+                return Err(invalid(
+                    key,
+                    format!("{} must be an absolute path", p.display()),
+                ));
             }
         }
         if !(1..=600).contains(&self.agent.kata.dial_timeout) {
             return Err(invalid(
                 "agent.kata.dial_timeout",
-                format!("is {} s, must be between 1 and 600", self.agent.kata.dial_timeout),
+                format!(
+                    "is {} s, must be between 1 and 600",
+                    self.agent.kata.dial_timeout
+                ),
             ));
         }
         Ok(())
@@ -423,10 +438,16 @@ mod tests {
     #[test]
     fn unknown_keys_are_named_with_their_path() {
         let cases = [
-            ("[hypervisor.qemu]\ndefault_vcpu = 1\n", "hypervisor.qemu.default_vcpu"),
+            (
+                "[hypervisor.qemu]\ndefault_vcpu = 1\n",
+                "hypervisor.qemu.default_vcpu",
+            ),
             ("[agent.kata]\ndial = 1\n", "agent.kata.dial"),
             ("[runtime]\nfoo = true\n", "runtime.foo"),
-            ("[hypervisor.firecracker]\npath = []\n", "hypervisor.firecracker"),
+            (
+                "[hypervisor.firecracker]\npath = []\n",
+                "hypervisor.firecracker",
+            ),
             ("top = 1\n", "top"),
         ];
         for (text, want) in cases {
@@ -440,13 +461,31 @@ mod tests {
     #[test]
     fn invalid_values_name_the_key() {
         let cases = [
-            ("[hypervisor.qemu]\ndefault_vcpus = 0\n", "hypervisor.qemu.default_vcpus"),
-            ("[hypervisor.qemu]\ndefault_memory = 64\n", "hypervisor.qemu.default_memory"),
+            (
+                "[hypervisor.qemu]\ndefault_vcpus = 0\n",
+                "hypervisor.qemu.default_vcpus",
+            ),
+            (
+                "[hypervisor.qemu]\ndefault_memory = 64\n",
+                "hypervisor.qemu.default_memory",
+            ),
             ("[hypervisor.qemu]\npath = []\n", "hypervisor.qemu.path"),
-            ("[hypervisor.qemu]\nmachine_type = \"virt\"\n", "hypervisor.qemu.machine_type"),
-            ("[hypervisor.qemu]\nkernel = \"rel/vmlinuz\"\n", "hypervisor.qemu.kernel"),
-            ("[hypervisor.qemu]\nvirtio_fs_cache = \"fast\"\n", "hypervisor.qemu.virtio_fs_cache"),
-            ("[agent.kata]\ndial_timeout = 0\n", "agent.kata.dial_timeout"),
+            (
+                "[hypervisor.qemu]\nmachine_type = \"virt\"\n",
+                "hypervisor.qemu.machine_type",
+            ),
+            (
+                "[hypervisor.qemu]\nkernel = \"rel/vmlinuz\"\n",
+                "hypervisor.qemu.kernel",
+            ),
+            (
+                "[hypervisor.qemu]\nvirtio_fs_cache = \"fast\"\n",
+                "hypervisor.qemu.virtio_fs_cache",
+            ),
+            (
+                "[agent.kata]\ndial_timeout = 0\n",
+                "agent.kata.dial_timeout",
+            ),
         ];
         for (text, want) in cases {
             match parse(text) {
@@ -461,7 +500,10 @@ mod tests {
         for (text, key) in [
             ("[hypervisor.qemu]\naccel = \"hvf\"\n", "accel"),
             ("[hypervisor.qemu]\nshared_fs = \"nfs\"\n", "shared_fs"),
-            ("[hypervisor.qemu]\ndefault_vcpus = \"two\"\n", "default_vcpus"),
+            (
+                "[hypervisor.qemu]\ndefault_vcpus = \"two\"\n",
+                "default_vcpus",
+            ),
         ] {
             match parse(text) {
                 Err(e @ ConfigError::Parse { .. }) => {

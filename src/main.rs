@@ -5,7 +5,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.iter().any(|a| a == "-v" || a == "--version" || a == "-version") {
+    if args
+        .iter()
+        .any(|a| a == "-v" || a == "--version" || a == "-version")
+    {
         println!(
             "containerd-shim-kata-v2 {} (agent protocol {})",
             env!("CARGO_PKG_VERSION"),

@@ -45,7 +45,10 @@ impl SandboxVm {
         let vm = Vm::start(config, sandbox_id).await?;
         let timeout = config.agent.kata.dial_timeout();
         let connected = async {
-            let agent = AgentClient::connect(&vm.agent_addr, timeout, vm.exit_watch(), || vm.recent_output()).await?;
+            let agent = AgentClient::connect(&vm.agent_addr, timeout, vm.exit_watch(), || {
+                vm.recent_output()
+            })
+            .await?;
             let ready = vm.spawned_at.elapsed();
             let details = agent.handshake().await?;
             Ok::<_, AgentError>((agent, ready, details))
@@ -55,13 +58,21 @@ impl SandboxVm {
             Ok((agent, agent_ready, details)) => {
                 tracing::info!(sandbox_id, qemu_pid = vm.pid(), agent_ready_ms = agent_ready.as_millis() as u64,
                     guest_kernel = %details.kernel_release, agent_version = %details.agent_version, "agent ready");
-                Ok(SandboxVm { vm, agent, details, agent_ready })
+                Ok(SandboxVm {
+                    vm,
+                    agent,
+                    details,
+                    agent_ready,
+                })
             }
             Err(source) => {
                 tracing::error!(sandbox_id, error = %source, "agent unusable, stopping the VM");
                 let report = vm.stop(Duration::ZERO).await;
                 tracing::info!(sandbox_id, how = report.how, "VM stopped");
-                Err(SandboxError::Agent { sandbox_id: sandbox_id.to_string(), source })
+                Err(SandboxError::Agent {
+                    sandbox_id: sandbox_id.to_string(),
+                    source,
+                })
             }
         }
     }

@@ -51,7 +51,9 @@ async fn client_for(protocol_version: u32) -> (tempfile::TempDir, Server, AgentC
         .expect("bind")
         .register_service(services);
     server.start().await.expect("start");
-    let stream = tokio::net::UnixStream::connect(&sock).await.expect("connect");
+    let stream = tokio::net::UnixStream::connect(&sock)
+        .await
+        .expect("connect");
     let client = AgentClient::from_socket(stream.into());
     (dir, server, client)
 }
@@ -59,7 +61,10 @@ async fn client_for(protocol_version: u32) -> (tempfile::TempDir, Server, AgentC
 #[tokio::test]
 async fn matching_protocol_version_is_accepted() {
     let (_d, mut server, client) = client_for(PROTOCOL_VERSION).await;
-    client.check_health(std::time::Duration::from_secs(5)).await.expect("healthy");
+    client
+        .check_health(std::time::Duration::from_secs(5))
+        .await
+        .expect("healthy");
     let d = client.handshake().await.expect("same version accepted");
     assert_eq!(d.agent_version, "fake");
     server.shutdown().await.expect("shutdown");
@@ -74,7 +79,10 @@ async fn protocol_version_mismatch_is_rejected_clearly() {
         "{e:?}"
     );
     let msg = e.to_string();
-    assert!(msg.contains(&format!("protocol version {}", PROTOCOL_VERSION + 998)), "{msg}");
+    assert!(
+        msg.contains(&format!("protocol version {}", PROTOCOL_VERSION + 998)),
+        "{msg}"
+    );
     assert!(msg.contains("rebuild the guest image"), "{msg}");
     server.shutdown().await.expect("shutdown");
 }
@@ -82,9 +90,15 @@ async fn protocol_version_mismatch_is_rejected_clearly() {
 #[tokio::test]
 async fn unimplemented_rpc_is_reported_as_an_rpc_error() {
     let (_d, mut server, client) = client_for(PROTOCOL_VERSION).await;
-    let e = client.destroy_sandbox().await.expect_err("fake does not implement it");
+    let e = client
+        .destroy_sandbox()
+        .await
+        .expect_err("fake does not implement it");
     match e {
-        AgentError::Rpc { call, source: ttrpc::Error::RpcStatus(s) } => {
+        AgentError::Rpc {
+            call,
+            source: ttrpc::Error::RpcStatus(s),
+        } => {
             assert_eq!(call, "DestroySandbox");
             assert_eq!(s.code(), ttrpc::Code::UNIMPLEMENTED);
         }

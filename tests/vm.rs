@@ -19,23 +19,49 @@ fn vm_boots_virtiofs_answers_and_leaves_nothing() {
     let r = run.report();
     println!("{}", serde_json::to_string_pretty(&r).expect("json"));
     assert_eq!(r["sandbox_id"], id.as_str());
-    assert_eq!(r["kernel_release"], kver.as_str(), "guest runs the kernel the image was built from");
+    assert_eq!(
+        r["kernel_release"],
+        kver.as_str(),
+        "guest runs the kernel the image was built from"
+    );
     assert_eq!(r["protocol_version"], kata_agent_protocol::PROTOCOL_VERSION);
     assert_eq!(r["online_cpus"], 1, "default_vcpus = 1");
     assert_eq!(r["shared_fs"], "virtio-fs");
     assert_eq!(r["guest_share_fstype"], "virtiofs");
-    assert_eq!(r["share_visible"], true, "host probe file visible in the guest");
+    assert_eq!(
+        r["share_visible"], true,
+        "host probe file visible in the guest"
+    );
     assert_eq!(r["vsock"], "hybrid");
     assert_eq!(r["accel"], "tcg");
+    assert_eq!(
+        r["vm_status"], "running",
+        "QMP query-status while the guest was up"
+    );
     let cmdline = r["kernel_cmdline"].as_str().expect("cmdline");
-    for want in ["console=hvc0", "panic=1", "nr_cpus=1", "agent.shared_fs=virtiofs", "agent.log=info"] {
+    for want in [
+        "console=hvc0",
+        "panic=1",
+        "nr_cpus=1",
+        "agent.shared_fs=virtiofs",
+        "agent.log=info",
+    ] {
         assert!(cmdline.contains(want), "{want} missing from {cmdline}");
     }
     assert!(r["uptime_seconds"].as_f64().expect("uptime") > 0.0);
-    assert!(r["mem_total_kib"].as_u64().expect("mem") > 1024 * 1024, "about 2 GiB of guest memory");
-    assert_eq!(r["stop_how"], "guest power-off", "the agent powered the VM off when asked");
+    assert!(
+        r["mem_total_kib"].as_u64().expect("mem") > 1024 * 1024,
+        "about 2 GiB of guest memory"
+    );
+    assert_eq!(
+        r["stop_how"], "guest power-off",
+        "the agent powered the VM off when asked"
+    );
     let pid = r["qemu_pid"].as_u64().expect("pid") as u32;
-    assert!(wait_gone(pid, Duration::from_secs(5)), "qemu {pid} still running");
+    assert!(
+        wait_gone(pid, Duration::from_secs(5)),
+        "qemu {pid} still running"
+    );
     assert_no_leaks(&id);
 }
 
@@ -48,8 +74,16 @@ fn vm_boots_with_9p_share() {
     let r = boot_check(&cfg, &id).report();
     assert_eq!(r["shared_fs"], "virtio-9p");
     assert_eq!(r["guest_share_fstype"], "9p");
-    assert_eq!(r["share_visible"], true, "host probe file visible in the guest over 9p");
-    assert!(r["kernel_cmdline"].as_str().expect("cmdline").contains("agent.shared_fs=9p"));
+    assert_eq!(
+        r["share_visible"], true,
+        "host probe file visible in the guest over 9p"
+    );
+    assert!(
+        r["kernel_cmdline"]
+            .as_str()
+            .expect("cmdline")
+            .contains("agent.shared_fs=9p")
+    );
     assert_no_leaks(&id);
 }
 
@@ -69,8 +103,14 @@ fn vm_agent_log_line_reaches_the_shim_log_with_the_sandbox_id() {
         .lines()
         .find(|l| l.contains(&marker) && l.contains("kata-agent starting"))
         .unwrap_or_else(|| panic!("marker {marker} not in the shim log:\n{log}"));
-    assert!(line.contains(&format!("sandbox_id={id}")), "no sandbox id on: {line}");
-    assert!(line.contains("source=\"guest\""), "not marked as guest output: {line}");
+    assert!(
+        line.contains(&format!("sandbox_id={id}")),
+        "no sandbox id on: {line}"
+    );
+    assert!(
+        line.contains("source=\"guest\""),
+        "not marked as guest output: {line}"
+    );
     assert_no_leaks(&id);
 }
 
@@ -80,13 +120,23 @@ fn vm_fatal_agent_error_ends_qemu_and_leaves_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
     // An invalid value for a key the agent owns is fatal: it logs why and
     // powers the VM off.
-    let cfg = write_config(dir.path(), "kernel_params = \"agent.device_timeout=0\"\n", "dial_timeout = 120\n");
+    let cfg = write_config(
+        dir.path(),
+        "kernel_params = \"agent.device_timeout=0\"\n",
+        "dial_timeout = 120\n",
+    );
     let id = sandbox_id("fatal");
     let run = boot_check(&cfg, &id);
     assert!(!run.output.status.success(), "boot-check should fail");
     let err = run.stderr();
-    assert!(err.contains("VM exited"), "error should say the VM exited:\n{err}");
-    assert!(err.contains("agent.device_timeout"), "the agent's fatal error should be in the log:\n{err}");
+    assert!(
+        err.contains("VM exited"),
+        "error should say the VM exited:\n{err}"
+    );
+    assert!(
+        err.contains("agent.device_timeout"),
+        "the agent's fatal error should be in the log:\n{err}"
+    );
     assert!(
         run.elapsed < Duration::from_secs(90),
         "failure must come from QEMU's exit, not the 120 s dial deadline ({:?})",
@@ -112,8 +162,20 @@ fn vm_silent_guest_is_stopped_at_the_dial_deadline() {
     assert!(!run.output.status.success(), "boot-check should fail");
     let err = run.stderr();
     assert!(err.contains("did not answer within 8s"), "{err}");
-    assert!(run.elapsed >= Duration::from_secs(8), "gave up early: {:?}", run.elapsed);
-    assert!(run.elapsed < Duration::from_secs(40), "overran the deadline: {:?}", run.elapsed);
+    assert!(
+        err.contains("how=\"QMP quit\""),
+        "a guest that does not answer is stopped over QMP:\n{err}"
+    );
+    assert!(
+        run.elapsed >= Duration::from_secs(8),
+        "gave up early: {:?}",
+        run.elapsed
+    );
+    assert!(
+        run.elapsed < Duration::from_secs(40),
+        "overran the deadline: {:?}",
+        run.elapsed
+    );
     assert_no_leaks(&id);
 }
 
@@ -123,22 +185,37 @@ fn write_silent_initrd(path: &std::path::Path) {
     let busybox = std::fs::read("/bin/busybox").expect("busybox-static is installed");
     let mut t = Tree::new();
     t.file("bin/busybox", 0o755, busybox);
-    t.file("init", 0o755, b"#!/bin/busybox sh\nexec /bin/busybox sleep 3600\n".to_vec());
+    t.file(
+        "init",
+        0o755,
+        b"#!/bin/busybox sh\nexec /bin/busybox sleep 3600\n".to_vec(),
+    );
     t.insert("dev", 0o755, Kind::Dir);
     let archive = t.to_archive().expect("cpio");
-    std::fs::write(path, compress(Compression::Gzip, &archive).expect("gzip")).expect("write initrd");
+    std::fs::write(path, compress(Compression::Gzip, &archive).expect("gzip"))
+        .expect("write initrd");
 }
 
 #[test]
 fn missing_qemu_is_named_with_the_fix() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let cfg = write_config(dir.path(), "path = [\"/nonexistent/qemu-system-x86_64\"]\n", "");
+    let cfg = write_config(
+        dir.path(),
+        "path = [\"/nonexistent/qemu-system-x86_64\"]\n",
+        "",
+    );
     let id = sandbox_id("noqemu");
     let run = boot_check(&cfg, &id);
     assert!(!run.output.status.success());
     let err = run.stderr();
-    assert!(err.contains("QEMU not found (tried /nonexistent/qemu-system-x86_64)"), "{err}");
-    assert!(err.contains("apt-get install -t bookworm-backports qemu-system-x86"), "{err}");
+    assert!(
+        err.contains("QEMU not found (tried /nonexistent/qemu-system-x86_64)"),
+        "{err}"
+    );
+    assert!(
+        err.contains("apt-get install -t bookworm-backports qemu-system-x86"),
+        "{err}"
+    );
     assert_no_leaks(&id);
 }
 
@@ -155,7 +232,10 @@ fn missing_vhost_device_vsock_is_named_with_the_fix() {
     assert!(!run.output.status.success());
     let err = run.stderr();
     assert!(err.contains("vhost-device-vsock not found"), "{err}");
-    assert!(err.contains("cargo install --locked vhost-device-vsock"), "{err}");
+    assert!(
+        err.contains("cargo install --locked vhost-device-vsock"),
+        "{err}"
+    );
     assert_no_leaks(&id);
 }
 
@@ -167,7 +247,10 @@ fn missing_kernel_is_named_with_the_fix() {
     let run = boot_check(&cfg, &id);
     assert!(!run.output.status.success());
     let err = run.stderr();
-    assert!(err.contains("guest kernel /nonexistent/vmlinuz does not exist"), "{err}");
+    assert!(
+        err.contains("guest kernel /nonexistent/vmlinuz does not exist"),
+        "{err}"
+    );
     assert!(err.contains("kata-guest-image"), "{err}");
     assert_no_leaks(&id);
 }

@@ -27,7 +27,10 @@ fn main() {
             "::ttrpc::get_status(::ttrpc::Code::NOT_FOUND,",
             "::ttrpc::get_status(::ttrpc::Code::UNIMPLEMENTED,",
         );
-        assert!(code.contains("is not supported"), "unexpected ttrpc-codegen output in {stub}");
+        assert!(
+            code.contains("is not supported"),
+            "unexpected ttrpc-codegen output in {stub}"
+        );
         std::fs::write(&path, fixed).expect("writing a generated stub failed");
     }
     // The generated mod.rs names only the message modules; list the ttrpc

@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use kata_shim::{boot_check, logging};
 
 #[derive(Parser)]
-#[command(name = "kata-ctl", version, about = "Operator tooling for containerd-shim-kata-v2")]
+#[command(
+    name = "kata-ctl",
+    version,
+    about = "Operator tooling for containerd-shim-kata-v2"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Verb,

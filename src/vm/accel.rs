@@ -40,7 +40,11 @@ pub fn cpu_has_virt_flag(cpuinfo: &str) -> bool {
 }
 
 fn kvm_opens(path: &Path) -> bool {
-    std::fs::OpenOptions::new().read(true).write(true).open(path).is_ok()
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .is_ok()
 }
 
 /// The decision, with the warning to log once when TCG is chosen by `auto`.
@@ -53,14 +57,23 @@ pub struct Choice {
 /// Resolves the configured acceleration against the host.
 pub fn choose(wanted: Wanted, host: HostVirt) -> Choice {
     match wanted {
-        Wanted::Kvm => Choice { accel: Accel::Kvm, warning: None },
-        Wanted::Tcg => Choice { accel: Accel::Tcg, warning: None },
-        Wanted::Auto if host.cpu_flag && host.kvm_usable => {
-            Choice { accel: Accel::Kvm, warning: None }
-        }
+        Wanted::Kvm => Choice {
+            accel: Accel::Kvm,
+            warning: None,
+        },
+        Wanted::Tcg => Choice {
+            accel: Accel::Tcg,
+            warning: None,
+        },
+        Wanted::Auto if host.cpu_flag && host.kvm_usable => Choice {
+            accel: Accel::Kvm,
+            warning: None,
+        },
         Wanted::Auto => {
             let why = match (host.cpu_flag, host.kvm_usable) {
-                (false, true) => "/dev/kvm is present but the CPU exposes no vmx/svm flag (nested KVM without hardware virtualization cannot run a stock guest kernel)",
+                (false, true) => {
+                    "/dev/kvm is present but the CPU exposes no vmx/svm flag (nested KVM without hardware virtualization cannot run a stock guest kernel)"
+                }
                 (true, false) => "the CPU has vmx/svm but /dev/kvm is missing or not usable",
                 _ => "the CPU exposes no vmx/svm flag and /dev/kvm is not usable",
             };
@@ -80,9 +93,13 @@ mod tests {
 
     #[test]
     fn flags_are_found_only_in_flags_lines() {
-        assert!(cpu_has_virt_flag("processor : 0\nflags : fpu vme vmx sse\n"));
+        assert!(cpu_has_virt_flag(
+            "processor : 0\nflags : fpu vme vmx sse\n"
+        ));
         assert!(cpu_has_virt_flag("flags\t\t: fpu svm\n"));
-        assert!(!cpu_has_virt_flag("flags : fpu vmxx sse\nmodel name : vmx box\n"));
+        assert!(!cpu_has_virt_flag(
+            "flags : fpu vmxx sse\nmodel name : vmx box\n"
+        ));
         assert!(!cpu_has_virt_flag(""));
     }
 
@@ -97,11 +114,27 @@ mod tests {
             (Wanted::Tcg, true, true, Accel::Tcg, false),
         ];
         for (wanted, cpu_flag, kvm_usable, accel, warns) in rows {
-            let c = choose(wanted, HostVirt { cpu_flag, kvm_usable });
+            let c = choose(
+                wanted,
+                HostVirt {
+                    cpu_flag,
+                    kvm_usable,
+                },
+            );
             assert_eq!(c.accel, accel, "{wanted:?} {cpu_flag} {kvm_usable}");
-            assert_eq!(c.warning.is_some(), warns, "{wanted:?} {cpu_flag} {kvm_usable}");
+            assert_eq!(
+                c.warning.is_some(),
+                warns,
+                "{wanted:?} {cpu_flag} {kvm_usable}"
+            );
         }
-        let w = choose(Wanted::Auto, HostVirt { cpu_flag: false, kvm_usable: true });
+        let w = choose(
+            Wanted::Auto,
+            HostVirt {
+                cpu_flag: false,
+                kvm_usable: true,
+            },
+        );
         assert!(w.warning.expect("warns").contains("TCG"));
     }
 }

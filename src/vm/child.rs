@@ -19,7 +19,11 @@ use tokio::sync::watch;
 #[derive(Debug, thiserror::Error)]
 pub enum ChildError {
     #[error("{what} not found (tried {tried}); install it with: {hint}")]
-    Missing { what: &'static str, tried: String, hint: &'static str },
+    Missing {
+        what: &'static str,
+        tried: String,
+        hint: &'static str,
+    },
     #[error("cannot start {what} ({path})")]
     Spawn {
         what: &'static str,
@@ -28,9 +32,17 @@ pub enum ChildError {
         source: std::io::Error,
     },
     #[error("{what} exited before it was ready ({status}){detail}")]
-    ExitedEarly { what: &'static str, status: String, detail: String },
+    ExitedEarly {
+        what: &'static str,
+        status: String,
+        detail: String,
+    },
     #[error("{what} did not create {socket} within {timeout:?}")]
-    NotReady { what: &'static str, socket: PathBuf, timeout: Duration },
+    NotReady {
+        what: &'static str,
+        socket: PathBuf,
+        timeout: Duration,
+    },
 }
 
 /// The first existing file among `candidates`.
@@ -93,28 +105,49 @@ impl Supervised {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let mut child: Child = cmd
-            .spawn()
-            .map_err(|source| ChildError::Spawn { what, path, source })?;
+        let mut child: Child =
+            cmd.spawn()
+                .map_err(|source| ChildError::Spawn { what, path, source })?;
         let pid = child.id().unwrap_or(0);
         let tail = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(pump(out, what, sandbox_id.to_string(), stdout_kind, tail.clone()));
+            tokio::spawn(pump(
+                out,
+                what,
+                sandbox_id.to_string(),
+                stdout_kind,
+                tail.clone(),
+            ));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(pump(err, what, sandbox_id.to_string(), LineKind::Diagnostic, tail.clone()));
+            tokio::spawn(pump(
+                err,
+                what,
+                sandbox_id.to_string(),
+                LineKind::Diagnostic,
+                tail.clone(),
+            ));
         }
         let (tx, exit) = watch::channel(None);
         let sid = sandbox_id.to_string();
         tokio::spawn(async move {
             let status = child.wait().await;
             match &status {
-                Ok(s) => tracing::debug!(sandbox_id = %sid, what, pid, status = %s, "helper exited"),
-                Err(e) => tracing::warn!(sandbox_id = %sid, what, pid, error = %e, "waiting for helper failed"),
+                Ok(s) => {
+                    tracing::debug!(sandbox_id = %sid, what, pid, status = %s, "helper exited")
+                }
+                Err(e) => {
+                    tracing::warn!(sandbox_id = %sid, what, pid, error = %e, "waiting for helper failed")
+                }
             }
             let _ = tx.send(Some(status.unwrap_or_else(|_| exit_status_unknown())));
         });
-        Ok(Supervised { what, pid, exit, tail })
+        Ok(Supervised {
+            what,
+            pid,
+            exit,
+            tail,
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -133,12 +166,19 @@ impl Supervised {
 
     /// The last output lines, joined, for error messages.
     pub fn recent_output(&self) -> String {
-        let tail = self.tail.lock().map(|t| t.iter().cloned().collect::<Vec<_>>());
+        let tail = self
+            .tail
+            .lock()
+            .map(|t| t.iter().cloned().collect::<Vec<_>>());
         tail.map(|v| v.join(" | ")).unwrap_or_default()
     }
 
     /// Waits until `socket` exists, failing early if the process exits.
-    pub async fn wait_for_socket(&self, socket: &Path, timeout: Duration) -> Result<(), ChildError> {
+    pub async fn wait_for_socket(
+        &self,
+        socket: &Path,
+        timeout: Duration,
+    ) -> Result<(), ChildError> {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.exit_status() {
@@ -164,7 +204,11 @@ impl Supervised {
         ChildError::ExitedEarly {
             what: self.what,
             status: status.to_string(),
-            detail: if out.is_empty() { String::new() } else { format!(": {out}") },
+            detail: if out.is_empty() {
+                String::new()
+            } else {
+                format!(": {out}")
+            },
         }
     }
 
@@ -212,6 +256,15 @@ impl Supervised {
         // after exit, which we checked just above; a race with the exit only
         // makes kill() fail with ESRCH.
         let _ = kill(Pid::from_raw(self.pid as i32), sig);
+    }
+}
+
+impl Drop for Supervised {
+    /// A helper must never outlive its handle: dropping one that still runs
+    /// (an aborted start, a cancelled boot) kills it, and the watcher task
+    /// reaps it.
+    fn drop(&mut self) {
+        self.signal(Signal::SIGKILL);
     }
 }
 
@@ -263,8 +316,12 @@ async fn pump(
             t.push_back(line.to_string());
         }
         match kind {
-            LineKind::GuestConsole => tracing::info!(sandbox_id = %sandbox_id, source = "guest", "{line}"),
-            LineKind::Diagnostic => tracing::info!(sandbox_id = %sandbox_id, source = what, "{line}"),
+            LineKind::GuestConsole => {
+                tracing::info!(sandbox_id = %sandbox_id, source = "guest", "{line}")
+            }
+            LineKind::Diagnostic => {
+                tracing::info!(sandbox_id = %sandbox_id, source = what, "{line}")
+            }
         }
     }
 }

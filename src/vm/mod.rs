@@ -41,7 +41,11 @@ pub enum VmError {
     #[error("invalid sandbox id {id:?}: {why}")]
     InvalidId { id: String, why: &'static str },
     #[error("guest {what} {path} does not exist; {hint}")]
-    MissingImage { what: &'static str, path: PathBuf, hint: &'static str },
+    MissingImage {
+        what: &'static str,
+        path: PathBuf,
+        hint: &'static str,
+    },
     #[error(transparent)]
     Child(#[from] ChildError),
     #[error(transparent)]
@@ -88,7 +92,12 @@ impl SandboxPaths {
 /// containerd's identifier rules (alphanumerics with single `.`, `_` or `-`
 /// between them, at most 76 characters).
 pub fn validate_sandbox_id(id: &str) -> Result<(), VmError> {
-    let bad = |why| Err(VmError::InvalidId { id: id.to_string(), why });
+    let bad = |why| {
+        Err(VmError::InvalidId {
+            id: id.to_string(),
+            why,
+        })
+    };
     if id.is_empty() {
         return bad("it is empty");
     }
@@ -160,15 +169,18 @@ impl Vm {
         let qemu_bin = resolve_binary(&q.path, "QEMU", QEMU_HINT)?;
         for (what, path) in [("kernel", &q.kernel), ("initrd", &q.initrd)] {
             if !path.exists() {
-                return Err(VmError::MissingImage { what, path: path.clone(), hint: IMAGE_HINT });
+                return Err(VmError::MissingImage {
+                    what,
+                    path: path.clone(),
+                    hint: IMAGE_HINT,
+                });
             }
         }
         let choice = accel::choose(q.accel, accel::HostVirt::probe());
         if let Some(w) = &choice.warning {
             TCG_WARNING.call_once(|| tracing::warn!(sandbox_id, "{w}"));
         }
-        let vsock_mode =
-            vsock::choose(q.vsock, Path::new(vsock::VHOST_VSOCK_DEVICE).exists());
+        let vsock_mode = vsock::choose(q.vsock, Path::new(vsock::VHOST_VSOCK_DEVICE).exists());
         let vsock_bin = match vsock_mode {
             vsock::Mode::Hybrid => Some(resolve_binary(
                 &q.vhost_user_vsock_daemon,
@@ -209,7 +221,10 @@ impl Vm {
             vhost: None,
             dirs_created: false,
         };
-        match vm.launch(config, &qemu_bin, vsock_mode, vsock_bin, fs_bin, began).await {
+        match vm
+            .launch(config, &qemu_bin, vsock_mode, vsock_bin, fs_bin, began)
+            .await
+        {
             Ok(()) => Ok(vm),
             Err(e) => {
                 vm.teardown().await;
@@ -248,7 +263,10 @@ impl Vm {
             }
             vsock::Mode::Vhost => {
                 let held = vsock::reserve_vhost_cid()?;
-                let dev = VsockDevice::Vhost { vhostfd: held.file.as_raw_fd(), cid: held.cid };
+                let dev = VsockDevice::Vhost {
+                    vhostfd: held.file.as_raw_fd(),
+                    cid: held.cid,
+                };
                 self.agent_addr = AgentAddr::Vhost(held.cid);
                 self.vhost = Some(held);
                 dev
@@ -270,7 +288,9 @@ impl Vm {
                 ready?;
                 ShareDevice::VirtioFs { socket: sock }
             }
-            ShareKind::NineP => ShareDevice::NineP { dir: self.paths.share_dir.clone() },
+            ShareKind::NineP => ShareDevice::NineP {
+                dir: self.paths.share_dir.clone(),
+            },
             ShareKind::None => ShareDevice::None,
         };
 
@@ -343,15 +363,20 @@ impl Vm {
         use std::os::unix::fs::DirBuilderExt;
         for dir in [&self.paths.state_dir, &self.paths.share_dir] {
             if let Some(parent) = dir.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(|source| VmError::Dir { path: parent.to_path_buf(), source })?;
+                std::fs::create_dir_all(parent).map_err(|source| VmError::Dir {
+                    path: parent.to_path_buf(),
+                    source,
+                })?;
             }
             // A leftover directory means a sandbox with this id is live or
             // was not cleaned up; refusing protects the other sandbox.
             std::fs::DirBuilder::new()
                 .mode(0o700)
                 .create(dir)
-                .map_err(|source| VmError::Dir { path: dir.clone(), source })?;
+                .map_err(|source| VmError::Dir {
+                    path: dir.clone(),
+                    source,
+                })?;
             self.dirs_created = true;
         }
         Ok(())
@@ -374,7 +399,10 @@ impl Vm {
 
     /// The last lines QEMU printed (console and errors).
     pub fn recent_output(&self) -> String {
-        self.qemu.as_ref().map(Supervised::recent_output).unwrap_or_default()
+        self.qemu
+            .as_ref()
+            .map(Supervised::recent_output)
+            .unwrap_or_default()
     }
 
     /// The run state reported over QMP.
@@ -410,7 +438,11 @@ impl Vm {
         }
         let qemu_status = self.exit_status();
         self.teardown().await;
-        StopReport { how, qemu_status, duration: began.elapsed() }
+        StopReport {
+            how,
+            qemu_status,
+            duration: began.elapsed(),
+        }
     }
 
     /// Kills whatever runs and removes the directories. Idempotent.
@@ -421,7 +453,10 @@ impl Vm {
         }
         // With QEMU gone the helpers lose their peer and exit by themselves;
         // the signal covers one that did not.
-        for d in [self.fs_daemon.take(), self.vsock_daemon.take()].into_iter().flatten() {
+        for d in [self.fs_daemon.take(), self.vsock_daemon.take()]
+            .into_iter()
+            .flatten()
+        {
             d.stop(Duration::from_secs(1)).await;
         }
         self.vhost = None;
@@ -469,7 +504,18 @@ mod tests {
             validate_sandbox_id(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
         }
         let long = "a".repeat(77);
-        for bad in ["", "-a", "a-", "a--b", "a/b", "../x", "a b", "a\0b", long.as_str(), "ä"] {
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "a--b",
+            "a/b",
+            "../x",
+            "a b",
+            "a\0b",
+            long.as_str(),
+            "ä",
+        ] {
             assert!(validate_sandbox_id(bad).is_err(), "{bad:?} accepted");
         }
     }

@@ -37,7 +37,9 @@ pub fn choose(wanted: VsockMode, vhost_device_exists: bool) -> Mode {
 /// Errors of the vsock layer.
 #[derive(Debug, thiserror::Error)]
 pub enum VsockError {
-    #[error("cannot open {VHOST_VSOCK_DEVICE} (load the vhost_vsock module, or set vsock = \"hybrid\")")]
+    #[error(
+        "cannot open {VHOST_VSOCK_DEVICE} (load the vhost_vsock module, or set vsock = \"hybrid\")"
+    )]
     OpenDevice(#[source] io::Error),
     #[error("no free vsock CID after {attempts} attempts")]
     NoFreeCid { attempts: u32 },
@@ -54,7 +56,11 @@ pub enum VsockError {
         source: io::Error,
     },
     #[error("hybrid vsock {path}: handshake for port {port} failed: {reply}")]
-    Handshake { path: String, port: u32, reply: String },
+    Handshake {
+        path: String,
+        port: u32,
+        reply: String,
+    },
 }
 
 /// Lowest CID a guest may use (0-2 are reserved for the hypervisor, local
@@ -78,7 +84,9 @@ pub fn reserve_cid(
             Err(source) => return Err(VsockError::SetCid { cid, source }),
         }
     }
-    Err(VsockError::NoFreeCid { attempts: CID_ATTEMPTS })
+    Err(VsockError::NoFreeCid {
+        attempts: CID_ATTEMPTS,
+    })
 }
 
 nix::ioctl_write_ptr!(vhost_vsock_set_guest_cid, 0xAF, 0x60, u64);
@@ -133,11 +141,17 @@ pub async fn dial_hybrid(
     let path = uds.display().to_string();
     let mut stream = UnixStream::connect(uds)
         .await
-        .map_err(|source| VsockError::Connect { path: path.clone(), source })?;
+        .map_err(|source| VsockError::Connect {
+            path: path.clone(),
+            source,
+        })?;
     stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .await
-        .map_err(|source| VsockError::Connect { path: path.clone(), source })?;
+        .map_err(|source| VsockError::Connect {
+            path: path.clone(),
+            source,
+        })?;
     // Read byte by byte so nothing after the reply line is consumed: the rest
     // of the stream belongs to ttrpc.
     let reply = tokio::time::timeout(handshake_timeout, read_line(&mut stream)).await;
@@ -183,7 +197,11 @@ mod tests {
             || draws.next().expect("enough draws"),
             |cid| {
                 tried.push(cid);
-                if tried.len() < 3 { Err(Errno::EADDRINUSE) } else { Ok(()) }
+                if tried.len() < 3 {
+                    Err(Errno::EADDRINUSE)
+                } else {
+                    Ok(())
+                }
             },
         )
         .expect("third try succeeds");
@@ -197,10 +215,13 @@ mod tests {
     #[test]
     fn cid_gives_up_after_bounded_attempts() {
         let mut n = 0;
-        let r = reserve_cid(|| 7, |_| {
-            n += 1;
-            Err(Errno::EADDRINUSE)
-        });
+        let r = reserve_cid(
+            || 7,
+            |_| {
+                n += 1;
+                Err(Errno::EADDRINUSE)
+            },
+        );
         assert!(matches!(r, Err(VsockError::NoFreeCid { attempts: 50 })));
         assert_eq!(n, 50);
     }
@@ -208,7 +229,13 @@ mod tests {
     #[test]
     fn cid_other_errors_are_final() {
         let r = reserve_cid(|| 9, |_| Err(Errno::EPERM));
-        assert!(matches!(r, Err(VsockError::SetCid { cid: 12, source: Errno::EPERM })));
+        assert!(matches!(
+            r,
+            Err(VsockError::SetCid {
+                cid: 12,
+                source: Errno::EPERM
+            })
+        ));
     }
 
     async fn fake_muxer(reply: &'static str) -> (tempfile::TempDir, std::path::PathBuf) {
@@ -218,7 +245,9 @@ mod tests {
         tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.expect("accept");
             let mut buf = [0u8; 64];
-            let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await.expect("read");
+            let n = tokio::io::AsyncReadExt::read(&mut s, &mut buf)
+                .await
+                .expect("read");
             assert_eq!(&buf[..n], b"CONNECT 1024\n");
             if !reply.is_empty() {
                 s.write_all(reply.as_bytes()).await.expect("write");
@@ -231,19 +260,27 @@ mod tests {
     #[tokio::test]
     async fn hybrid_handshake_ok_keeps_following_bytes() {
         let (_d, path) = fake_muxer("OK 1073741824\npayload").await;
-        let mut s = dial_hybrid(&path, 1024, Duration::from_secs(2)).await.expect("ok");
+        let mut s = dial_hybrid(&path, 1024, Duration::from_secs(2))
+            .await
+            .expect("ok");
         let mut rest = [0u8; 7];
-        tokio::io::AsyncReadExt::read_exact(&mut s, &mut rest).await.expect("rest");
+        tokio::io::AsyncReadExt::read_exact(&mut s, &mut rest)
+            .await
+            .expect("rest");
         assert_eq!(&rest, b"payload");
     }
 
     #[tokio::test]
     async fn hybrid_handshake_failures_are_reported() {
         let (_d, path) = fake_muxer("ERR nope\n").await;
-        let e = dial_hybrid(&path, 1024, Duration::from_secs(2)).await.expect_err("refused");
+        let e = dial_hybrid(&path, 1024, Duration::from_secs(2))
+            .await
+            .expect_err("refused");
         assert!(e.to_string().contains("ERR nope"), "{e}");
         let (_d, path) = fake_muxer("").await;
-        let e = dial_hybrid(&path, 1024, Duration::from_millis(200)).await.expect_err("silent");
+        let e = dial_hybrid(&path, 1024, Duration::from_millis(200))
+            .await
+            .expect_err("silent");
         assert!(e.to_string().contains("no reply"), "{e}");
     }
 }

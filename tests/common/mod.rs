@@ -34,12 +34,27 @@ pub fn require_vm_host() {
         "VM tests must run as root (they start QEMU, virtiofsd and vhost-device-vsock): run `make test` as root"
     );
     for (tool, hint) in [
-        ("/usr/bin/qemu-system-x86_64", "apt-get install -t bookworm-backports qemu-system-x86 (or make deps)"),
-        ("/usr/local/bin/vhost-device-vsock", "cargo install --locked vhost-device-vsock (or make deps)"),
-        ("/usr/local/bin/virtiofsd", "cargo install --locked virtiofsd (or make deps)"),
-        ("/bin/busybox", "apt-get install busybox-static (or make deps)"),
+        (
+            "/usr/bin/qemu-system-x86_64",
+            "apt-get install -t bookworm-backports qemu-system-x86 (or make deps)",
+        ),
+        (
+            "/usr/local/bin/vhost-device-vsock",
+            "cargo install --locked vhost-device-vsock (or make deps)",
+        ),
+        (
+            "/usr/local/bin/virtiofsd",
+            "cargo install --locked virtiofsd (or make deps)",
+        ),
+        (
+            "/bin/busybox",
+            "apt-get install busybox-static (or make deps)",
+        ),
     ] {
-        assert!(Path::new(tool).exists(), "{tool} is missing; install it with: {hint}");
+        assert!(
+            Path::new(tool).exists(),
+            "{tool} is missing; install it with: {hint}"
+        );
     }
 }
 
@@ -105,7 +120,11 @@ pub fn write_config(dir: &Path, qemu_extra: &str, agent_extra: &str) -> PathBuf 
 
 /// A unique sandbox id for one test.
 pub fn sandbox_id(test: &str) -> String {
-    format!("t-{test}-{}-{}", std::process::id(), kata_shim::boot_check::nonce())
+    format!(
+        "t-{test}-{}-{}",
+        std::process::id(),
+        kata_shim::boot_check::nonce()
+    )
 }
 
 /// Result of one `kata-ctl boot-check` run.
@@ -141,7 +160,10 @@ pub fn boot_check(config: &Path, sandbox_id: &str) -> Run {
         .env_remove("KATA_LOG")
         .output()
         .expect("run kata-ctl");
-    Run { output, elapsed: began.elapsed() }
+    Run {
+        output,
+        elapsed: began.elapsed(),
+    }
 }
 
 /// Asserts that nothing of `sandbox_id` is left: no process mentions it, no
@@ -172,7 +194,11 @@ pub fn assert_no_leaks(sandbox_id: &str) {
     for m in mounts.lines().filter(|l| l.contains(sandbox_id)) {
         leaks.push(format!("mount {m}"));
     }
-    assert!(leaks.is_empty(), "sandbox {sandbox_id} leaked:\n{}", leaks.join("\n"));
+    assert!(
+        leaks.is_empty(),
+        "sandbox {sandbox_id} leaked:\n{}",
+        leaks.join("\n")
+    );
 }
 
 /// Waits briefly for a process to be gone (reaped by its parent).

@@ -7,7 +7,13 @@
 //! that the image builder, the agent and the shim share.
 #![deny(unsafe_code)]
 
-#[allow(clippy::all, missing_docs, unused_qualifications, unused_imports, dead_code)]
+#[allow(
+    warnings,
+    clippy::all,
+    clippy::unwrap_used,
+    clippy::undocumented_unsafe_blocks,
+    missing_docs
+)]
 mod generated {
     include!(concat!(env!("OUT_DIR"), "/mod.rs"));
 }
@@ -81,7 +87,11 @@ mod tests {
 
     #[test]
     fn cmdline_keys_are_agent_scoped() {
-        for k in [cmdline::LOG_LEVEL, cmdline::SHARED_FS, cmdline::DEVICE_TIMEOUT] {
+        for k in [
+            cmdline::LOG_LEVEL,
+            cmdline::SHARED_FS,
+            cmdline::DEVICE_TIMEOUT,
+        ] {
             assert!(k.starts_with("agent."), "{k}");
         }
     }

@@ -40,9 +40,13 @@ pub enum VsockDevice {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ShareDevice {
     /// vhost-user-fs: the socket of the per-VM virtiofsd.
-    VirtioFs { socket: PathBuf },
+    VirtioFs {
+        socket: PathBuf,
+    },
     /// virtio-9p served by QEMU from a host directory.
-    NineP { dir: PathBuf },
+    NineP {
+        dir: PathBuf,
+    },
     None,
 }
 
@@ -128,13 +132,22 @@ impl QemuSpec {
                 &format!("vhost-vsock-pci,id=vsock-{cid},guest-cid={cid},vhostfd={vhostfd}"),
             ]),
             Some(VsockDevice::Hybrid { socket }) => {
-                push(&["-chardev", &format!("socket,id=charvsock0,path={}", socket.display())]);
-                push(&["-device", "vhost-user-vsock-pci,chardev=charvsock0,id=vsock0"]);
+                push(&[
+                    "-chardev",
+                    &format!("socket,id=charvsock0,path={}", socket.display()),
+                ]);
+                push(&[
+                    "-device",
+                    "vhost-user-vsock-pci,chardev=charvsock0,id=vsock0",
+                ]);
             }
         }
         match &self.share {
             ShareDevice::VirtioFs { socket } => {
-                push(&["-chardev", &format!("socket,id=charfs0,path={}", socket.display())]);
+                push(&[
+                    "-chardev",
+                    &format!("socket,id=charfs0,path={}", socket.display()),
+                ]);
                 push(&[
                     "-device",
                     &format!(
@@ -153,12 +166,22 @@ impl QemuSpec {
                 ]);
                 push(&[
                     "-device",
-                    &format!("virtio-9p-pci,fsdev=fs9p0,mount_tag={}", guest::SHARED_FS_TAG),
+                    &format!(
+                        "virtio-9p-pci,fsdev=fs9p0,mount_tag={}",
+                        guest::SHARED_FS_TAG
+                    ),
                 ]);
             }
             ShareDevice::None => {}
         }
-        push(&["-vga", "none", "-no-user-config", "-nodefaults", "-nographic", "-no-reboot"]);
+        push(&[
+            "-vga",
+            "none",
+            "-no-user-config",
+            "-nodefaults",
+            "-nographic",
+            "-no-reboot",
+        ]);
         a
     }
 }
@@ -219,7 +242,14 @@ pub fn sandbox_uuid(sandbox_id: &str) -> String {
     b[6] = (b[6] & 0x0f) | 0x50;
     b[8] = (b[8] & 0x3f) | 0x80;
     let h: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 #[cfg(test)]
@@ -261,10 +291,19 @@ mod tests {
 
     #[test]
     fn matrix() {
-        let vhost = VsockDevice::Vhost { vhostfd: 7, cid: 42 };
-        let hybrid = VsockDevice::Hybrid { socket: "/run/kata/abc/vhost-vsock.sock".into() };
-        let fs = ShareDevice::VirtioFs { socket: "/run/kata/abc/virtiofsd.sock".into() };
-        let p9 = ShareDevice::NineP { dir: "/run/kata-containers/shared/sandboxes/abc".into() };
+        let vhost = VsockDevice::Vhost {
+            vhostfd: 7,
+            cid: 42,
+        };
+        let hybrid = VsockDevice::Hybrid {
+            socket: "/run/kata/abc/vhost-vsock.sock".into(),
+        };
+        let fs = ShareDevice::VirtioFs {
+            socket: "/run/kata/abc/virtiofsd.sock".into(),
+        };
+        let p9 = ShareDevice::NineP {
+            dir: "/run/kata-containers/shared/sandboxes/abc".into(),
+        };
         struct Row {
             accel: Accel,
             vsock: VsockDevice,
@@ -282,70 +321,187 @@ mod tests {
         let fs_d = "vhost-user-fs-pci,chardev=charfs0,tag=kataShared,queue-size=1024";
         let p9_d = "virtio-9p-pci,fsdev=fs9p0,mount_tag=kataShared";
         let rows = [
-            Row { accel: Accel::Kvm, vsock: vhost.clone(), share: fs.clone(), machine: kvm_m, cpu: Some("host,pmu=off"), vsock_dev: vhost_d, share_dev: fs_d, agent_fs: "virtiofs" },
-            Row { accel: Accel::Kvm, vsock: vhost.clone(), share: p9.clone(), machine: kvm_m, cpu: Some("host,pmu=off"), vsock_dev: vhost_d, share_dev: p9_d, agent_fs: "9p" },
-            Row { accel: Accel::Kvm, vsock: hybrid.clone(), share: fs.clone(), machine: kvm_m, cpu: Some("host,pmu=off"), vsock_dev: hybrid_d, share_dev: fs_d, agent_fs: "virtiofs" },
-            Row { accel: Accel::Kvm, vsock: hybrid.clone(), share: p9.clone(), machine: kvm_m, cpu: Some("host,pmu=off"), vsock_dev: hybrid_d, share_dev: p9_d, agent_fs: "9p" },
-            Row { accel: Accel::Tcg, vsock: vhost.clone(), share: fs.clone(), machine: tcg_m, cpu: None, vsock_dev: vhost_d, share_dev: fs_d, agent_fs: "virtiofs" },
-            Row { accel: Accel::Tcg, vsock: vhost, share: p9.clone(), machine: tcg_m, cpu: None, vsock_dev: vhost_d, share_dev: p9_d, agent_fs: "9p" },
-            Row { accel: Accel::Tcg, vsock: hybrid.clone(), share: fs, machine: tcg_m, cpu: None, vsock_dev: hybrid_d, share_dev: fs_d, agent_fs: "virtiofs" },
-            Row { accel: Accel::Tcg, vsock: hybrid, share: p9, machine: tcg_m, cpu: None, vsock_dev: hybrid_d, share_dev: p9_d, agent_fs: "9p" },
+            Row {
+                accel: Accel::Kvm,
+                vsock: vhost.clone(),
+                share: fs.clone(),
+                machine: kvm_m,
+                cpu: Some("host,pmu=off"),
+                vsock_dev: vhost_d,
+                share_dev: fs_d,
+                agent_fs: "virtiofs",
+            },
+            Row {
+                accel: Accel::Kvm,
+                vsock: vhost.clone(),
+                share: p9.clone(),
+                machine: kvm_m,
+                cpu: Some("host,pmu=off"),
+                vsock_dev: vhost_d,
+                share_dev: p9_d,
+                agent_fs: "9p",
+            },
+            Row {
+                accel: Accel::Kvm,
+                vsock: hybrid.clone(),
+                share: fs.clone(),
+                machine: kvm_m,
+                cpu: Some("host,pmu=off"),
+                vsock_dev: hybrid_d,
+                share_dev: fs_d,
+                agent_fs: "virtiofs",
+            },
+            Row {
+                accel: Accel::Kvm,
+                vsock: hybrid.clone(),
+                share: p9.clone(),
+                machine: kvm_m,
+                cpu: Some("host,pmu=off"),
+                vsock_dev: hybrid_d,
+                share_dev: p9_d,
+                agent_fs: "9p",
+            },
+            Row {
+                accel: Accel::Tcg,
+                vsock: vhost.clone(),
+                share: fs.clone(),
+                machine: tcg_m,
+                cpu: None,
+                vsock_dev: vhost_d,
+                share_dev: fs_d,
+                agent_fs: "virtiofs",
+            },
+            Row {
+                accel: Accel::Tcg,
+                vsock: vhost,
+                share: p9.clone(),
+                machine: tcg_m,
+                cpu: None,
+                vsock_dev: vhost_d,
+                share_dev: p9_d,
+                agent_fs: "9p",
+            },
+            Row {
+                accel: Accel::Tcg,
+                vsock: hybrid.clone(),
+                share: fs,
+                machine: tcg_m,
+                cpu: None,
+                vsock_dev: hybrid_d,
+                share_dev: fs_d,
+                agent_fs: "virtiofs",
+            },
+            Row {
+                accel: Accel::Tcg,
+                vsock: hybrid,
+                share: p9,
+                machine: tcg_m,
+                cpu: None,
+                vsock_dev: hybrid_d,
+                share_dev: p9_d,
+                agent_fs: "9p",
+            },
         ];
         for (i, r) in rows.into_iter().enumerate() {
             let s = spec(r.accel, r.vsock.clone(), r.share.clone());
             let args = s.to_args();
             assert_eq!(values(&args, "-machine"), vec![r.machine], "row {i}");
-            assert_eq!(values(&args, "-cpu"), r.cpu.into_iter().collect::<Vec<_>>(), "row {i}");
+            assert_eq!(
+                values(&args, "-cpu"),
+                r.cpu.into_iter().collect::<Vec<_>>(),
+                "row {i}"
+            );
             let devices = values(&args, "-device");
             assert!(devices.contains(&r.vsock_dev), "row {i}: {devices:?}");
             assert!(devices.contains(&r.share_dev), "row {i}: {devices:?}");
             let chardevs = values(&args, "-chardev");
             match &r.vsock {
-                VsockDevice::Hybrid { .. } => assert!(chardevs.contains(&"socket,id=charvsock0,path=/run/kata/abc/vhost-vsock.sock"), "row {i}"),
-                VsockDevice::Vhost { .. } => assert!(!chardevs.iter().any(|c| c.contains("charvsock0")), "row {i}"),
+                VsockDevice::Hybrid { .. } => assert!(
+                    chardevs.contains(&"socket,id=charvsock0,path=/run/kata/abc/vhost-vsock.sock"),
+                    "row {i}"
+                ),
+                VsockDevice::Vhost { .. } => assert!(
+                    !chardevs.iter().any(|c| c.contains("charvsock0")),
+                    "row {i}"
+                ),
             }
             match &r.share {
                 ShareDevice::VirtioFs { .. } => {
-                    assert!(chardevs.contains(&"socket,id=charfs0,path=/run/kata/abc/virtiofsd.sock"), "row {i}");
+                    assert!(
+                        chardevs.contains(&"socket,id=charfs0,path=/run/kata/abc/virtiofsd.sock"),
+                        "row {i}"
+                    );
                     assert!(values(&args, "-fsdev").is_empty(), "row {i}");
                 }
                 ShareDevice::NineP { .. } => assert_eq!(
                     values(&args, "-fsdev"),
-                    vec!["local,id=fs9p0,path=/run/kata-containers/shared/sandboxes/abc,security_model=none,multidevs=remap"],
+                    vec![
+                        "local,id=fs9p0,path=/run/kata-containers/shared/sandboxes/abc,security_model=none,multidevs=remap"
+                    ],
                     "row {i}"
                 ),
                 ShareDevice::None => unreachable!("not in the table"),
             }
             let append = values(&args, "-append");
             assert_eq!(append.len(), 1);
-            assert!(append[0].ends_with(&format!("agent.log=info agent.shared_fs={}", r.agent_fs)), "row {i}: {}", append[0]);
+            assert!(
+                append[0].ends_with(&format!("agent.log=info agent.shared_fs={}", r.agent_fs)),
+                "row {i}: {}",
+                append[0]
+            );
         }
     }
 
     #[test]
     fn fixed_pieces() {
         let share = ShareDevice::None;
-        let args = spec(Accel::Tcg, VsockDevice::Hybrid { socket: "/s".into() }, share).to_args();
+        let args = spec(
+            Accel::Tcg,
+            VsockDevice::Hybrid {
+                socket: "/s".into(),
+            },
+            share,
+        )
+        .to_args();
         assert_eq!(values(&args, "-name"), vec!["sandbox-abc"]);
         assert_eq!(values(&args, "-uuid"), vec![sandbox_uuid("abc").as_str()]);
         assert_eq!(values(&args, "-smp"), vec!["1"]);
         assert_eq!(values(&args, "-m"), vec!["2048M"]);
-        assert!(values(&args, "-object").contains(&"memory-backend-memfd,id=entire-guest-memory,size=2048M,share=on"));
+        assert!(
+            values(&args, "-object")
+                .contains(&"memory-backend-memfd,id=entire-guest-memory,size=2048M,share=on")
+        );
         assert_eq!(values(&args, "-kernel"), vec!["/k"]);
         assert_eq!(values(&args, "-initrd"), vec!["/i"]);
-        assert_eq!(values(&args, "-qmp"), vec!["unix:/run/kata/abc/qmp.sock,server=on,wait=off"]);
+        assert_eq!(
+            values(&args, "-qmp"),
+            vec!["unix:/run/kata/abc/qmp.sock,server=on,wait=off"]
+        );
         assert!(values(&args, "-chardev").contains(&"stdio,id=charconsole0,signal=off"));
         for flag in ["-no-reboot", "-nodefaults", "-no-user-config", "-nographic"] {
             assert!(args.iter().any(|a| a == flag), "{flag} missing");
         }
         assert!(values(&args, "-fsdev").is_empty());
-        assert!(!values(&args, "-device").iter().any(|d| d.contains("fs-pci") || d.contains("9p")));
+        assert!(
+            !values(&args, "-device")
+                .iter()
+                .any(|d| d.contains("fs-pci") || d.contains("9p"))
+        );
     }
 
     #[test]
     fn kernel_cmdline_shape() {
-        let share = ShareDevice::VirtioFs { socket: "/s".into() };
-        let c = KernelCmdline { vcpus: 2, debug: false, agent_log: LogLevel::Debug, share: &share, extra: " foo=1  bar " }.render();
+        let share = ShareDevice::VirtioFs {
+            socket: "/s".into(),
+        };
+        let c = KernelCmdline {
+            vcpus: 2,
+            debug: false,
+            agent_log: LogLevel::Debug,
+            share: &share,
+            extra: " foo=1  bar ",
+        }
+        .render();
         assert_eq!(
             c,
             "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 i8042.dumbkbd=1 \
@@ -353,7 +509,14 @@ mod tests {
              net.ifnames=0 pci=lastbus=0 panic=1 nr_cpus=2 quiet foo=1 bar agent.log=debug \
              agent.shared_fs=virtiofs"
         );
-        let d = KernelCmdline { vcpus: 1, debug: true, agent_log: LogLevel::Info, share: &ShareDevice::None, extra: "" }.render();
+        let d = KernelCmdline {
+            vcpus: 1,
+            debug: true,
+            agent_log: LogLevel::Info,
+            share: &ShareDevice::None,
+            extra: "",
+        }
+        .render();
         assert!(d.contains(" debug ") && !d.contains("quiet"));
         assert!(d.ends_with("agent.shared_fs=none"));
     }

@@ -51,15 +51,25 @@ impl Qmp {
                     tokio::time::sleep(Duration::from_millis(10)).await
                 }
                 Err(_) => {
-                    return Err(QmpError::Connect { path: path.display().to_string(), timeout });
+                    return Err(QmpError::Connect {
+                        path: path.display().to_string(),
+                        timeout,
+                    });
                 }
             }
         };
         let (r, w) = stream.into_split();
-        let mut qmp = Qmp { reader: BufReader::new(r), writer: w, next_id: 1 };
+        let mut qmp = Qmp {
+            reader: BufReader::new(r),
+            writer: w,
+            next_id: 1,
+        };
         let greeting = tokio::time::timeout(REPLY_TIMEOUT, qmp.read_message())
             .await
-            .map_err(|_| QmpError::Timeout { command: "greeting".into(), timeout: REPLY_TIMEOUT })??;
+            .map_err(|_| QmpError::Timeout {
+                command: "greeting".into(),
+                timeout: REPLY_TIMEOUT,
+            })??;
         if greeting.get("QMP").is_none() {
             return Err(QmpError::Json(format!("unexpected greeting {greeting}")));
         }
@@ -68,7 +78,11 @@ impl Qmp {
     }
 
     /// Runs one command and returns its `return` value.
-    pub async fn execute(&mut self, command: &str, arguments: Option<Value>) -> Result<Value, QmpError> {
+    pub async fn execute(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+    ) -> Result<Value, QmpError> {
         let id = self.next_id;
         self.next_id += 1;
         let mut msg = json!({ "execute": command, "id": id });
@@ -92,18 +106,27 @@ impl Qmp {
                     .and_then(Value::as_str)
                     .unwrap_or("unknown error")
                     .to_string();
-                return Err(QmpError::Command { command: command.to_string(), message });
+                return Err(QmpError::Command {
+                    command: command.to_string(),
+                    message,
+                });
             }
         };
         tokio::time::timeout(REPLY_TIMEOUT, wait)
             .await
-            .map_err(|_| QmpError::Timeout { command: command.into(), timeout: REPLY_TIMEOUT })?
+            .map_err(|_| QmpError::Timeout {
+                command: command.into(),
+                timeout: REPLY_TIMEOUT,
+            })?
     }
 
     /// The VM's run state, e.g. `running` or `paused`.
     pub async fn status(&mut self) -> Result<String, QmpError> {
         let r = self.execute("query-status", None).await?;
-        Ok(r.get("status").and_then(Value::as_str).unwrap_or("unknown").to_string())
+        Ok(r.get("status")
+            .and_then(Value::as_str)
+            .unwrap_or("unknown")
+            .to_string())
     }
 
     /// Asks QEMU to exit. The connection may close before a reply arrives,
@@ -151,7 +174,9 @@ mod tests {
             let (s, _) = l.accept().await.expect("accept");
             let (r, mut w) = s.into_split();
             let mut r = BufReader::new(r);
-            w.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n").await.expect("greet");
+            w.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n")
+                .await
+                .expect("greet");
             for reply in script {
                 let mut line = String::new();
                 if r.read_line(&mut line).await.expect("read") == 0 {
@@ -160,8 +185,12 @@ mod tests {
                 let req: Value = serde_json::from_str(&line).expect("json");
                 let mut reply = reply;
                 reply["id"] = req["id"].clone();
-                w.write_all(b"{\"event\": \"RTC_CHANGE\", \"data\": {}}\n").await.expect("event");
-                w.write_all(format!("{reply}\n").as_bytes()).await.expect("reply");
+                w.write_all(b"{\"event\": \"RTC_CHANGE\", \"data\": {}}\n")
+                    .await
+                    .expect("event");
+                w.write_all(format!("{reply}\n").as_bytes())
+                    .await
+                    .expect("reply");
             }
         });
         (dir, path)
@@ -175,7 +204,9 @@ mod tests {
             json!({"error": {"class": "GenericError", "desc": "nope"}}),
         ])
         .await;
-        let mut q = Qmp::connect(&path, Duration::from_secs(2)).await.expect("connect");
+        let mut q = Qmp::connect(&path, Duration::from_secs(2))
+            .await
+            .expect("connect");
         assert_eq!(q.status().await.expect("status"), "running");
         let e = q.execute("stop", None).await.expect_err("fails");
         assert!(e.to_string().contains("nope"), "{e}");
@@ -184,15 +215,20 @@ mod tests {
     #[tokio::test]
     async fn quit_tolerates_closed_connection() {
         let (_d, path) = server(vec![json!({"return": {}})]).await;
-        let mut q = Qmp::connect(&path, Duration::from_secs(2)).await.expect("connect");
+        let mut q = Qmp::connect(&path, Duration::from_secs(2))
+            .await
+            .expect("connect");
         q.quit().await.expect("closed counts as quit");
     }
 
     #[tokio::test]
     async fn connect_times_out() {
-        let e = Qmp::connect(Path::new("/nonexistent/qmp.sock"), Duration::from_millis(50))
-            .await
-            .expect_err("no socket");
+        let e = Qmp::connect(
+            Path::new("/nonexistent/qmp.sock"),
+            Duration::from_millis(50),
+        )
+        .await
+        .expect_err("no socket");
         assert!(matches!(e, QmpError::Connect { .. }));
     }
 }
