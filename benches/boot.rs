@@ -106,7 +106,7 @@ fn run() -> Result<(), String> {
         let began = Instant::now();
         let sb = rt
             .block_on(SandboxVm::boot(&config, &id))
-            .map_err(|e| format!("boot {id}: {}", chain(&e)))?;
+            .map_err(|e| format!("boot {id}: {}", kata_shim::logging::error_chain(&e)))?;
         start.push(began.elapsed());
         ready.push(sb.agent_ready);
         accel = sb.vm.accel.as_str().to_string();
@@ -227,15 +227,4 @@ fn median(v: &[Duration]) -> Duration {
 
 fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }

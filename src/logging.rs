@@ -20,3 +20,16 @@ pub fn init_stderr(level: LogLevel) {
         .with_ansi(false)
         .try_init();
 }
+
+/// An error and all its sources on one line, outermost first: how the
+/// binaries print a failure once, at the top.
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -35,21 +35,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("kata-ctl: error: {}", chain(&*e));
+            eprintln!("kata-ctl: error: {}", kata_shim::logging::error_chain(&*e));
             ExitCode::FAILURE
         }
     }
-}
-
-fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
