@@ -57,6 +57,7 @@ uninstall:
 # VM tests are limited to two at a time by the nextest group in
 # .config/nextest.toml; a global leak check closes the suite.
 test: deps build
+	@$(PHASE) lint $(MAKE) --no-print-directory lint
 	@$(PHASE) image $(TARGET)/kata-guest-image --agent $(TARGET)/kata-agent --output-dir $(CURDIR)/target/test-images
 	@$(PHASE) tests $(CARGO) nextest run --release --locked --workspace --no-fail-fast
 	@$(PHASE) leak-check scripts/leak-check.sh

@@ -37,7 +37,7 @@ pub const OPTIONAL: &[&str] = &["virtio_rng"];
 #[derive(Debug, Error)]
 pub enum ModuleError {
     /// A required module is neither built in nor a file in `modules.dep`.
-    #[error("kernel {release} lacks required module {name}: it is neither in modules.builtin nor in modules.dep (under {})", .dir.display())]
+    #[error("kernel {release} lacks required module {name}: it is neither in modules.builtin nor in modules.dep (under {}); reinstall the kernel's package or use a kernel that has it (e.g. `{}`)", .dir.display(), crate::kernel::INSTALL_HINT)]
     Missing {
         /// Kernel release.
         release: String,
@@ -274,6 +274,7 @@ kernel/fs/overlayfs/overlay.ko.xz:
             .expect_err("missing");
         let msg = err.to_string();
         assert!(msg.contains("virtio_blk") && msg.contains("6.12"), "{msg}");
+        assert!(msg.contains("apt-get install"), "the fix is named: {msg}");
     }
 
     #[test]
