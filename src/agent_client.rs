@@ -58,6 +58,15 @@ fn ctx(timeout: Duration) -> context::Context {
     context::with_timeout(timeout.as_nanos() as i64)
 }
 
+/// A call context: with a deadline, or none for the calls that block by
+/// design (WaitProcess, ReadStdout/ReadStderr, GetOOMEvent).
+pub fn call_context(timeout: Option<Duration>) -> context::Context {
+    match timeout {
+        Some(t) => ctx(t),
+        None => context::with_timeout(0),
+    }
+}
+
 async fn dial_once(addr: &AgentAddr) -> Result<Socket, String> {
     match addr {
         AgentAddr::Hybrid(uds) => {
@@ -146,6 +155,12 @@ impl AgentClient {
             // added to the boot time, so poll often.
             backoff = (backoff * 2).min(Duration::from_millis(40));
         }
+    }
+
+    /// The agent API itself, for calls the shim makes beyond first contact;
+    /// pair it with [`call_context`].
+    pub fn service(&self) -> &agent_ttrpc::AgentServiceClient {
+        &self.agent
     }
 
     /// `Health.Check`, requiring SERVING.
