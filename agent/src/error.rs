@@ -37,6 +37,14 @@ pub enum AgentError {
     #[error("not found: {0}")]
     NotFound(String),
 
+    /// Something the request creates already exists.
+    #[error("already exists: {0}")]
+    AlreadyExists(String),
+
+    /// The agent does not implement this request (yet).
+    #[error("not implemented: {0}")]
+    Unimplemented(&'static str),
+
     /// The guest is not in a state where the request can be served.
     #[error("failed precondition: {0}")]
     FailedPrecondition(String),
@@ -115,6 +123,8 @@ impl AgentError {
         match self {
             Self::InvalidArgument { .. } | Self::InvalidConfig { .. } => Code::INVALID_ARGUMENT,
             Self::NotFound(_) => Code::NOT_FOUND,
+            Self::AlreadyExists(_) => Code::ALREADY_EXISTS,
+            Self::Unimplemented(_) => Code::UNIMPLEMENTED,
             Self::FailedPrecondition(_) => Code::FAILED_PRECONDITION,
             Self::Io { .. }
             | Self::Parse { .. }
@@ -159,6 +169,8 @@ mod tests {
                 Code::INVALID_ARGUMENT,
             ),
             (AgentError::NotFound("x".into()), Code::NOT_FOUND),
+            (AgentError::AlreadyExists("x".into()), Code::ALREADY_EXISTS),
+            (AgentError::Unimplemented("x"), Code::UNIMPLEMENTED),
             (
                 AgentError::FailedPrecondition("x".into()),
                 Code::FAILED_PRECONDITION,

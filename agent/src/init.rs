@@ -196,13 +196,15 @@ async fn boot_and_serve() -> Result<()> {
         tracing::error!(error = %e, "cannot bring up lo");
     }
 
-    // Kept alive for the life of PID 1; later work hooks child exits here.
-    let _reaper = Reaper::start()?;
+    // Kept alive for the life of PID 1; container processes hook their exits here.
+    let reaper = Reaper::start()?;
 
     mount_share(&cfg, &paths).await;
 
     let addr = format!("vsock://-1:{AGENT_VSOCK_PORT}");
-    let mut running = server::start(&addr, paths, server::DestroyAction::PowerOff).await?;
+    let mut running =
+        server::start_with_reaper(&addr, paths, server::DestroyAction::PowerOff, Some(reaper))
+            .await?;
     tracing::info!(%addr, "serving the agent API");
     tokio::task::spawn_blocking(move || modules.load_rest());
     running.wait_destroy().await;

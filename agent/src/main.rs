@@ -7,12 +7,17 @@
 //! without any init duties.
 
 mod config;
+mod container;
 mod details;
 mod error;
 mod init;
 mod logging;
+mod oom;
+mod process;
 mod reaper;
+mod sandbox;
 mod server;
+mod stdio;
 mod storage;
 
 use std::path::PathBuf;

@@ -72,13 +72,6 @@ impl Reaper {
     }
 
     /// Subscribes to child exits (only those reaped after this call).
-    #[cfg_attr(
-        not(test),
-        expect(
-            dead_code,
-            reason = "hook for container process management, not yet used"
-        )
-    )]
     pub fn subscribe(&self) -> broadcast::Receiver<ChildExit> {
         self.tx.subscribe()
     }

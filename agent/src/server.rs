@@ -1,5 +1,5 @@
 //! The ttrpc server and thin adapters from the generated service traits to
-//! the domain code (`details.rs`). Errors are mapped with
+//! the domain code (`details.rs`, `sandbox.rs`). Errors are mapped with
 //! [`AgentError::to_ttrpc`]. `DestroySandbox` only replies and signals the
 //! owner of the server ([`Running::wait_destroy`]); powering off or exiting
 //! is the owner's decision.
@@ -8,7 +8,12 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use kata_agent_protocol::agent::{
-    DestroySandboxRequest, Empty, GuestDetailsRequest, GuestDetailsResponse,
+    ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, Empty,
+    ExecProcessRequest, GuestDetailsRequest, GuestDetailsResponse, ListProcessesRequest,
+    ListProcessesResponse, OomEvent, ProcessRequest, ReadStreamRequest, ReadStreamResponse,
+    RemoveContainerRequest, SetGuestDateTimeRequest, SignalProcessRequest, StatsContainerResponse,
+    TtyWinResizeRequest, UpdateContainerRequest, WaitProcessResponse, WriteStreamRequest,
+    WriteStreamResponse,
 };
 use kata_agent_protocol::health::{
     CheckRequest, HealthCheckResponse, VersionCheckResponse, health_check_response::ServingStatus,
@@ -19,6 +24,39 @@ use ttrpc::r#async::{Server, TtrpcContext};
 
 use crate::details::{self, GuestPaths};
 use crate::error::{AgentError, Result};
+use crate::reaper::Reaper;
+use crate::sandbox::Sandbox;
+
+/// Logs a failed request with its name and maps the error.
+fn reply<T>(rpc: &'static str, res: Result<T>) -> ttrpc::Result<T> {
+    res.map_err(|e| {
+        tracing::warn!(rpc, error = %e, "request failed");
+        e.to_ttrpc()
+    })
+}
+
+/// Largest read a ReadStdout/ReadStderr returns.
+const MAX_READ: usize = 1 << 20;
+
+/// SetGuestDateTime: clock_settime(CLOCK_REALTIME).
+fn set_time(sec: i64, usec: i64) -> Result<()> {
+    if !(0..1_000_000).contains(&usec) {
+        return Err(AgentError::InvalidArgument {
+            field: "usec",
+            reason: format!("{usec} is not in 0..1000000"),
+        });
+    }
+    let ts = libc::timespec {
+        tv_sec: sec,
+        tv_nsec: usec * 1000,
+    };
+    // SAFETY: `ts` is a valid timespec for the duration of the call.
+    let rc = unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) };
+    if rc != 0 {
+        return Err(AgentError::sys("clock_settime", nix::errno::Errno::last()));
+    }
+    Ok(())
+}
 
 /// What the owner does once `DestroySandbox` was answered (for the logs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +99,7 @@ impl health_ttrpc::Health for HealthService {
 /// `grpc.AgentService`.
 struct AgentService {
     paths: Arc<GuestPaths>,
+    sandbox: Arc<Sandbox>,
     destroy_tx: mpsc::Sender<()>,
     on_destroy: DestroyAction,
 }
@@ -95,6 +134,300 @@ impl agent_ttrpc::AgentService for AgentService {
         let _ = self.destroy_tx.try_send(());
         Ok(Empty::new())
     }
+
+    async fn create_sandbox(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateSandboxRequest,
+    ) -> ttrpc::Result<Empty> {
+        tracing::info!(sandbox_id = %req.sandbox_id, "CreateSandbox");
+        let res = self
+            .sandbox
+            .create(
+                req.sandbox_id,
+                req.hostname,
+                &req.storages,
+                req.sandbox_pidns,
+            )
+            .await;
+        reply("CreateSandbox", res.map(|()| Empty::new()))
+    }
+
+    async fn create_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: CreateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        tracing::info!(container_id = %req.container_id, "CreateContainer");
+        let res = self
+            .sandbox
+            .create_container(req.container_id, &req.oci_spec_json, &req.storages)
+            .await;
+        reply("CreateContainer", res.map(|()| Empty::new()))
+    }
+
+    async fn start_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        tracing::info!(container_id = %req.container_id, "StartContainer");
+        let res = self.sandbox.start_container(&req.container_id).await;
+        reply("StartContainer", res.map(|()| Empty::new()))
+    }
+
+    async fn remove_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: RemoveContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        tracing::info!(container_id = %req.container_id, "RemoveContainer");
+        let res = self
+            .sandbox
+            .remove_container(&req.container_id, req.timeout)
+            .await;
+        reply("RemoveContainer", res.map(|()| Empty::new()))
+    }
+
+    async fn pause_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        tracing::info!(container_id = %req.container_id, "PauseContainer");
+        let res = self.sandbox.pause_container(&req.container_id).await;
+        reply("PauseContainer", res.map(|()| Empty::new()))
+    }
+
+    async fn resume_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        tracing::info!(container_id = %req.container_id, "ResumeContainer");
+        let res = self.sandbox.resume_container(&req.container_id).await;
+        reply("ResumeContainer", res.map(|()| Empty::new()))
+    }
+
+    async fn update_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateContainerRequest,
+    ) -> ttrpc::Result<Empty> {
+        tracing::info!(container_id = %req.container_id, "UpdateContainer");
+        let res = self
+            .sandbox
+            .update_container(&req.container_id, &req.resources_json)
+            .await;
+        reply("UpdateContainer", res.map(|()| Empty::new()))
+    }
+
+    async fn stats_container(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ContainerRequest,
+    ) -> ttrpc::Result<StatsContainerResponse> {
+        tracing::debug!(container_id = %req.container_id, "StatsContainer");
+        reply(
+            "StatsContainer",
+            self.sandbox.stats_container(&req.container_id).await,
+        )
+    }
+
+    async fn list_processes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ListProcessesRequest,
+    ) -> ttrpc::Result<ListProcessesResponse> {
+        tracing::debug!(container_id = %req.container_id, "ListProcesses");
+        let res = self
+            .sandbox
+            .list_processes(&req.container_id, &req.format)
+            .await;
+        reply(
+            "ListProcesses",
+            res.map(|list| {
+                let mut r = ListProcessesResponse::new();
+                r.process_list = list;
+                r
+            }),
+        )
+    }
+
+    async fn exec_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ExecProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        tracing::info!(container_id = %req.container_id, exec_id = %req.exec_id, "ExecProcess");
+        let res = self
+            .sandbox
+            .exec_process(&req.container_id, req.exec_id, &req.process_json)
+            .await;
+        reply("ExecProcess", res.map(|()| Empty::new()))
+    }
+
+    async fn signal_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SignalProcessRequest,
+    ) -> ttrpc::Result<Empty> {
+        tracing::info!(container_id = %req.container_id, exec_id = %req.exec_id, signal = req.signal, all = req.all, "SignalProcess");
+        let res = self
+            .sandbox
+            .signal_process(&req.container_id, &req.exec_id, req.signal, req.all)
+            .await;
+        reply("SignalProcess", res.map(|()| Empty::new()))
+    }
+
+    async fn wait_process(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ProcessRequest,
+    ) -> ttrpc::Result<WaitProcessResponse> {
+        tracing::debug!(container_id = %req.container_id, exec_id = %req.exec_id, "WaitProcess");
+        let res = async {
+            let p = self
+                .sandbox
+                .process(&req.container_id, &req.exec_id)
+                .await?;
+            p.wait().await
+        }
+        .await;
+        reply(
+            "WaitProcess",
+            res.map(|status| {
+                let mut r = WaitProcessResponse::new();
+                r.status = status;
+                r
+            }),
+        )
+    }
+
+    async fn write_stdin(
+        &self,
+        _ctx: &TtrpcContext,
+        req: WriteStreamRequest,
+    ) -> ttrpc::Result<WriteStreamResponse> {
+        let res = async {
+            let p = self
+                .sandbox
+                .process(&req.container_id, &req.exec_id)
+                .await?;
+            p.io.write_stdin(&req.data).await
+        }
+        .await;
+        reply(
+            "WriteStdin",
+            res.and_then(|n| {
+                let mut r = WriteStreamResponse::new();
+                r.len =
+                    u32::try_from(n).map_err(|_| AgentError::Internal("write length".into()))?;
+                Ok(r)
+            }),
+        )
+    }
+
+    async fn read_stdout(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
+        self.read_stream(req, false).await
+    }
+
+    async fn read_stderr(
+        &self,
+        _ctx: &TtrpcContext,
+        req: ReadStreamRequest,
+    ) -> ttrpc::Result<ReadStreamResponse> {
+        self.read_stream(req, true).await
+    }
+
+    async fn close_stdin(&self, _ctx: &TtrpcContext, req: ProcessRequest) -> ttrpc::Result<Empty> {
+        let res = async {
+            let p = self
+                .sandbox
+                .process(&req.container_id, &req.exec_id)
+                .await?;
+            p.io.close_stdin().await;
+            Ok(Empty::new())
+        }
+        .await;
+        reply("CloseStdin", res)
+    }
+
+    async fn tty_win_resize(
+        &self,
+        _ctx: &TtrpcContext,
+        req: TtyWinResizeRequest,
+    ) -> ttrpc::Result<Empty> {
+        let res = async {
+            let p = self
+                .sandbox
+                .process(&req.container_id, &req.exec_id)
+                .await?;
+            let (rows, cols) = (
+                u16::try_from(req.row).unwrap_or(u16::MAX),
+                u16::try_from(req.column).unwrap_or(u16::MAX),
+            );
+            p.io.resize(rows, cols)?;
+            Ok(Empty::new())
+        }
+        .await;
+        reply("TtyWinResize", res)
+    }
+
+    async fn get_oom_event(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<OomEvent> {
+        let res = self.sandbox.next_oom().await.map(|id| {
+            let mut e = OomEvent::new();
+            e.container_id = id;
+            e
+        });
+        reply("GetOOMEvent", res)
+    }
+
+    async fn set_guest_date_time(
+        &self,
+        _ctx: &TtrpcContext,
+        req: SetGuestDateTimeRequest,
+    ) -> ttrpc::Result<Empty> {
+        tracing::info!(sec = req.sec, usec = req.usec, "SetGuestDateTime");
+        reply(
+            "SetGuestDateTime",
+            set_time(req.sec, req.usec).map(|()| Empty::new()),
+        )
+    }
+}
+
+impl AgentService {
+    async fn read_stream(
+        &self,
+        req: ReadStreamRequest,
+        stderr: bool,
+    ) -> ttrpc::Result<ReadStreamResponse> {
+        let res = async {
+            let p = self
+                .sandbox
+                .process(&req.container_id, &req.exec_id)
+                .await?;
+            let len = usize::try_from(req.len).unwrap_or(MAX_READ).min(MAX_READ);
+            if stderr {
+                p.io.read_stderr(len).await
+            } else {
+                p.io.read_stdout(len).await
+            }
+        }
+        .await;
+        reply(
+            if stderr { "ReadStderr" } else { "ReadStdout" },
+            res.map(|data| {
+                let mut r = ReadStreamResponse::new();
+                r.data = data;
+                r
+            }),
+        )
+    }
 }
 
 /// A started server; dropping it closes all connections.
@@ -124,8 +457,20 @@ impl Running {
 /// Binds `addr` (a ttrpc address: `vsock://-1:1024`, `unix:///path`),
 /// registers both services and starts accepting.
 pub async fn start(addr: &str, paths: GuestPaths, on_destroy: DestroyAction) -> Result<Running> {
+    start_with_reaper(addr, paths, on_destroy, None).await
+}
+
+/// [`start`] with PID 1's reaper (test mode starts one on first use).
+pub async fn start_with_reaper(
+    addr: &str,
+    paths: GuestPaths,
+    on_destroy: DestroyAction,
+    reaper: Option<Reaper>,
+) -> Result<Running> {
     let (destroy_tx, destroy_rx) = mpsc::channel(1);
+    let sandbox = Arc::new(Sandbox::new(paths.share_mount.clone(), reaper));
     let agent = Arc::new(AgentService {
+        sandbox,
         paths: Arc::new(paths),
         destroy_tx,
         on_destroy,

@@ -1,0 +1,152 @@
+//! One supervised process (a container's init or an exec): its pid, its
+//! exit status as reported by the reaper, and its stdio.
+//!
+//! Exit statuses flow from the reaper: the caller subscribes to
+//! [`Reaper::subscribe`] *before* libcontainer forks, and hands the
+//! receiver to [`Process::watch_exit`] together with the pid it learned;
+//! exits reaped in between are buffered by the broadcast channel, so none
+//! is missed. The pid is only signalled while no exit was recorded, which
+//! rules out signalling a reused pid.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::sync::{broadcast, watch};
+
+use crate::error::{AgentError, Result};
+use crate::reaper::ChildExit;
+use crate::stdio::ProcessIo;
+
+/// How long WaitProcess waits for the output to be drained after the exit.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Status reported when the exit was lost (reaper channel overflow).
+const LOST_EXIT_STATUS: i32 = 255;
+
+/// A supervised process.
+#[derive(Debug)]
+pub struct Process {
+    /// Empty for a container's init.
+    pub exec_id: String,
+    /// Its pid in the agent's pid namespace.
+    pub pid: i32,
+    /// Its stdio, as the agent sees it.
+    pub io: ProcessIo,
+    exit: watch::Receiver<Option<i32>>,
+}
+
+impl Process {
+    /// Tracks `pid`, whose exit will arrive on `exits` (subscribed before
+    /// the fork). `on_exit` runs once with the status, e.g. to mark the
+    /// container stopped.
+    pub fn watch_exit(
+        exec_id: String,
+        pid: i32,
+        io: ProcessIo,
+        mut exits: broadcast::Receiver<ChildExit>,
+        on_exit: impl FnOnce(i32) + Send + 'static,
+    ) -> Arc<Process> {
+        let (tx, rx) = watch::channel(None);
+        let p = Arc::new(Process {
+            exec_id,
+            pid,
+            io,
+            exit: rx,
+        });
+        tokio::spawn(async move {
+            let status = loop {
+                match exits.recv().await {
+                    Ok(e) if e.pid == pid => break e.code(),
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        // Our exit may be among the dropped ones: if the pid
+                        // is gone, it was reaped and its status lost.
+                        if kill(Pid::from_raw(pid), None).is_err() {
+                            tracing::warn!(pid, dropped = n, "exit status lost to reaper lag");
+                            break LOST_EXIT_STATUS;
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break LOST_EXIT_STATUS,
+                }
+            };
+            tracing::debug!(pid, status, "process exited");
+            on_exit(status);
+            let _ = tx.send(Some(status));
+        });
+        p
+    }
+
+    /// The exit status, if the process has exited.
+    pub fn exit_status(&self) -> Option<i32> {
+        *self.exit.borrow()
+    }
+
+    /// A receiver of the exit status (`None` while running).
+    pub fn exit_receiver(&self) -> watch::Receiver<Option<i32>> {
+        self.exit.clone()
+    }
+
+    /// Waits for the exit, then (bounded) for the output to be drained.
+    pub async fn wait(&self) -> Result<i32> {
+        let mut rx = self.exit.clone();
+        let status = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| AgentError::Internal("exit watcher ended".into()))?
+            .unwrap_or(LOST_EXIT_STATUS);
+        if tokio::time::timeout(DRAIN_TIMEOUT, self.io.wait_output_drained())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                exec_id = %self.exec_id,
+                pid = self.pid,
+                "output not drained in time; returning the exit status anyway"
+            );
+        }
+        Ok(status)
+    }
+
+    /// Sends `sig` unless the process is known to have exited.
+    pub fn signal(&self, sig: Signal) -> Result<()> {
+        if self.exit_status().is_some() {
+            return Err(AgentError::FailedPrecondition(format!(
+                "process {} has already exited",
+                self.pid
+            )));
+        }
+        match kill(Pid::from_raw(self.pid), sig) {
+            // Exited but not reaped yet: nothing to signal.
+            Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
+            Err(e) => Err(AgentError::sys(format!("kill({}, {sig})", self.pid), e)),
+        }
+    }
+}
+
+/// Converts a request's signal number.
+pub fn parse_signal(sig: u32) -> Result<Signal> {
+    i32::try_from(sig)
+        .ok()
+        .and_then(|s| Signal::try_from(s).ok())
+        .ok_or_else(|| AgentError::InvalidArgument {
+            field: "signal",
+            reason: format!("{sig} is not a signal"),
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signals_parse() {
+        assert_eq!(parse_signal(9).expect("kill"), Signal::SIGKILL);
+        assert_eq!(parse_signal(15).expect("term"), Signal::SIGTERM);
+        assert_eq!(
+            parse_signal(0).expect_err("zero").code(),
+            ttrpc::Code::INVALID_ARGUMENT
+        );
+        assert!(parse_signal(10_000).is_err());
+    }
+}

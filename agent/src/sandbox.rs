@@ -1,0 +1,287 @@
+//! The pod as the agent sees it: its id, hostname and storages, the
+//! containers in it, and the OOM queue. Every container RPC resolves its
+//! container here; the domain work is in `container/`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use kata_agent_protocol::agent::{StatsContainerResponse, Storage};
+use nix::mount::{MsFlags, mount};
+use tokio::sync::Mutex;
+
+use crate::container::{self, Container, cgroup, spec};
+use crate::error::{AgentError, Result};
+use crate::oom::OomQueue;
+use crate::process::{self, Process};
+use crate::reaper::Reaper;
+use crate::storage::{self, StorageSpec};
+
+/// The pod's shared `/dev/shm`, bind-mounted by the shim's specs.
+pub const SANDBOX_SHM: &str = "/run/kata-containers/sandbox/shm";
+
+#[derive(Debug, Default)]
+struct SandboxInfo {
+    id: String,
+    sandbox_pidns: bool,
+    /// Mount points of the sandbox storages.
+    storages: Vec<PathBuf>,
+    /// The first container's init pid, whose pid namespace the others join.
+    pidns_pid: Option<i32>,
+}
+
+/// The pod.
+#[derive(Debug)]
+pub struct Sandbox {
+    share: PathBuf,
+    reaper: OnceLock<Reaper>,
+    info: Mutex<Option<SandboxInfo>>,
+    containers: Mutex<HashMap<String, Arc<Container>>>,
+    /// Serializes libcontainer's forks (and the container map's create path).
+    create_lock: Mutex<()>,
+    oom: OomQueue,
+}
+
+fn to_spec(s: &Storage) -> Result<StorageSpec> {
+    let mp = PathBuf::from(&s.mount_point);
+    if !mp.is_absolute() {
+        return Err(AgentError::InvalidArgument {
+            field: "storages.mount_point",
+            reason: format!("{:?} is not absolute", s.mount_point),
+        });
+    }
+    Ok(StorageSpec {
+        driver: s.driver.clone(),
+        source: s.source.clone(),
+        mount_point: mp,
+    })
+}
+
+impl Sandbox {
+    /// A sandbox over the share at `share`; `reaper` is PID 1's (None in
+    /// test mode: one is started on first use).
+    pub fn new(share: PathBuf, reaper: Option<Reaper>) -> Self {
+        let cell = OnceLock::new();
+        if let Some(r) = reaper {
+            let _ = cell.set(r);
+        }
+        Self {
+            share,
+            reaper: cell,
+            info: Mutex::new(None),
+            containers: Mutex::new(HashMap::new()),
+            create_lock: Mutex::new(()),
+            oom: OomQueue::default(),
+        }
+    }
+
+    fn reaper(&self) -> Result<&Reaper> {
+        if let Some(r) = self.reaper.get() {
+            return Ok(r);
+        }
+        let r = Reaper::start()?;
+        Ok(self.reaper.get_or_init(|| r))
+    }
+
+    /// CreateSandbox: hostname, storages, the pod's /dev/shm.
+    pub async fn create(
+        &self,
+        id: String,
+        hostname: String,
+        storages: &[Storage],
+        sandbox_pidns: bool,
+    ) -> Result<()> {
+        container::validate_id(&id, "sandbox_id")?;
+        let mut info = self.info.lock().await;
+        if info.is_some() {
+            return Err(AgentError::AlreadyExists(
+                "the sandbox was already created".into(),
+            ));
+        }
+        self.reaper()?;
+        if !hostname.is_empty() {
+            nix::unistd::sethostname(&hostname)
+                .map_err(|e| AgentError::sys(format!("sethostname {hostname:?}"), e))?;
+        }
+        let shm_dir = storage::mkdir_all_no_symlinks(Path::new(SANDBOX_SHM))
+            .map_err(|e| AgentError::io("creating", SANDBOX_SHM, e))?;
+        let target = format!(
+            "/proc/self/fd/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&shm_dir)
+        );
+        mount(
+            Some("shm"),
+            target.as_str(),
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+            Some("mode=1777,size=67108864"),
+        )
+        .map_err(|e| AgentError::sys(format!("mount tmpfs on {SANDBOX_SHM}"), e))?;
+        let mut mounted = Vec::new();
+        for s in storages {
+            let spec = to_spec(s)?;
+            storage::mount_storage(&spec, &self.share)?;
+            mounted.push(spec.mount_point);
+        }
+        tracing::info!(sandbox_id = %id, %hostname, storages = mounted.len(), sandbox_pidns, "sandbox created");
+        *info = Some(SandboxInfo {
+            id,
+            sandbox_pidns,
+            storages: mounted,
+            pidns_pid: None,
+        });
+        Ok(())
+    }
+
+    async fn get(&self, id: &str) -> Result<Arc<Container>> {
+        self.containers
+            .lock()
+            .await
+            .get(id)
+            .cloned()
+            .ok_or_else(|| AgentError::NotFound(format!("container {id:?}")))
+    }
+
+    /// CreateContainer.
+    pub async fn create_container(
+        &self,
+        id: String,
+        spec_json: &[u8],
+        storages: &[Storage],
+    ) -> Result<()> {
+        container::validate_id(&id, "container_id")?;
+        let mut spec = spec::parse_spec(spec_json)?;
+        let _serial = self.create_lock.lock().await;
+        if self.containers.lock().await.contains_key(&id) {
+            return Err(AgentError::AlreadyExists(format!("container {id:?}")));
+        }
+        let (sandbox_id, mut roots, pidns_pid, shared_pidns) = {
+            let info = self.info.lock().await;
+            let info = info.as_ref().ok_or_else(|| {
+                AgentError::FailedPrecondition("CreateSandbox must come first".into())
+            })?;
+            let mut roots = vec![self.share.clone(), PathBuf::from(SANDBOX_SHM)];
+            roots.extend(info.storages.iter().cloned());
+            (info.id.clone(), roots, info.pidns_pid, info.sandbox_pidns)
+        };
+        let mut mounted = Vec::new();
+        for s in storages {
+            let st = to_spec(s)?;
+            storage::mount_storage(&st, &self.share)?;
+            roots.push(st.mount_point.clone());
+            mounted.push(st.mount_point);
+        }
+        let pidns = pidns_pid.map(|p| PathBuf::from(format!("/proc/{p}/ns/pid")));
+        let terminal = spec::rewrite(
+            &mut spec,
+            &spec::PodContext {
+                sandbox_id: &sandbox_id,
+                container_id: &id,
+                allowed_roots: &roots,
+                pidns,
+            },
+        )?;
+        let c = Container::create(id.clone(), spec, terminal, mounted, self.reaper()?).await?;
+        *c.oom_watch
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(self.oom.watch(id.clone(), c.cgroup_dir()));
+        if shared_pidns {
+            let mut info = self.info.lock().await;
+            if let Some(info) = info.as_mut().filter(|i| i.pidns_pid.is_none()) {
+                info.pidns_pid = Some(c.init.pid);
+            }
+        }
+        self.containers.lock().await.insert(id, c);
+        Ok(())
+    }
+
+    /// StartContainer.
+    pub async fn start_container(&self, id: &str) -> Result<()> {
+        self.get(id).await?.start().await
+    }
+
+    /// RemoveContainer.
+    pub async fn remove_container(&self, id: &str, timeout: u32) -> Result<()> {
+        let c = self.get(id).await?;
+        c.remove(timeout).await?;
+        self.containers.lock().await.remove(id);
+        Ok(())
+    }
+
+    /// PauseContainer.
+    pub async fn pause_container(&self, id: &str) -> Result<()> {
+        self.get(id).await?.pause().await
+    }
+
+    /// ResumeContainer.
+    pub async fn resume_container(&self, id: &str) -> Result<()> {
+        self.get(id).await?.resume().await
+    }
+
+    /// UpdateContainer.
+    pub async fn update_container(&self, id: &str, resources_json: &[u8]) -> Result<()> {
+        let c = self.get(id).await?;
+        let mut de = serde_json::Deserializer::from_slice(resources_json);
+        let res: oci_spec::runtime::LinuxResources = serde_path_to_error::deserialize(&mut de)
+            .map_err(|e| AgentError::InvalidArgument {
+                field: "resources_json",
+                reason: format!("at `{}`: {}", e.path(), e.inner()),
+            })?;
+        tokio::task::spawn_blocking(move || c.update(&res))
+            .await
+            .map_err(|e| AgentError::Internal(format!("update task: {e}")))?
+    }
+
+    /// StatsContainer.
+    pub async fn stats_container(&self, id: &str) -> Result<StatsContainerResponse> {
+        let dir = self.get(id).await?.cgroup_dir();
+        tokio::task::spawn_blocking(move || cgroup::stats(&dir))
+            .await
+            .map_err(|e| AgentError::Internal(format!("stats task: {e}")))?
+    }
+
+    /// ListProcesses: only the `json` format.
+    pub async fn list_processes(&self, id: &str, format: &str) -> Result<Vec<u8>> {
+        let c = self.get(id).await?;
+        if format != "json" {
+            return Err(AgentError::InvalidArgument {
+                field: "format",
+                reason: format!("{format:?} is not supported (json)"),
+            });
+        }
+        let pids = cgroup::pids(&c.cgroup_dir())?;
+        serde_json::to_vec(&pids).map_err(|e| AgentError::Internal(format!("pids json: {e}")))
+    }
+
+    /// ExecProcess.
+    pub async fn exec_process(&self, id: &str, exec_id: String, process_json: &[u8]) -> Result<()> {
+        if exec_id.is_empty() {
+            return Err(AgentError::InvalidArgument {
+                field: "exec_id",
+                reason: "must not be empty".into(),
+            });
+        }
+        container::validate_id(&exec_id, "exec_id")?;
+        let c = self.get(id).await?;
+        let p = spec::parse_process(process_json)?;
+        let _serial = self.create_lock.lock().await;
+        c.exec(exec_id, p, self.reaper()?).await
+    }
+
+    /// The named process of a container.
+    pub async fn process(&self, id: &str, exec_id: &str) -> Result<Arc<Process>> {
+        self.get(id).await?.process(exec_id)
+    }
+
+    /// SignalProcess.
+    pub async fn signal_process(&self, id: &str, exec_id: &str, sig: u32, all: bool) -> Result<()> {
+        let sig = process::parse_signal(sig)?;
+        self.get(id).await?.signal(exec_id, sig, all)
+    }
+
+    /// GetOOMEvent.
+    pub async fn next_oom(&self) -> Result<String> {
+        self.oom.next().await
+    }
+}

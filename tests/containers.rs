@@ -1,0 +1,731 @@
+//! Container tests inside a real VM: the shim library boots the test image,
+//! a busybox rootfs is placed in the sandbox share, and the agent API is
+//! driven over hybrid vsock exactly as the shim will drive it.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use kata_agent_protocol::agent;
+use kata_shim::agent_client::{AgentClient, call_context};
+use kata_shim::config::Config;
+use kata_shim::sandbox::SandboxVm;
+use serde_json::{Value, json};
+
+const GUEST_SHARE: &str = kata_agent_protocol::guest::SHARED_FS_MOUNT;
+const CALL: Option<Duration> = Some(Duration::from_secs(30));
+
+/// A booted sandbox with its runtime; shuts the VM down and checks for
+/// leaks on drop, also when the test fails.
+struct Pod {
+    rt: tokio::runtime::Runtime,
+    sandbox: Option<SandboxVm>,
+    id: String,
+}
+
+impl Pod {
+    fn boot(test: &str) -> Pod {
+        Pod::boot_with(test, false)
+    }
+
+    /// Boots and creates the sandbox, sharing one pid namespace across the
+    /// pod's containers when `sandbox_pidns`.
+    fn boot_with(test: &str, sandbox_pidns: bool) -> Pod {
+        require_vm_host();
+        // Shim and guest log lines go to the test's captured output.
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_ansi(false)
+            .try_init();
+        let (kernel, initrd, _) = test_image();
+        let mut config = Config::default();
+        config.hypervisor.qemu.kernel = kernel;
+        config.hypervisor.qemu.initrd = initrd;
+        config.agent.kata.dial_timeout = 60;
+        let id = sandbox_id(test);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let sandbox = rt
+            .block_on(SandboxVm::boot(&config, &id))
+            .expect("boot sandbox");
+        let pod = Pod {
+            rt,
+            sandbox: Some(sandbox),
+            id,
+        };
+        let mut req = agent::CreateSandboxRequest::new();
+        req.sandbox_id = pod.id.clone();
+        req.hostname = "kata-pod".into();
+        req.sandbox_pidns = sandbox_pidns;
+        pod.call("CreateSandbox", |a| async move {
+            a.service().create_sandbox(call_context(CALL), &req).await
+        });
+        pod
+    }
+
+    fn agent(&self) -> AgentClient {
+        self.sandbox.as_ref().expect("booted").agent.clone()
+    }
+
+    fn share(&self) -> PathBuf {
+        self.sandbox
+            .as_ref()
+            .expect("booted")
+            .vm
+            .paths
+            .share_dir
+            .clone()
+    }
+
+    /// Runs one agent call to completion, panicking with its name on error.
+    fn call<T, F, Fut>(&self, name: &str, f: F) -> T
+    where
+        F: FnOnce(AgentClient) -> Fut,
+        Fut: std::future::Future<Output = ttrpc::Result<T>>,
+    {
+        let agent = self.agent();
+        self.rt
+            .block_on(f(agent))
+            .unwrap_or_else(|e| panic!("{name} failed: {e:?}"))
+    }
+
+    fn try_call<T, F, Fut>(&self, f: F) -> ttrpc::Result<T>
+    where
+        F: FnOnce(AgentClient) -> Fut,
+        Fut: std::future::Future<Output = ttrpc::Result<T>>,
+    {
+        let agent = self.agent();
+        self.rt.block_on(f(agent))
+    }
+
+    /// Writes a busybox rootfs for `cid` into the host side of the share
+    /// and returns its guest path.
+    fn rootfs(&self, cid: &str) -> String {
+        let root = self.share().join(cid).join("rootfs");
+        write_busybox_rootfs(&root);
+        format!("{GUEST_SHARE}/{cid}/rootfs")
+    }
+
+    fn create(&self, cid: &str, spec: &Value) {
+        let mut req = agent::CreateContainerRequest::new();
+        req.container_id = cid.into();
+        req.oci_spec_json = serde_json::to_vec(spec).expect("spec json");
+        self.call("CreateContainer", |a| async move {
+            a.service().create_container(call_context(CALL), &req).await
+        });
+    }
+
+    fn start(&self, cid: &str) {
+        let mut req = agent::ContainerRequest::new();
+        req.container_id = cid.into();
+        self.call("StartContainer", |a| async move {
+            a.service().start_container(call_context(CALL), &req).await
+        });
+    }
+
+    fn run(&self, cid: &str, spec: &Value) {
+        self.create(cid, spec);
+        self.start(cid);
+    }
+
+    /// Reads one stream of a process to EOF.
+    fn read_all(&self, cid: &str, exec_id: &str, stderr: bool) -> Vec<u8> {
+        let mut out = Vec::new();
+        loop {
+            let mut req = agent::ReadStreamRequest::new();
+            req.container_id = cid.into();
+            req.exec_id = exec_id.into();
+            req.len = 64 * 1024;
+            let chunk = self.call("Read", |a| async move {
+                if stderr {
+                    a.service().read_stderr(call_context(None), &req).await
+                } else {
+                    a.service().read_stdout(call_context(None), &req).await
+                }
+            });
+            if chunk.data.is_empty() {
+                return out;
+            }
+            out.extend_from_slice(&chunk.data);
+        }
+    }
+
+    fn wait(&self, cid: &str, exec_id: &str) -> i32 {
+        let mut req = agent::ProcessRequest::new();
+        req.container_id = cid.into();
+        req.exec_id = exec_id.into();
+        self.call("WaitProcess", |a| async move {
+            a.service().wait_process(call_context(None), &req).await
+        })
+        .status
+    }
+
+    fn signal(&self, cid: &str, exec_id: &str, signal: u32) {
+        let mut req = agent::SignalProcessRequest::new();
+        req.container_id = cid.into();
+        req.exec_id = exec_id.into();
+        req.signal = signal;
+        self.call("SignalProcess", |a| async move {
+            a.service().signal_process(call_context(CALL), &req).await
+        });
+    }
+
+    fn write_stdin(&self, cid: &str, exec_id: &str, data: &[u8]) {
+        let mut req = agent::WriteStreamRequest::new();
+        req.container_id = cid.into();
+        req.exec_id = exec_id.into();
+        req.data = data.to_vec();
+        let n = self.call("WriteStdin", |a| async move {
+            a.service().write_stdin(call_context(CALL), &req).await
+        });
+        assert_eq!(n.len as usize, data.len());
+    }
+
+    fn close_stdin(&self, cid: &str, exec_id: &str) {
+        let mut req = agent::ProcessRequest::new();
+        req.container_id = cid.into();
+        req.exec_id = exec_id.into();
+        self.call("CloseStdin", |a| async move {
+            a.service().close_stdin(call_context(CALL), &req).await
+        });
+    }
+
+    fn exec(&self, cid: &str, exec_id: &str, process: &Value) {
+        let mut req = agent::ExecProcessRequest::new();
+        req.container_id = cid.into();
+        req.exec_id = exec_id.into();
+        req.process_json = serde_json::to_vec(process).expect("process json");
+        self.call("ExecProcess", |a| async move {
+            a.service().exec_process(call_context(CALL), &req).await
+        });
+    }
+
+    fn remove(&self, cid: &str) {
+        let mut req = agent::RemoveContainerRequest::new();
+        req.container_id = cid.into();
+        self.call("RemoveContainer", |a| async move {
+            a.service().remove_container(call_context(CALL), &req).await
+        });
+    }
+}
+
+impl Drop for Pod {
+    fn drop(&mut self) {
+        if let Some(sb) = self.sandbox.take() {
+            let share = sb.vm.paths.share_dir.clone();
+            let report = self.rt.block_on(sb.shutdown());
+            // The rootfs trees written by the test are ours to remove; the
+            // VM is gone, so nothing in the guest uses them any more.
+            if let Ok(entries) = std::fs::read_dir(&share) {
+                for e in entries.flatten() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&share);
+            eprintln!("pod {} stopped: {}", self.id, report.how);
+        }
+        if !std::thread::panicking() {
+            assert_no_leaks(&self.id);
+        }
+    }
+}
+
+/// A busybox root filesystem: the static binary plus one link per applet.
+fn write_busybox_rootfs(root: &Path) {
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).expect("mkdir rootfs/bin");
+    for d in ["proc", "sys", "dev", "tmp", "etc", "root", "run"] {
+        std::fs::create_dir_all(root.join(d)).expect("mkdir rootfs dir");
+    }
+    std::fs::copy("/bin/busybox", bin.join("busybox")).expect("copy busybox");
+    let list = std::process::Command::new("/bin/busybox")
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        let _ = std::os::unix::fs::symlink("busybox", bin.join(applet));
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nuser:x:1000:1000::/tmp:/bin/sh\n",
+    )
+    .expect("passwd");
+    std::fs::write(root.join("etc/group"), "root:x:0:\nuser:x:1000:\n").expect("group");
+}
+
+const DEFAULT_CAPS: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+fn process(args: &[&str], terminal: bool) -> Value {
+    json!({
+        "terminal": terminal,
+        "user": {"uid": 0, "gid": 0},
+        "args": args,
+        "env": ["PATH=/bin", "HOME=/root"],
+        "cwd": "/",
+        "capabilities": {
+            "bounding": DEFAULT_CAPS, "effective": DEFAULT_CAPS, "permitted": DEFAULT_CAPS
+        },
+        "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+        "noNewPrivileges": true
+    })
+}
+
+/// A runc-like spec for a busybox container.
+fn spec(root: &str, args: &[&str]) -> Value {
+    json!({
+        "ociVersion": "1.0.2",
+        "process": process(args, false),
+        "root": {"path": root, "readonly": false},
+        "hostname": "kata-pod",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}],
+            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats", "/proc/timer_list",
+                            "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware"],
+            "readonlyPaths": ["/proc/asound", "/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+        }
+    })
+}
+
+#[test]
+fn container_output_and_exit_codes() {
+    let pod = Pod::boot("exitcodes");
+    let root = pod.rootfs("c1");
+    pod.run(
+        "c1",
+        &spec(
+            &root,
+            &["/bin/sh", "-c", "echo hello; echo oops >&2; exit 3"],
+        ),
+    );
+    assert_eq!(pod.read_all("c1", "", false), b"hello\n");
+    assert_eq!(pod.read_all("c1", "", true), b"oops\n");
+    assert_eq!(pod.wait("c1", ""), 3);
+    pod.remove("c1");
+
+    let root = pod.rootfs("c2");
+    pod.run("c2", &spec(&root, &["/bin/sleep", "1000"]));
+    pod.signal("c2", "", 9);
+    assert_eq!(pod.wait("c2", ""), 137, "SIGKILL is 128+9");
+    pod.remove("c2");
+
+    let root = pod.rootfs("c3");
+    pod.run("c3", &spec(&root, &["/bin/true"]));
+    assert_eq!(pod.wait("c3", ""), 0);
+    pod.remove("c3");
+}
+
+#[test]
+fn container_stdin_round_trip_and_exec() {
+    let pod = Pod::boot("stdin");
+    let root = pod.rootfs("c1");
+    pod.run("c1", &spec(&root, &["/bin/cat"]));
+    pod.write_stdin("c1", "", b"ping\n");
+    pod.close_stdin("c1", "");
+    assert_eq!(pod.read_all("c1", "", false), b"ping\n");
+    assert_eq!(pod.wait("c1", ""), 0);
+    pod.remove("c1");
+
+    let root = pod.rootfs("c2");
+    pod.run("c2", &spec(&root, &["/bin/sleep", "1000"]));
+    let mut p = process(&["/bin/sh", "-c", "echo $FOO; pwd; id -u"], false);
+    p["env"] = json!(["PATH=/bin", "FOO=bar"]);
+    p["cwd"] = json!("/tmp");
+    p["user"] = json!({"uid": 1000, "gid": 1000});
+    pod.exec("c2", "e1", &p);
+    assert_eq!(
+        String::from_utf8_lossy(&pod.read_all("c2", "e1", false)),
+        "bar\n/tmp\n1000\n"
+    );
+    assert_eq!(pod.wait("c2", "e1"), 0);
+
+    pod.exec("c2", "e2", &process(&["/bin/sleep", "1000"], false));
+    pod.signal("c2", "e2", 15);
+    assert_eq!(pod.wait("c2", "e2"), 143, "SIGTERM is 128+15");
+    pod.signal("c2", "", 9);
+    assert_eq!(pod.wait("c2", ""), 137);
+    pod.remove("c2");
+}
+
+#[test]
+fn container_isolation() {
+    let pod = Pod::boot("isolation");
+    let root = pod.rootfs("c1");
+    let mut s = spec(
+        &root,
+        &[
+            "/bin/sh",
+            "-c",
+            "touch /x && echo WRITABLE; echo KCORE_BYTES $(wc -c </proc/kcore 2>/dev/null); grep CapEff /proc/self/status; hostname",
+        ],
+    );
+    s["root"]["readonly"] = json!(true);
+    s["process"]["capabilities"] =
+        json!({"bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]});
+    pod.run("c1", &s);
+    let out = String::from_utf8_lossy(&pod.read_all("c1", "", false)).to_string();
+    assert_eq!(pod.wait("c1", ""), 0, "{out}");
+    assert!(
+        !out.contains("WRITABLE"),
+        "read-only rootfs was writable: {out}"
+    );
+    // Masked: /dev/null is bound over it, so it reads as empty (unmasked, the
+    // open would fail for lack of CAP_SYS_RAWIO and print no count).
+    assert!(
+        out.contains("KCORE_BYTES 0\n"),
+        "/proc/kcore not masked: {out}"
+    );
+    // CAP_KILL is bit 5.
+    assert!(
+        out.contains("CapEff:\t0000000000000020"),
+        "capabilities not dropped: {out}"
+    );
+    assert!(out.contains("kata-pod"), "hostname: {out}");
+    pod.remove("c1");
+}
+
+#[test]
+fn container_output_integrity_with_a_slow_reader() {
+    let pod = Pod::boot("integrity");
+    let root = pod.rootfs("c1");
+    // 8 MiB of numbered lines: every chunk is distinct, so a lost, doubled
+    // or reordered chunk cannot go unnoticed.
+    let script = "seq 1 2000000 | head -c 8388608";
+    pod.run("c1", &spec(&root, &["/bin/sh", "-c", script]));
+    let mut expected = Vec::new();
+    let mut i = 1u64;
+    while expected.len() < 8 << 20 {
+        expected.extend_from_slice(format!("{i}\n").as_bytes());
+        i += 1;
+    }
+    expected.truncate(8 << 20);
+    let mut got = Vec::new();
+    loop {
+        let mut req = agent::ReadStreamRequest::new();
+        req.container_id = "c1".into();
+        req.len = 32 * 1024;
+        let chunk = pod.call("ReadStdout", |a| async move {
+            a.service().read_stdout(call_context(None), &req).await
+        });
+        if chunk.data.is_empty() {
+            break;
+        }
+        got.extend_from_slice(&chunk.data);
+        // A slow reader: the writer must block, not lose data.
+        if got.len() % (1 << 20) < 32 * 1024 {
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    assert_eq!(got.len(), expected.len());
+    assert!(got == expected, "output differs from what was written");
+    assert_eq!(pod.wait("c1", ""), 0);
+    pod.remove("c1");
+}
+
+#[test]
+fn container_unknown_ids_and_bad_specs_get_precise_codes() {
+    let pod = Pod::boot("badinput");
+    let mut req = agent::ContainerRequest::new();
+    req.container_id = "nope".into();
+    let e = pod
+        .try_call(|a| async move { a.service().start_container(call_context(CALL), &req).await })
+        .expect_err("unknown id");
+    assert_code(e, ttrpc::Code::NOT_FOUND);
+
+    let mut req = agent::CreateContainerRequest::new();
+    req.container_id = "bad".into();
+    req.oci_spec_json = br#"{"ociVersion": "1.0.2", "process": {"args": 5}}"#.to_vec();
+    let e = pod
+        .try_call(|a| async move { a.service().create_container(call_context(CALL), &req).await })
+        .expect_err("malformed spec");
+    let msg = assert_code(e, ttrpc::Code::INVALID_ARGUMENT);
+    assert!(msg.contains("process.args"), "the field is named: {msg}");
+
+    let root = pod.rootfs("c1");
+    pod.create("c1", &spec(&root, &["/bin/true"]));
+    let mut req = agent::CreateContainerRequest::new();
+    req.container_id = "c1".into();
+    req.oci_spec_json = serde_json::to_vec(&spec(&root, &["/bin/true"])).expect("json");
+    let e = pod
+        .try_call(|a| async move { a.service().create_container(call_context(CALL), &req).await })
+        .expect_err("duplicate id");
+    assert_code(e, ttrpc::Code::ALREADY_EXISTS);
+    pod.remove("c1");
+}
+
+fn assert_code(e: ttrpc::Error, code: ttrpc::Code) -> String {
+    match e {
+        ttrpc::Error::RpcStatus(s) => {
+            assert_eq!(s.code(), code, "{}", s.message());
+            s.message().to_string()
+        }
+        other => panic!("expected {code:?}, got {other:?}"),
+    }
+}
+
+impl Pod {
+    fn container_call(&self, name: &str, cid: &str) -> ttrpc::Result<()> {
+        let mut req = agent::ContainerRequest::new();
+        req.container_id = cid.into();
+        let name = name.to_string();
+        self.try_call(|a| async move {
+            let ctx = call_context(CALL);
+            match name.as_str() {
+                "pause" => a.service().pause_container(ctx, &req).await.map(|_| ()),
+                "resume" => a.service().resume_container(ctx, &req).await.map(|_| ()),
+                other => panic!("no call {other}"),
+            }
+        })
+    }
+
+    fn stats(&self, cid: &str) -> agent::StatsContainerResponse {
+        let mut req = agent::ContainerRequest::new();
+        req.container_id = cid.into();
+        self.call("StatsContainer", |a| async move {
+            a.service().stats_container(call_context(CALL), &req).await
+        })
+    }
+
+    /// One read with a deadline: `None` when nothing came in time.
+    fn read_within(&self, cid: &str, within: Duration) -> Option<Vec<u8>> {
+        let mut req = agent::ReadStreamRequest::new();
+        req.container_id = cid.into();
+        req.len = 64 * 1024;
+        self.try_call(|a| async move {
+            a.service()
+                .read_stdout(call_context(Some(within)), &req)
+                .await
+        })
+        .ok()
+        .map(|r| r.data)
+    }
+}
+
+#[test]
+fn container_pause_resume_stats_update_and_list() {
+    let pod = Pod::boot("resources");
+    let root = pod.rootfs("c1");
+    pod.run(
+        "c1",
+        &spec(
+            &root,
+            &["/bin/sh", "-c", "while true; do echo tick; sleep 0.2; done"],
+        ),
+    );
+    assert!(
+        pod.read_within("c1", Duration::from_secs(10))
+            .is_some_and(|d| !d.is_empty())
+    );
+
+    let s = pod.stats("c1");
+    assert!(s.memory.usage > 0, "memory usage: {s:?}");
+    assert!(s.pids.current >= 1, "pids: {s:?}");
+    assert!(s.cpu.usage_usec > 0, "cpu usage: {s:?}");
+
+    pod.container_call("pause", "c1").expect("pause");
+    // Drain what was produced before the freeze, then expect silence.
+    while pod.read_within("c1", Duration::from_millis(700)).is_some() {}
+    assert!(
+        pod.read_within("c1", Duration::from_secs(2)).is_none(),
+        "a paused container produced output"
+    );
+    pod.container_call("resume", "c1").expect("resume");
+    assert!(
+        pod.read_within("c1", Duration::from_secs(10)).is_some(),
+        "no output after resume"
+    );
+
+    let mut req = agent::UpdateContainerRequest::new();
+    req.container_id = "c1".into();
+    req.resources_json = serde_json::to_vec(&json!({"pids": {"limit": 50}})).expect("json");
+    pod.call("UpdateContainer", |a| async move {
+        a.service().update_container(call_context(CALL), &req).await
+    });
+    assert_eq!(
+        pod.stats("c1").pids.limit,
+        50,
+        "pids.max applied in the guest"
+    );
+
+    let mut req = agent::ListProcessesRequest::new();
+    req.container_id = "c1".into();
+    req.format = "json".into();
+    let list = pod.call("ListProcesses", |a| async move {
+        a.service().list_processes(call_context(CALL), &req).await
+    });
+    let pids: Vec<u64> = serde_json::from_slice(&list.process_list).expect("json pid list");
+    assert!(!pids.is_empty());
+
+    pod.signal("c1", "", 9);
+    assert_eq!(pod.wait("c1", ""), 137);
+    pod.remove("c1");
+}
+
+#[test]
+fn container_oom_is_reported() {
+    let pod = Pod::boot("oom");
+    let root = pod.rootfs("c1");
+    let mut s = spec(
+        &root,
+        &[
+            "/bin/dd",
+            "if=/dev/zero",
+            "of=/dev/null",
+            "bs=128M",
+            "count=1",
+        ],
+    );
+    s["linux"]["resources"] = json!({"memory": {"limit": 33554432, "swap": 33554432}});
+    pod.run("c1", &s);
+    let ev = pod.call("GetOOMEvent", |a| async move {
+        a.service()
+            .get_oom_event(
+                call_context(Some(Duration::from_secs(60))),
+                &agent::Empty::new(),
+            )
+            .await
+    });
+    assert_eq!(ev.container_id, "c1");
+    assert_eq!(pod.wait("c1", ""), 137, "the OOM killer's SIGKILL");
+    pod.remove("c1");
+}
+
+#[test]
+fn container_tty_resize_is_seen_by_stty() {
+    let pod = Pod::boot("tty");
+    let root = pod.rootfs("c1");
+    let mut s = spec(&root, &["/bin/sh", "-c", "sleep 2; stty size"]);
+    s["process"]["terminal"] = json!(true);
+    pod.run("c1", &s);
+    let mut req = agent::TtyWinResizeRequest::new();
+    req.container_id = "c1".into();
+    req.row = 40;
+    req.column = 100;
+    pod.call("TtyWinResize", |a| async move {
+        a.service().tty_win_resize(call_context(CALL), &req).await
+    });
+    let out = String::from_utf8_lossy(&pod.read_all("c1", "", false)).to_string();
+    assert!(out.contains("40 100"), "stty size saw: {out:?}");
+    assert_eq!(pod.wait("c1", ""), 0);
+    pod.remove("c1");
+}
+
+#[test]
+fn container_pid_namespace_shared_only_when_asked() {
+    for shared in [true, false] {
+        let pod = Pod::boot_with(if shared { "pidns-shared" } else { "pidns-own" }, shared);
+        let mut again = agent::CreateSandboxRequest::new();
+        again.sandbox_id = pod.id.clone();
+        let e = pod.try_call(|a| async move {
+            a.service().create_sandbox(call_context(CALL), &again).await
+        });
+        assert!(e.is_err(), "a second CreateSandbox must be refused");
+
+        let root = pod.rootfs("c1");
+        pod.run("c1", &spec(&root, &["/bin/sleep", "777"]));
+        let root = pod.rootfs("c2");
+        pod.run("c2", &spec(&root, &["/bin/ps"]));
+        let out = String::from_utf8_lossy(&pod.read_all("c2", "", false)).to_string();
+        assert_eq!(pod.wait("c2", ""), 0, "{out}");
+        assert_eq!(
+            out.contains("sleep 777"),
+            shared,
+            "sandbox_pidns={shared}, yet c2 {} c1's process:\n{out}",
+            if shared { "does not see" } else { "sees" }
+        );
+        pod.signal("c1", "", 9);
+        assert_eq!(pod.wait("c1", ""), 137);
+        pod.remove("c2");
+        pod.remove("c1");
+    }
+}
+
+#[test]
+fn container_path_escapes_are_rejected() {
+    let pod = Pod::boot("escapes");
+    // A rootfs that is a symlink to the guest's /.
+    let link_root = pod.share().join("evil1");
+    std::fs::create_dir_all(&link_root).expect("mkdir");
+    std::os::unix::fs::symlink("/", link_root.join("rootfs")).expect("symlink");
+    let s = spec(&format!("{GUEST_SHARE}/evil1/rootfs"), &["/bin/true"]);
+    let mut req = agent::CreateContainerRequest::new();
+    req.container_id = "evil1".into();
+    req.oci_spec_json = serde_json::to_vec(&s).expect("json");
+    let e = pod
+        .try_call(|a| async move { a.service().create_container(call_context(CALL), &req).await });
+    assert_code(
+        e.expect_err("rootfs symlink to / refused"),
+        ttrpc::Code::INVALID_ARGUMENT,
+    );
+
+    // A bind source outside the share, a destination with "..", and a
+    // destination through an image symlink /etc -> /proc.
+    let root = pod.rootfs("c1");
+    std::fs::remove_dir_all(pod.share().join("c1/rootfs/etc")).expect("rm etc");
+    std::os::unix::fs::symlink("/proc", pod.share().join("c1/rootfs/etc")).expect("etc -> /proc");
+    for (i, mount) in [
+        json!({"destination": "/mnt", "type": "bind", "source": "/etc", "options": ["rbind"]}),
+        json!({"destination": "/../../x", "type": "tmpfs", "source": "tmpfs"}),
+        json!({"destination": "/etc/hosts", "type": "tmpfs", "source": "tmpfs"}),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut s = spec(&root, &["/bin/true"]);
+        s["mounts"]
+            .as_array_mut()
+            .expect("mounts")
+            .push(mount.clone());
+        let mut req = agent::CreateContainerRequest::new();
+        req.container_id = format!("esc{i}");
+        req.oci_spec_json = serde_json::to_vec(&s).expect("json");
+        let e = pod.try_call(|a| async move {
+            a.service().create_container(call_context(CALL), &req).await
+        });
+        let msg = assert_code(
+            e.expect_err(&format!("mount {mount} refused")),
+            ttrpc::Code::INVALID_ARGUMENT,
+        );
+        println!("refused {mount}: {msg}");
+    }
+    // The guest is untouched: a fresh container still runs and /proc of the
+    // guest was not overmounted.
+    let root2 = pod.rootfs("c2");
+    pod.run(
+        "c2",
+        &spec(
+            &root2,
+            &["/bin/sh", "-c", "test -e /proc/self/status && echo ok"],
+        ),
+    );
+    assert_eq!(pod.read_all("c2", "", false), b"ok\n");
+    assert_eq!(pod.wait("c2", ""), 0);
+    pod.remove("c2");
+}
