@@ -38,6 +38,8 @@ pub enum AgentError {
 /// Per-attempt bound on the hybrid vsock handshake: the guest answers
 /// within milliseconds once its agent listens.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Bound on one whole dial attempt (connect, handshake, health check).
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of ordinary calls.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -135,12 +137,16 @@ impl AgentClient {
                     .map_err(|e| e.to_string())?;
                 Ok::<_, String>(client)
             };
-            let remaining = deadline.saturating_duration_since(now);
-            let outcome = tokio::time::timeout(remaining, attempt).await;
+            // Every attempt has its own bound, not just the overall deadline:
+            // a connect can block for good when vhost-device-vsock's accept
+            // backlog is full, and one stuck attempt must not eat the rest of
+            // the dial window.
+            let bound = deadline.saturating_duration_since(now).min(ATTEMPT_TIMEOUT);
+            let outcome = tokio::time::timeout(bound, attempt).await;
             match outcome {
                 Ok(Ok(client)) => return Ok(client),
                 Ok(Err(e)) => last = e,
-                Err(_) => last = "attempt cut by the deadline".to_string(),
+                Err(_) => last = format!("attempt gave no answer within {bound:?}"),
             }
             tracing::debug!(elapsed_ms = now.elapsed().as_millis() as u64, error = %last, "agent dial attempt failed");
             let pause = backoff.min(deadline.saturating_duration_since(Instant::now()));

@@ -57,6 +57,31 @@ fn to_spec(s: &Storage) -> Result<StorageSpec> {
     })
 }
 
+/// A container must have its own mount namespace. Without one,
+/// libcontainer prepares the rootfs (its bind, /proc, /dev, ...) in the
+/// agent's namespace, where nothing ever unmounts it, and confines the
+/// process with a bare chroot(2), which CAP_SYS_CHROOT escapes to the
+/// guest's root.
+fn require_mount_namespace(spec: &oci_spec::runtime::Spec) -> Result<()> {
+    let has = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|nss| {
+            nss.iter().any(|ns| {
+                ns.typ() == oci_spec::runtime::LinuxNamespaceType::Mount && ns.path().is_none()
+            })
+        });
+    if has {
+        Ok(())
+    } else {
+        Err(AgentError::InvalidArgument {
+            field: "linux.namespaces",
+            reason: "a container needs a new mount namespace (type `mount`, no path)".into(),
+        })
+    }
+}
+
 impl Sandbox {
     /// A sandbox over the share at `share`; `reaper` is PID 1's (None in
     /// test mode: one is started on first use).
@@ -118,10 +143,18 @@ impl Sandbox {
         )
         .map_err(|e| AgentError::sys(format!("mount tmpfs on {SANDBOX_SHM}"), e))?;
         let mut mounted = Vec::new();
-        for s in storages {
+        let storages_mounted = storages.iter().try_for_each(|s| {
             let spec = to_spec(s)?;
             storage::mount_storage(&spec, &self.share)?;
             mounted.push(spec.mount_point);
+            Ok(())
+        });
+        if let Err(e) = storages_mounted {
+            // Nothing of a failed CreateSandbox stays mounted: a retry
+            // would stack the shm and the storages on the old mounts.
+            mounted.insert(0, PathBuf::from(SANDBOX_SHM));
+            storage::unmount_all(&mounted);
+            return Err(e);
         }
         tracing::info!(sandbox_id = %id, %hostname, storages = mounted.len(), sandbox_pidns, "sandbox created");
         *info = Some(SandboxInfo {
@@ -151,6 +184,7 @@ impl Sandbox {
     ) -> Result<()> {
         container::validate_id(&id, "container_id")?;
         let mut spec = spec::parse_spec(spec_json)?;
+        require_mount_namespace(&spec)?;
         let _serial = self.create_lock.lock().await;
         if self.containers.lock().await.contains_key(&id) {
             return Err(AgentError::AlreadyExists(format!("container {id:?}")));
@@ -164,24 +198,36 @@ impl Sandbox {
             roots.extend(info.storages.iter().cloned());
             (info.id.clone(), roots, info.pidns_pid, info.sandbox_pidns)
         };
+        // The container's storages are its own: when the create fails they
+        // must not stay mounted (a retry would stack another mount on them).
         let mut mounted = Vec::new();
-        for s in storages {
-            let st = to_spec(s)?;
-            storage::mount_storage(&st, &self.share)?;
-            roots.push(st.mount_point.clone());
-            mounted.push(st.mount_point);
+        let created = async {
+            for s in storages {
+                let st = to_spec(s)?;
+                storage::mount_storage(&st, &self.share)?;
+                roots.push(st.mount_point.clone());
+                mounted.push(st.mount_point);
+            }
+            let pidns = pidns_pid.map(|p| PathBuf::from(format!("/proc/{p}/ns/pid")));
+            let terminal = spec::rewrite(
+                &mut spec,
+                &spec::PodContext {
+                    sandbox_id: &sandbox_id,
+                    container_id: &id,
+                    allowed_roots: &roots,
+                    pidns,
+                },
+            )?;
+            Container::create(id.clone(), spec, terminal, mounted.clone(), self.reaper()?).await
         }
-        let pidns = pidns_pid.map(|p| PathBuf::from(format!("/proc/{p}/ns/pid")));
-        let terminal = spec::rewrite(
-            &mut spec,
-            &spec::PodContext {
-                sandbox_id: &sandbox_id,
-                container_id: &id,
-                allowed_roots: &roots,
-                pidns,
-            },
-        )?;
-        let c = Container::create(id.clone(), spec, terminal, mounted, self.reaper()?).await?;
+        .await;
+        let c = match created {
+            Ok(c) => c,
+            Err(e) => {
+                storage::unmount_all(&mounted);
+                return Err(e);
+            }
+        };
         *c.oom_watch
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) =

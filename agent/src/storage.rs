@@ -332,6 +332,16 @@ pub fn mount_storage(storage: &StorageSpec, share: &Path) -> crate::error::Resul
     }
 }
 
+/// Unmounts `mount_points` in reverse order (lazily, so a busy one goes
+/// once unused), logging failures: used to undo a request that failed.
+pub fn unmount_all(mount_points: &[PathBuf]) {
+    for mp in mount_points.iter().rev() {
+        if let Err(e) = nix::mount::umount2(mp, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(mount_point = %mp.display(), error = %e, "cannot unmount");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

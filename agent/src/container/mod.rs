@@ -14,6 +14,8 @@
 
 pub mod cgroup;
 pub mod spec;
+#[cfg(test)]
+mod spec_fuzz;
 pub mod state;
 
 use std::collections::HashMap;
@@ -73,6 +75,163 @@ fn lc_err(what: &str, e: impl std::error::Error) -> AgentError {
         src = s.source();
     }
     AgentError::Internal(msg)
+}
+
+/// A build error: the spec's fault (INVALID_ARGUMENT) when libcontainer's
+/// validation refused it, ours otherwise.
+fn lc_build_err(what: &str, e: libcontainer::error::LibcontainerError) -> AgentError {
+    use libcontainer::error::LibcontainerError as E;
+    match e {
+        E::InvalidSpec(_) | E::MissingSpec(_) | E::InvalidInput(_) => AgentError::InvalidArgument {
+            field: "oci_spec_json",
+            reason: format!("{what}: {e}"),
+        },
+        e => lc_err(what, e),
+    }
+}
+
+/// libcontainer writes `process.oomScoreAdj` to its caller's
+/// /proc/self/oom_score_adj so that the forked process inherits it. In a
+/// long-lived agent that would change the agent's own score, and every
+/// later container and exec would inherit it: put it back once the child
+/// exists (libcontainer forks one at a time, see the module doc).
+fn keeping_own_oom_score_adj<T>(f: impl FnOnce() -> T) -> T {
+    const PATH: &str = "/proc/self/oom_score_adj";
+    let saved = std::fs::read_to_string(PATH).ok();
+    let r = f();
+    if let Some(v) = saved
+        && let Err(e) = std::fs::write(PATH, v.trim())
+    {
+        tracing::warn!(error = %e, "cannot restore the agent's oom_score_adj");
+    }
+    r
+}
+
+/// The pod's network namespace is the VM's (the spec's is dropped, see
+/// spec.rs), so libcontainer would refuse `net.*` sysctls as "host
+/// network" ones. They are the pod's: apply them here, in the guest's
+/// namespace, and hand libcontainer the rest.
+fn apply_net_sysctls(spec: &mut Spec) -> Result<()> {
+    let Some(sysctls) = spec
+        .linux_mut()
+        .as_mut()
+        .and_then(|l| l.sysctl_mut().as_mut())
+    else {
+        return Ok(());
+    };
+    let net: Vec<String> = sysctls
+        .keys()
+        .filter(|k| k.replace('/', ".").starts_with("net."))
+        .cloned()
+        .collect();
+    for key in net {
+        let value = sysctls.remove(&key).unwrap_or_default();
+        let parts: Vec<&str> = key.split(['.', '/']).collect();
+        if parts.iter().any(|p| p.is_empty() || *p == "..") {
+            return Err(AgentError::InvalidArgument {
+                field: "linux.sysctl",
+                reason: format!("{key:?} is not a sysctl name"),
+            });
+        }
+        let path = Path::new("/proc/sys").join(parts.join("/"));
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, value.as_bytes()))
+            .map_err(|e| AgentError::InvalidArgument {
+                field: "linux.sysctl",
+                reason: format!("setting {key}={value:?}: {e}"),
+            })?;
+        tracing::info!(sysctl = %key, value = %value, "pod sysctl applied");
+    }
+    Ok(())
+}
+
+/// A mount point as /proc/<pid>/mountinfo writes it (octal escapes).
+fn unescape_mountinfo(field: &str) -> PathBuf {
+    let mut out = Vec::with_capacity(field.len());
+    let b = field.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
+            .map(|d| {
+                d.iter()
+                    .fold(0u8, |v, c| v.wrapping_mul(8).wrapping_add(c - b'0'))
+            });
+        match (b[i], octal) {
+            (b'\\', Some(v)) => {
+                out.push(v);
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(out))
+}
+
+/// spec.rs refuses a mount destination that a symlink redirects into /proc
+/// or /sys, but the rootfs may change between that check and
+/// libcontainer's mounts (a concurrent writer flipping a directory into a
+/// symlink). libcontainer resolves in the root, so such a mount can only
+/// land on the container's own /proc or /sys, covering them (and the masked
+/// and read-only paths with them). Check the outcome, race-free, on the
+/// created init's mount table: under /proc and /sys there may be no more
+/// mounts at a point than the spec's mounts, masked and read-only paths
+/// put there.
+fn verify_kernel_fs_mounts(spec: &Spec, pid: i32) -> Result<()> {
+    let path = format!("/proc/{pid}/mountinfo");
+    let info = std::fs::read_to_string(&path).map_err(|e| AgentError::io("reading", &path, e))?;
+    check_kernel_fs_mounts(spec, &info)
+}
+
+/// [`verify_kernel_fs_mounts`] on a mountinfo text.
+fn check_kernel_fs_mounts(spec: &Spec, info: &str) -> Result<()> {
+    let under = |p: &Path| spec::PROTECTED.iter().any(|k| p.starts_with(k));
+    let mut allowed: HashMap<PathBuf, usize> = HashMap::new();
+    for m in spec.mounts().iter().flatten() {
+        if under(m.destination()) {
+            *allowed.entry(m.destination().clone()).or_default() += 1;
+        }
+    }
+    if let Some(l) = spec.linux() {
+        for p in l
+            .masked_paths()
+            .iter()
+            .flatten()
+            .chain(l.readonly_paths().iter().flatten())
+        {
+            let p = Path::new(p);
+            if under(p) {
+                *allowed.entry(p.to_path_buf()).or_default() += 1;
+            }
+        }
+    }
+    let mut seen: HashMap<PathBuf, usize> = HashMap::new();
+    for mp in info.lines().filter_map(|l| l.split(' ').nth(4)) {
+        let mp = unescape_mountinfo(mp);
+        if under(&mp) {
+            *seen.entry(mp).or_default() += 1;
+        }
+    }
+    for (mp, n) in seen {
+        let ok = allowed.get(&mp).copied().unwrap_or(0);
+        if n > ok {
+            return Err(AgentError::InvalidArgument {
+                field: "mounts.destination",
+                reason: format!(
+                    "{n} mount(s) landed on {} in the rootfs where the spec puts {ok}: \
+                     a destination was redirected there by a symlink",
+                    mp.display()
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Container ids become directory names: keep them boring.
@@ -163,6 +322,8 @@ impl Container {
                 dir.display()
             )));
         }
+        let mut spec = spec;
+        apply_net_sysctls(&mut spec)?;
         std::fs::create_dir_all(&dir).map_err(|e| AgentError::io("creating", &dir, e))?;
         let config = dir.join("config.json");
         spec.save(&config)
@@ -180,7 +341,7 @@ impl Container {
 
         // Subscribe before the fork: the init may die before we learn its pid.
         let exits = reaper.subscribe();
-        let (lc_id, lc_dir) = (id.clone(), dir.clone());
+        let (lc_id, lc_dir, checked) = (id.clone(), dir.clone(), spec.clone());
         let res = tokio::task::spawn_blocking(move || -> Result<i32> {
             let b = ContainerBuilder::new(lc_id, SyscallType::default())
                 .validate_id()
@@ -190,16 +351,32 @@ impl Container {
                 })?
                 .with_root_path(Self::lc_root(&lc_dir))
                 .map_err(|e| lc_err("libcontainer root", e))?;
-            let c = with_stdio(b, child)?
+            let b = with_stdio(b, child)?
                 .as_init(&lc_dir)
                 .with_systemd(false)
                 .with_no_pivot(root_is_initramfs())
-                .with_detach(true)
-                .build()
-                .map_err(|e| lc_err("creating the container", e))?;
-            c.pid()
+                .with_detach(true);
+            let mut c = keeping_own_oom_score_adj(|| b.build())
+                .map_err(|e| lc_build_err("creating the container", e))?;
+            let pid = c
+                .pid()
                 .map(|p| p.as_raw())
-                .ok_or_else(|| AgentError::Internal("libcontainer reported no init pid".into()))
+                .ok_or_else(|| AgentError::Internal("libcontainer reported no init pid".into()))?;
+            if let Err(e) = verify_kernel_fs_mounts(&checked, pid) {
+                // Never started: kill the init, let the reaper collect it,
+                // and remove what libcontainer made.
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+                let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                while proc_dir.exists() && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if let Err(de) = c.delete(true) {
+                    tracing::warn!(error = %de, "cannot delete a refused container");
+                }
+                return Err(e);
+            }
+            Ok(pid)
         })
         .await
         .map_err(|e| AgentError::Internal(format!("create task: {e}")))?;
@@ -322,12 +499,12 @@ impl Container {
             let b = ContainerBuilder::new(id, SyscallType::default())
                 .with_root_path(root)
                 .map_err(|e| lc_err("libcontainer root", e))?;
-            let pid = with_stdio(b, child)?
+            let b = with_stdio(b, child)?
                 .as_tenant()
                 .with_detach(true)
-                .with_process(Some(pf))
-                .build()
-                .map_err(|e| lc_err("exec", e))?;
+                .with_process(Some(pf));
+            let pid =
+                keeping_own_oom_score_adj(|| b.build()).map_err(|e| lc_build_err("exec", e))?;
             Ok(pid.as_raw())
         })
         .await
@@ -418,5 +595,65 @@ impl Container {
 
     fn init_exit_rx(&self) -> tokio::sync::watch::Receiver<Option<i32>> {
         self.init.exit_receiver()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "process": {"user": {"uid": 0, "gid": 0}, "args": ["/bin/true"], "cwd": "/"},
+            "root": {"path": "/rootfs"},
+            "mounts": [
+                {"destination": "/proc", "type": "proc", "source": "proc"},
+                {"destination": "/sys", "type": "sysfs", "source": "sysfs"},
+                {"destination": "/target", "type": "tmpfs", "source": "tmpfs"}
+            ],
+            "linux": {"maskedPaths": ["/proc/kcore", "/sys/firmware"], "readonlyPaths": ["/proc/sys"]}
+        }))
+        .expect("spec")
+    }
+
+    fn line(mp: &str, typ: &str) -> String {
+        format!("1 2 0:1 / {mp} rw - {typ} {typ} rw\n")
+    }
+
+    #[test]
+    fn kernel_fs_mounts_match_the_spec() {
+        let ok: String = [
+            ("/", "virtiofs"),
+            ("/proc", "proc"),
+            ("/sys", "sysfs"),
+            ("/target", "tmpfs"),
+            ("/proc/kcore", "tmpfs"),
+            ("/proc/sys", "proc"),
+            ("/sys/firmware", "tmpfs"),
+        ]
+        .iter()
+        .map(|(m, t)| line(m, t))
+        .collect();
+        check_kernel_fs_mounts(&spec(), &ok).expect("as the spec says");
+
+        // /target redirected after the check: its tmpfs covers /proc, or
+        // something below /proc or /sys.
+        for (mp, typ) in [
+            ("/proc", "tmpfs"),
+            ("/proc/sys/kernel", "tmpfs"),
+            ("/sys", "tmpfs"),
+        ] {
+            let bad = format!("{ok}{}", line(mp, typ));
+            let e = check_kernel_fs_mounts(&spec(), &bad).expect_err(mp);
+            assert_eq!(e.code(), ttrpc::Code::INVALID_ARGUMENT);
+            assert!(e.to_string().contains(mp), "{e}");
+        }
+    }
+
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(unescape_mountinfo("/a\\040b\\134"), Path::new("/a b\\"));
+        assert_eq!(unescape_mountinfo("/x\\9"), Path::new("/x\\9"));
     }
 }

@@ -109,7 +109,7 @@ fn is_bind(m: &oci_spec::runtime::Mount) -> bool {
 }
 
 /// Kernel filesystems a volume must not be redirected into by a symlink.
-const PROTECTED: [&str; 2] = ["/proc", "/sys"];
+pub const PROTECTED: [&str; 2] = ["/proc", "/sys"];
 
 /// Applies the guest rewrites; returns whether the process wants a terminal.
 pub fn rewrite(spec: &mut Spec, ctx: &PodContext<'_>) -> Result<bool> {
