@@ -37,7 +37,7 @@ fi
 pkg_version() { { dpkg-query -W -f='${db:Status-Abbrev} ${Version}\n' "$1" 2>/dev/null || true; } | awk '/^ii/{print $2}'; }
 
 # Plain packages: any version will do.
-plain=(busybox-static containerd containernetworking-plugins cpio iproute2 kmod
+plain=(busybox-static containerd containernetworking-plugins cpio iproute2 kmod libelf-dev zlib1g-dev
        libseccomp-dev libcap-ng-dev pkg-config protobuf-compiler systemd)
 missing=()
 for p in "${plain[@]}"; do

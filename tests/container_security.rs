@@ -617,3 +617,37 @@ fn mount_target_symlink_race_stays_in_the_rootfs() {
         "a tmpfs was mounted over a container's /proc"
     );
 }
+
+#[test]
+fn device_cgroup_rules_are_enforced() {
+    let pod = Pod::boot("devcgroup");
+    // 1:11 is /dev/kmsg: not among the devices every container may use, so
+    // the device cgroup (an eBPF program on cgroup v2) decides.
+    let script =
+        "echo devcgroup-test > /dev/mykmsg && echo KMSG_OK; echo x > /dev/null && echo NULL_OK";
+    let nodes =
+        json!([{"path": "/dev/mykmsg", "type": "c", "major": 1, "minor": 11, "fileMode": 438}]);
+    let deny_all = json!({"allow": false, "access": "rwm"});
+    let allow_kmsg = json!({"allow": true, "type": "c", "major": 1, "minor": 11, "access": "rwm"});
+
+    let mut s = sh(&pod, "c1", script);
+    s["linux"]["devices"] = nodes.clone();
+    s["linux"]["resources"] = json!({"devices": [deny_all.clone()]});
+    let r = run_to_end(&pod, "c1", &s);
+    assert!(
+        r.out.contains("NULL_OK"),
+        "the default devices stay usable: {r}"
+    );
+    assert!(
+        !r.out.contains("KMSG_OK"),
+        "a device outside the rules was writable: {r}"
+    );
+
+    // The same node with an allow rule works, so the refusal above came
+    // from the rules and not from the node.
+    let mut s = sh(&pod, "c2", script);
+    s["linux"]["devices"] = nodes;
+    s["linux"]["resources"] = json!({"devices": [deny_all, allow_kmsg]});
+    let r = run_to_end(&pod, "c2", &s);
+    assert_eq!(r.out, "KMSG_OK\nNULL_OK\n", "{r}");
+}

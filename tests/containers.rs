@@ -378,3 +378,65 @@ fn container_path_escapes_are_rejected() {
     assert_eq!(pod.wait("c2", ""), 0);
     pod.remove("c2");
 }
+
+#[test]
+fn container_exec_joins_namespaces_and_cgroup_and_gets_a_tty() {
+    let pod = Pod::boot("exectty");
+    let root = pod.rootfs("c1");
+    let mut s = spec(&root, &["/bin/sleep", "1000"]);
+    s["hostname"] = json!("exec-host");
+    pod.run("c1", &s);
+
+    // Same pid namespace (the init is pid 1 there), same cgroup, same UTS.
+    pod.exec(
+        "c1",
+        "e1",
+        &process(
+            &[
+                "/bin/sh",
+                "-c",
+                "cat /proc/1/cgroup; cat /proc/self/cgroup; hostname; cat /proc/1/cmdline",
+            ],
+            false,
+        ),
+    );
+    let out = String::from_utf8_lossy(&pod.read_all("c1", "e1", false)).to_string();
+    assert_eq!(pod.wait("c1", "e1"), 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines.len() >= 4, "{out}");
+    assert_eq!(
+        lines[0], lines[1],
+        "exec is not in the container's cgroup: {out}"
+    );
+    assert!(
+        lines[0].contains(&pod.id),
+        "cgroup is not under the pod: {out}"
+    );
+    assert_eq!(lines[2], "exec-host");
+    assert!(
+        lines[3].starts_with("/bin/sleep"),
+        "pid 1 of the exec's namespace is not the init: {out}"
+    );
+
+    // An exec with its own terminal sees its own window size.
+    pod.exec(
+        "c1",
+        "e2",
+        &process(&["/bin/sh", "-c", "sleep 2; stty size"], true),
+    );
+    let mut req = agent::TtyWinResizeRequest::new();
+    req.container_id = "c1".into();
+    req.exec_id = "e2".into();
+    req.row = 33;
+    req.column = 77;
+    pod.call("TtyWinResize", |a| async move {
+        a.service().tty_win_resize(call_context(CALL), &req).await
+    });
+    let out = String::from_utf8_lossy(&pod.read_all("c1", "e2", false)).to_string();
+    assert!(out.contains("33 77"), "exec tty size: {out:?}");
+    assert_eq!(pod.wait("c1", "e2"), 0);
+
+    pod.signal("c1", "", 9);
+    assert_eq!(pod.wait("c1", ""), 137);
+    pod.remove("c1");
+}
