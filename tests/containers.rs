@@ -440,3 +440,23 @@ fn container_exec_joins_namespaces_and_cgroup_and_gets_a_tty() {
     assert_eq!(pod.wait("c1", ""), 137);
     pod.remove("c1");
 }
+
+#[test]
+fn guest_clock_is_set_by_set_guest_date_time() {
+    let pod = Pod::boot("clock");
+    // 2030-01-01T00:00:00Z, far from the host's clock.
+    let mut req = agent::SetGuestDateTimeRequest::new();
+    req.sec = 1_893_456_000;
+    req.usec = 0;
+    pod.call("SetGuestDateTime", |a| async move {
+        a.service()
+            .set_guest_date_time(call_context(CALL), &req)
+            .await
+    });
+    let root = pod.rootfs("c1");
+    pod.run("c1", &spec(&root, &["/bin/date", "-u", "+%Y-%m-%d"]));
+    let out = String::from_utf8_lossy(&pod.read_all("c1", "", false)).to_string();
+    assert_eq!(pod.wait("c1", ""), 0);
+    assert_eq!(out, "2030-01-01\n", "guest date after SetGuestDateTime");
+    pod.remove("c1");
+}
