@@ -19,11 +19,8 @@ use std::cell::Cell;
 use std::time::{Duration, Instant};
 
 use common::pod::*;
-use common::{require_vm_host, sandbox_id, test_image};
 use kata_agent_protocol::agent;
 use kata_shim::agent_client::call_context;
-use kata_shim::config::Config;
-use kata_shim::sandbox::SandboxVm;
 use serde_json::{Value, json};
 
 const INSPECTOR: &str = "inspector";
@@ -32,34 +29,6 @@ const SANDBOX_SHM: &str = "/run/kata-containers/sandbox/shm";
 /// WaitProcess's bound on waiting for the output after the exit
 /// (agent/src/process.rs).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Like `Pod::boot` without CreateSandbox, which the test sends itself.
-fn boot_vm(test: &str) -> Pod {
-    require_vm_host();
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_ansi(false)
-        .try_init();
-    let (kernel, initrd, _) = test_image();
-    let mut config = Config::default();
-    config.hypervisor.qemu.kernel = kernel;
-    config.hypervisor.qemu.initrd = initrd;
-    config.agent.kata.dial_timeout = 60;
-    let id = sandbox_id(test);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let sandbox = rt
-        .block_on(SandboxVm::boot(&config, &id))
-        .expect("boot sandbox");
-    Pod {
-        rt,
-        sandbox: Some(sandbox),
-        id,
-    }
-}
 
 fn create_sandbox(pod: &Pod, storages: Vec<agent::Storage>) -> ttrpc::Result<()> {
     let mut req = agent::CreateSandboxRequest::new();
@@ -527,7 +496,7 @@ fn signal_all_reaches_every_process_of_the_container() {
 #[test]
 fn ephemeral_storage_and_read_only_share_volumes() {
     let mp = "/run/kata-containers/sandbox/ephemeral/cache";
-    let pod = boot_vm("storage");
+    let pod = Pod::boot_vm("storage");
     // A CreateSandbox that fails on its second storage undoes the first
     // and the shm, so that the retry does not stack mounts on them.
     let e = create_sandbox(

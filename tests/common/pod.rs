@@ -28,9 +28,9 @@ impl Pod {
         Pod::boot_with(test, false)
     }
 
-    /// Boots and creates the sandbox, sharing one pid namespace across the
-    /// pod's containers when `sandbox_pidns`.
-    pub fn boot_with(test: &str, sandbox_pidns: bool) -> Pod {
+    /// Boots the VM and waits for the agent, without CreateSandbox (for
+    /// tests that send their own).
+    pub fn boot_vm(test: &str) -> Pod {
         require_vm_host();
         // Shim and guest log lines go to the test's captured output.
         let _ = tracing_subscriber::fmt()
@@ -51,11 +51,17 @@ impl Pod {
         let sandbox = rt
             .block_on(SandboxVm::boot(&config, &id))
             .expect("boot sandbox");
-        let pod = Pod {
+        Pod {
             rt,
             sandbox: Some(sandbox),
             id,
-        };
+        }
+    }
+
+    /// Boots and creates the sandbox, sharing one pid namespace across the
+    /// pod's containers when `sandbox_pidns`.
+    pub fn boot_with(test: &str, sandbox_pidns: bool) -> Pod {
+        let pod = Pod::boot_vm(test);
         let mut req = agent::CreateSandboxRequest::new();
         req.sandbox_id = pod.id.clone();
         req.hostname = "kata-pod".into();
