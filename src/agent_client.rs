@@ -100,15 +100,38 @@ impl AgentClient {
     /// Dials until the agent answers a health check or `timeout` passes.
     /// Stops early when `vm_exit` reports that QEMU has ended: a guest that
     /// died will never answer.
+    ///
+    /// With `ready`, no dial is made before it turns true (the agent's
+    /// console marker): hybrid vsock connections made while the guest is
+    /// still bringing its vsock device up can wedge vhost-device-vsock.
     pub async fn connect(
         addr: &AgentAddr,
         timeout: Duration,
         mut vm_exit: Option<watch::Receiver<Option<ExitStatus>>>,
         vm_output: impl Fn() -> String,
+        ready: Option<watch::Receiver<bool>>,
     ) -> Result<AgentClient, AgentError> {
         let deadline = Instant::now() + timeout;
         let mut backoff = Duration::from_millis(10);
         let mut last = String::from("no attempt made");
+        if let Some(mut ready) = ready {
+            let exited = async {
+                match vm_exit.as_mut() {
+                    Some(rx) => {
+                        let _ = rx.wait_for(|s| s.is_some()).await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                r = tokio::time::timeout(timeout, ready.wait_for(|r| *r)) => {
+                    if !matches!(r, Ok(Ok(_))) {
+                        last = "the agent never reported ready on the guest console".into();
+                    }
+                }
+                () = exited => {}
+            }
+        }
         loop {
             if let Some(status) = vm_exit.as_ref().and_then(|rx| *rx.borrow()) {
                 let out = vm_output();

@@ -45,9 +45,13 @@ impl SandboxVm {
         let vm = Vm::start(config, sandbox_id).await?;
         let timeout = config.agent.kata.dial_timeout();
         let connected = async {
-            let agent = AgentClient::connect(&vm.agent_addr, timeout, vm.exit_watch(), || {
-                vm.recent_output()
-            })
+            let agent = AgentClient::connect(
+                &vm.agent_addr,
+                timeout,
+                vm.exit_watch(),
+                || vm.recent_output(),
+                vm.agent_ready_watch(),
+            )
             .await?;
             let ready = vm.spawned_at.elapsed();
             let details = agent.handshake().await?;

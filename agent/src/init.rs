@@ -206,6 +206,8 @@ async fn boot_and_serve() -> Result<()> {
         server::start_with_reaper(&addr, paths, server::DestroyAction::PowerOff, Some(reaper))
             .await?;
     tracing::info!(%addr, "serving the agent API");
+    // Log-level independent: the shim waits for this line before dialing.
+    println!("{}", kata_agent_protocol::guest::READY_MARKER);
     tokio::task::spawn_blocking(move || modules.load_rest());
     running.wait_destroy().await;
     tracing::info!("DestroySandbox: powering off");

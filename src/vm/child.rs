@@ -89,6 +89,8 @@ pub struct Supervised {
     exit: watch::Receiver<Option<ExitStatus>>,
     /// The last lines of output, for error messages.
     tail: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    /// Turns true once the guest console printed the agent's ready marker.
+    ready: watch::Receiver<bool>,
 }
 
 impl Supervised {
@@ -110,6 +112,7 @@ impl Supervised {
                 .map_err(|source| ChildError::Spawn { what, path, source })?;
         let pid = child.id().unwrap_or(0);
         let tail = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
+        let (ready_tx, ready) = watch::channel(false);
         if let Some(out) = child.stdout.take() {
             tokio::spawn(pump(
                 out,
@@ -117,6 +120,7 @@ impl Supervised {
                 sandbox_id.to_string(),
                 stdout_kind,
                 tail.clone(),
+                Some(ready_tx),
             ));
         }
         if let Some(err) = child.stderr.take() {
@@ -126,6 +130,7 @@ impl Supervised {
                 sandbox_id.to_string(),
                 LineKind::Diagnostic,
                 tail.clone(),
+                None,
             ));
         }
         let (tx, exit) = watch::channel(None);
@@ -147,6 +152,7 @@ impl Supervised {
             pid,
             exit,
             tail,
+            ready,
         })
     }
 
@@ -162,6 +168,12 @@ impl Supervised {
     /// A receiver that sees the exit status when the process ends.
     pub fn exit_watch(&self) -> watch::Receiver<Option<ExitStatus>> {
         self.exit.clone()
+    }
+
+    /// Sees `true` once a guest console line carried the agent's ready
+    /// marker (only ever for [`LineKind::GuestConsole`] output).
+    pub fn ready_watch(&self) -> watch::Receiver<bool> {
+        self.ready.clone()
     }
 
     /// The last output lines, joined, for error messages.
@@ -279,6 +291,7 @@ async fn pump(
     sandbox_id: String,
     kind: LineKind,
     tail: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    ready: Option<watch::Sender<bool>>,
 ) {
     let mut lines = BufReader::new(stream);
     let mut buf = Vec::new();
@@ -295,6 +308,12 @@ async fn pump(
         let line = line.trim_end();
         if line.is_empty() {
             continue;
+        }
+        // Checked before rate limiting, so a flood cannot hide the marker.
+        if let (LineKind::GuestConsole, Some(tx)) = (kind, &ready) {
+            if line.contains(kata_agent_protocol::guest::READY_MARKER) {
+                let _ = tx.send(true);
+            }
         }
         if window.elapsed() >= Duration::from_secs(1) {
             if dropped > 0 {

@@ -397,6 +397,11 @@ impl Vm {
         self.qemu.as_ref().map(Supervised::exit_watch)
     }
 
+    /// Sees `true` once the agent announced on the console that it listens.
+    pub fn agent_ready_watch(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        self.qemu.as_ref().map(Supervised::ready_watch)
+    }
+
     /// The last lines QEMU printed (console and errors).
     pub fn recent_output(&self) -> String {
         self.qemu

@@ -55,6 +55,12 @@ pub mod guest {
     pub const SHARED_FS_TAG: &str = "kataShared";
     /// Largest probe file content returned by guest details.
     pub const SHARED_FS_PROBE_MAX: usize = 256;
+    /// Printed on the console, whatever the log level, once the agent
+    /// listens on vsock. The shim dials only after it has seen this line:
+    /// connecting through hybrid vsock while the guest is still bringing
+    /// its vsock device up can wedge vhost-device-vsock for good. The line
+    /// is a hint, not a credential: the dial itself still has to succeed.
+    pub const READY_MARKER: &str = "kata-agent: ready for the shim";
 }
 
 /// How the agent and shim name the shared filesystem kinds on the command line.
