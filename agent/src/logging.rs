@@ -11,6 +11,8 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use tracing::{Level, Metadata};
@@ -43,6 +45,13 @@ struct Sink {
     early: Vec<u8>,
     early_dropped: usize,
 }
+
+/// The console's fd once attached, -1 before. Writes to it take no lock:
+/// libcontainer forks from this multi-threaded process, and a child that
+/// logs while another thread held a userspace lock at fork time would wait
+/// for it forever, hanging CreateContainer. A single `write(2)` per event
+/// needs no lock; the kernel keeps each write whole.
+static CONSOLE_FD: AtomicI32 = AtomicI32::new(-1);
 
 static SINK: Mutex<Sink> = Mutex::new(Sink {
     target: Target::Stderr,
@@ -91,6 +100,8 @@ pub fn attach_console(console: File) -> io::Result<()> {
     }
     s.early_dropped = 0;
     s.early.shrink_to_fit();
+    // The Sink keeps the File, so the fd stays open for the agent's life.
+    CONSOLE_FD.store(console.as_raw_fd(), Ordering::Release);
     s.console = Some(console);
     Ok(())
 }
@@ -168,8 +179,30 @@ struct SinkWriter {
     level: Level,
 }
 
+/// Writes all of `buf` to `fd` with `write(2)`, retrying on EINTR.
+fn write_fd(fd: i32, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: `fd` is the console descriptor, kept open by the Sink for
+        // the process's life; `buf` is a valid slice for its length.
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
 impl Write for SinkWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let fd = CONSOLE_FD.load(Ordering::Acquire);
+        if fd >= 0 && write_fd(fd, buf).is_ok() {
+            return Ok(buf.len());
+        }
         let mut s = sink();
         match s.target {
             Target::Stderr => {
