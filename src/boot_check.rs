@@ -166,19 +166,7 @@ fn ms(d: Duration) -> u64 {
 
 /// 16 hex digits from the kernel's random source, for ids and probes.
 pub fn nonce() -> String {
-    use std::io::Read;
-    let mut b = [0u8; 8];
-    if std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut b))
-        .is_err()
-    {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0);
-        b = (t ^ u64::from(std::process::id())).to_ne_bytes();
-    }
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    format!("{:016x}", crate::vm::vsock::random_u64())
 }
 
 impl Report {
@@ -230,9 +218,4 @@ impl Report {
         ]
         .join("\n")
     }
-}
-
-/// Loads the configuration the way the shim does.
-pub fn load_config() -> Result<crate::config::Loaded, crate::config::ConfigError> {
-    Config::load()
 }

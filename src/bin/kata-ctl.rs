@@ -44,7 +44,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
         Verb::BootCheck { id, json } => {
-            let loaded = boot_check::load_config()?;
+            let loaded = kata_shim::config::Config::load()?;
             logging::init_stderr(loaded.config.runtime.log_level);
             match &loaded.source {
                 Some(p) => tracing::info!(config = %p.display(), "configuration loaded"),

@@ -116,17 +116,22 @@ pub fn reserve_vhost_cid() -> Result<VhostCid, VsockError> {
     Ok(VhostCid { file, cid })
 }
 
-fn random_u64() -> u64 {
+/// 64 random bits from the kernel; the clock and pid when urandom fails.
+pub(crate) fn random_u64() -> u64 {
     use std::io::Read;
     let mut b = [0u8; 8];
     match File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut b)) {
         Ok(()) => u64::from_ne_bytes(b),
         // Without urandom, fall back to the clock: the ioctl still rejects
-        // CIDs in use, so this only costs retries, never a clash.
-        Err(_) => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0x5eed),
+        // CIDs in use and ids are checked for collisions, so this only costs
+        // retries, never a clash.
+        Err(_) => {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0x5eed)
+                ^ u64::from(std::process::id())
+        }
     }
 }
 
