@@ -23,7 +23,16 @@
 
 pub mod agent_client;
 pub mod boot_check;
+pub mod bootstrap;
 pub mod config;
+pub mod host_cgroup;
 pub mod logging;
+pub mod mounts;
+pub mod oci;
+pub mod persist;
 pub mod sandbox;
+pub mod sizing;
+pub mod stdio;
+pub mod storage;
+pub mod task;
 pub mod vm;

@@ -18,7 +18,7 @@ use crate::reaper::Reaper;
 use crate::storage::{self, StorageSpec};
 
 /// The pod's shared `/dev/shm`, bind-mounted by the shim's specs.
-pub const SANDBOX_SHM: &str = "/run/kata-containers/sandbox/shm";
+pub use kata_agent_protocol::guest::SANDBOX_SHM;
 
 #[derive(Debug, Default)]
 struct SandboxInfo {

@@ -53,6 +53,9 @@ pub mod guest {
     pub const SHARED_FS_MOUNT: &str = "/run/kata-containers/shared/containers";
     /// Mount tag of the sandbox share (virtio-fs tag or 9p mount tag).
     pub const SHARED_FS_TAG: &str = "kataShared";
+    /// The pod's shared `/dev/shm` (a guest tmpfs made at CreateSandbox);
+    /// the shim points every container's `/dev/shm` bind here.
+    pub const SANDBOX_SHM: &str = "/run/kata-containers/sandbox/shm";
     /// Largest probe file content returned by guest details.
     pub const SHARED_FS_PROBE_MAX: usize = 256;
     /// Printed on the console, whatever the log level, once the agent
