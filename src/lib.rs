@@ -22,6 +22,7 @@
 //! paths are derived from validated sandbox ids, never from guest input.
 
 pub mod agent_client;
+pub mod annotations;
 pub mod boot_check;
 pub mod bootstrap;
 pub mod config;
