@@ -138,6 +138,18 @@ pub enum ShareKind {
     None,
 }
 
+/// Per-sandbox choices on top of the configuration.
+#[derive(Debug, Default)]
+pub struct VmOptions {
+    /// vCPUs and memory; `None` = the configured defaults.
+    pub vcpus: Option<u32>,
+    pub memory_mib: Option<u32>,
+    /// `cgroup.procs` files of the pod's host cgroup: QEMU and its helpers
+    /// join them before exec, so the pod's limits bound them from their
+    /// first allocation.
+    pub cgroup_procs: Vec<std::fs::File>,
+}
+
 /// A running pod VM.
 #[derive(Debug)]
 pub struct Vm {
@@ -163,6 +175,15 @@ static TCG_WARNING: Once = Once::new();
 impl Vm {
     /// Starts the VM for `sandbox_id` as `config` says.
     pub async fn start(config: &Config, sandbox_id: &str) -> Result<Vm, VmError> {
+        Self::start_with(config, sandbox_id, &VmOptions::default()).await
+    }
+
+    /// Starts the VM for `sandbox_id`, sized and placed as `opts` say.
+    pub async fn start_with(
+        config: &Config,
+        sandbox_id: &str,
+        opts: &VmOptions,
+    ) -> Result<Vm, VmError> {
         let began = Instant::now();
         validate_sandbox_id(sandbox_id)?;
         let q = &config.hypervisor.qemu;
@@ -222,7 +243,7 @@ impl Vm {
             dirs_created: false,
         };
         match vm
-            .launch(config, &qemu_bin, vsock_mode, vsock_bin, fs_bin, began)
+            .launch(config, opts, &qemu_bin, vsock_mode, vsock_bin, fs_bin, began)
             .await
         {
             Ok(()) => Ok(vm),
@@ -233,9 +254,11 @@ impl Vm {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn launch(
         &mut self,
         config: &Config,
+        opts: &VmOptions,
         qemu_bin: &Path,
         vsock_mode: vsock::Mode,
         vsock_bin: Option<PathBuf>,
@@ -245,6 +268,20 @@ impl Vm {
         let q = &config.hypervisor.qemu;
         let sid = self.sandbox_id.clone();
         self.create_dirs()?;
+        let cgroup_fds: Vec<i32> = opts.cgroup_procs.iter().map(|f| f.as_raw_fd()).collect();
+        let join_cgroup = |cmd: &mut Command| {
+            if cgroup_fds.is_empty() {
+                return;
+            }
+            let fds = cgroup_fds.clone();
+            // SAFETY: the closure runs in the forked child before exec and
+            // only calls write(2) on descriptors the parent keeps open for
+            // the whole spawn (`opts` owns the files), which is
+            // async-signal-safe.
+            unsafe {
+                cmd.pre_exec(move || join_cgroups_in_child(&fds));
+            }
+        };
 
         let vsock_dev = match vsock_mode {
             vsock::Mode::Hybrid => {
@@ -254,6 +291,7 @@ impl Vm {
                 cmd.arg("--guest-cid=3")
                     .arg(format!("--socket={}", ctl.display()))
                     .arg(format!("--uds-path={}", uds.display()));
+                join_cgroup(&mut cmd);
                 let d = Supervised::spawn("vhost-device-vsock", cmd, &sid, LineKind::Diagnostic)?;
                 let ready = d.wait_for_socket(&ctl, HELPER_READY).await;
                 self.vsock_daemon = Some(d);
@@ -276,12 +314,15 @@ impl Vm {
         let share_dev = match self.share {
             ShareKind::VirtioFs => {
                 let bin = fs_bin.expect("virtio-fs resolved the daemon binary");
+                // Binds made under the share later (container rootfs and
+                // volumes) must reach virtiofsd's own mount namespace.
                 let sock = self.paths.virtiofsd();
                 let mut cmd = Command::new(&bin);
                 cmd.arg(format!("--socket-path={}", sock.display()))
                     .arg(format!("--shared-dir={}", self.paths.share_dir.display()))
                     .arg(format!("--cache={}", q.virtio_fs_cache))
                     .args(&q.virtio_fs_extra_args);
+                join_cgroup(&mut cmd);
                 let d = Supervised::spawn("virtiofsd", cmd, &sid, LineKind::Diagnostic)?;
                 let ready = d.wait_for_socket(&sock, HELPER_READY).await;
                 self.fs_daemon = Some(d);
@@ -300,8 +341,9 @@ impl Vm {
         } else {
             config.agent.kata.log_level
         };
+        let vcpus = opts.vcpus.unwrap_or(q.default_vcpus);
         let kernel_cmdline = KernelCmdline {
-            vcpus: q.default_vcpus,
+            vcpus,
             debug,
             agent_log,
             share: &share_dev,
@@ -313,8 +355,8 @@ impl Vm {
             uuid: cmdline::sandbox_uuid(&sid),
             machine_type: q.machine_type.clone(),
             accel: self.accel,
-            vcpus: q.default_vcpus,
-            memory_mib: q.default_memory,
+            vcpus,
+            memory_mib: opts.memory_mib.unwrap_or(q.default_memory),
             kernel: q.kernel.clone(),
             initrd: q.initrd.clone(),
             kernel_cmdline,
@@ -324,6 +366,7 @@ impl Vm {
         };
         let mut cmd = Command::new(qemu_bin);
         cmd.args(spec.to_args());
+        join_cgroup(&mut cmd);
         if let Some(held) = &self.vhost {
             let fd = held.file.as_raw_fd();
             // SAFETY: the closure runs in the forked child before exec and
@@ -385,6 +428,18 @@ impl Vm {
     /// QEMU's pid: what containerd sees as the task pid.
     pub fn pid(&self) -> u32 {
         self.qemu.as_ref().map(Supervised::pid).unwrap_or(0)
+    }
+
+    /// QEMU and its helpers with their pids, for the persisted state.
+    pub fn process_pids(&self) -> Vec<(&'static str, u32)> {
+        [
+            ("qemu", &self.qemu),
+            ("virtiofsd", &self.fs_daemon),
+            ("vhost-device-vsock", &self.vsock_daemon),
+        ]
+        .into_iter()
+        .filter_map(|(name, c)| c.as_ref().map(|c| (name, c.pid())))
+        .collect()
     }
 
     /// QEMU's exit status once it has ended.
@@ -533,4 +588,14 @@ mod tests {
             assert!(s.as_os_str().len() < 108, "{} too long", s.display());
         }
     }
+}
+
+fn join_cgroups_in_child(fds: &[i32]) -> std::io::Result<()> {
+    for &fd in fds {
+        // SAFETY: write(2) on a descriptor the parent keeps open.
+        if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }

@@ -9,7 +9,7 @@ use kata_agent_protocol::agent::GuestDetailsResponse;
 
 use crate::agent_client::{AgentClient, AgentError};
 use crate::config::Config;
-use crate::vm::{StopReport, Vm, VmError};
+use crate::vm::{StopReport, Vm, VmError, VmOptions};
 
 /// Errors booting a sandbox VM.
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +42,16 @@ impl SandboxVm {
     /// Starts the VM and waits for its agent, within the configured dial
     /// deadline.
     pub async fn boot(config: &Config, sandbox_id: &str) -> Result<SandboxVm, SandboxError> {
-        let vm = Vm::start(config, sandbox_id).await?;
+        Self::boot_with(config, sandbox_id, &VmOptions::default()).await
+    }
+
+    /// Like [`SandboxVm::boot`], sized and placed as `opts` say.
+    pub async fn boot_with(
+        config: &Config,
+        sandbox_id: &str,
+        opts: &VmOptions,
+    ) -> Result<SandboxVm, SandboxError> {
+        let vm = Vm::start_with(config, sandbox_id, opts).await?;
         let timeout = config.agent.kata.dial_timeout();
         let connected = async {
             let agent = AgentClient::connect(

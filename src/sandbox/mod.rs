@@ -1,0 +1,5 @@
+//! (being rewritten: the pod orchestration lands here)
+
+mod boot;
+
+pub use boot::{SandboxError, SandboxVm};
