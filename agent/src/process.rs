@@ -108,8 +108,9 @@ impl Process {
         Ok(status)
     }
 
-    /// Sends `sig` unless the process is known to have exited.
-    pub fn signal(&self, sig: Signal) -> Result<()> {
+    /// Sends `sig` unless the process is known to have exited; `None` is
+    /// signal 0, the liveness probe.
+    pub fn signal(&self, sig: Option<Signal>) -> Result<()> {
         if self.exit_status().is_some() {
             return Err(AgentError::FailedPrecondition(format!(
                 "process {} has already exited",
@@ -119,16 +120,21 @@ impl Process {
         match kill(Pid::from_raw(self.pid), sig) {
             // Exited but not reaped yet: nothing to signal.
             Ok(()) | Err(nix::errno::Errno::ESRCH) => Ok(()),
-            Err(e) => Err(AgentError::sys(format!("kill({}, {sig})", self.pid), e)),
+            Err(e) => Err(AgentError::sys(format!("kill({}, {sig:?})", self.pid), e)),
         }
     }
 }
 
-/// Converts a request's signal number.
-pub fn parse_signal(sig: u32) -> Result<Signal> {
+/// Converts a request's signal number; 0 (a liveness probe, which only
+/// checks that the process exists) is `None`.
+pub fn parse_signal(sig: u32) -> Result<Option<Signal>> {
+    if sig == 0 {
+        return Ok(None);
+    }
     i32::try_from(sig)
         .ok()
         .and_then(|s| Signal::try_from(s).ok())
+        .map(Some)
         .ok_or_else(|| AgentError::InvalidArgument {
             field: "signal",
             reason: format!("{sig} is not a signal"),
@@ -141,10 +147,11 @@ mod tests {
 
     #[test]
     fn signals_parse() {
-        assert_eq!(parse_signal(9).expect("kill"), Signal::SIGKILL);
-        assert_eq!(parse_signal(15).expect("term"), Signal::SIGTERM);
+        assert_eq!(parse_signal(9).expect("kill"), Some(Signal::SIGKILL));
+        assert_eq!(parse_signal(15).expect("term"), Some(Signal::SIGTERM));
+        assert_eq!(parse_signal(0).expect("probe"), None);
         assert_eq!(
-            parse_signal(0).expect_err("zero").code(),
+            parse_signal(65).expect_err("not a signal").code(),
             ttrpc::Code::INVALID_ARGUMENT
         );
         assert!(parse_signal(10_000).is_err());

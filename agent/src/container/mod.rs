@@ -454,7 +454,7 @@ impl Container {
     }
 
     /// Signals one process, or with `all` every process in the cgroup.
-    pub fn signal(&self, exec_id: &str, sig: Signal, all: bool) -> Result<()> {
+    pub fn signal(&self, exec_id: &str, sig: Option<Signal>, all: bool) -> Result<()> {
         let p = self.process(exec_id)?;
         if !all {
             return p.signal(sig);
@@ -463,7 +463,7 @@ impl Container {
         for pid in cgroup::pids(&self.cgroup_dir())? {
             match nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig) {
                 Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-                Err(e) => return Err(AgentError::sys(format!("kill({pid}, {sig})"), e)),
+                Err(e) => return Err(AgentError::sys(format!("kill({pid}, {sig:?})"), e)),
             }
         }
         Ok(())
@@ -549,7 +549,7 @@ impl Container {
                 // A frozen process cannot die of SIGKILL until thawed.
                 let _ = cgroup::freeze(&self.cgroup_dir(), false).await;
             }
-            self.signal("", Signal::SIGKILL, true)?;
+            self.signal("", Some(Signal::SIGKILL), true)?;
             let timeout = if timeout_secs == 0 {
                 DEFAULT_REMOVE_TIMEOUT
             } else {
