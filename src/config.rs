@@ -128,6 +128,9 @@ pub struct Qemu {
     pub machine_type: String,
     pub accel: Accel,
     pub default_vcpus: u32,
+    /// Upper bound of a VM's vCPUs when pod limits add to `default_vcpus`;
+    /// 0 means the host's CPU count (never exceeded either way).
+    pub default_maxvcpus: u32,
     /// Guest memory in MiB.
     pub default_memory: u32,
     /// Extra kernel parameters, appended after the built-in ones.
@@ -158,6 +161,7 @@ impl Default for Qemu {
             machine_type: "q35".into(),
             accel: Accel::Auto,
             default_vcpus: 1,
+            default_maxvcpus: 0,
             default_memory: 2048,
             kernel_params: String::new(),
             vsock: VsockMode::Auto,
@@ -320,6 +324,15 @@ impl Config {
                 format!("is {}, must be between 1 and 240", q.default_vcpus),
             ));
         }
+        if q.default_maxvcpus != 0 && !(q.default_vcpus..=240).contains(&q.default_maxvcpus) {
+            return Err(invalid(
+                "hypervisor.qemu.default_maxvcpus",
+                format!(
+                    "is {}, must be 0 (the host's CPUs) or between default_vcpus ({}) and 240",
+                    q.default_maxvcpus, q.default_vcpus
+                ),
+            ));
+        }
         if !(128..=1_048_576).contains(&q.default_memory) {
             return Err(invalid(
                 "hypervisor.qemu.default_memory",
@@ -393,6 +406,7 @@ mod tests {
         let c = parse("").expect("empty config is valid");
         assert_eq!(c, Config::default());
         assert_eq!(c.hypervisor.qemu.default_vcpus, 1);
+        assert_eq!(c.hypervisor.qemu.default_maxvcpus, 0);
         assert_eq!(c.hypervisor.qemu.shared_fs, SharedFs::VirtioFs);
         assert_eq!(c.agent.kata.dial_timeout(), Duration::from_secs(30));
     }
@@ -415,6 +429,7 @@ mod tests {
             vsock = "hybrid"
             shared_fs = "virtio-9p"
             default_vcpus = 2
+            default_maxvcpus = 4
             default_memory = 512
             kernel_params = "quiet"
             [agent.kata]
@@ -431,6 +446,7 @@ mod tests {
         assert_eq!(q.vsock, VsockMode::Hybrid);
         assert_eq!(q.shared_fs, SharedFs::Virtio9p);
         assert_eq!((q.default_vcpus, q.default_memory), (2, 512));
+        assert_eq!(q.default_maxvcpus, 4);
         assert_eq!(c.agent.kata.log_level, LogLevel::Debug);
         assert!(c.runtime.enable_debug);
     }
@@ -464,6 +480,14 @@ mod tests {
             (
                 "[hypervisor.qemu]\ndefault_vcpus = 0\n",
                 "hypervisor.qemu.default_vcpus",
+            ),
+            (
+                "[hypervisor.qemu]\ndefault_vcpus = 2\ndefault_maxvcpus = 1\n",
+                "hypervisor.qemu.default_maxvcpus",
+            ),
+            (
+                "[hypervisor.qemu]\ndefault_maxvcpus = 241\n",
+                "hypervisor.qemu.default_maxvcpus",
             ),
             (
                 "[hypervisor.qemu]\ndefault_memory = 64\n",
