@@ -1,21 +1,35 @@
 #!/usr/bin/env bash
-# Global leak check after the test suite: no VM, helper, state directory,
-# share directory or mount of ours may be left anywhere on the host.
+# Global leak check after the test suite: no VM, helper, shim, private
+# containerd, state directory, share directory, mount or network namespace
+# of ours may be left anywhere on the host.
 set -uo pipefail
 fail=0
-for pat in 'qemu-system' 'virtiofsd' 'vhost-device-vsock' 'kata-ctl boot-check'; do
+for pat in 'qemu-system' 'virtiofsd' 'vhost-device-vsock' 'kata-ctl boot-check' \
+    '^(\S*/)?containerd-shim-kata-v2( |$)' 'containerd --config /run/kata-test/'; do
     pids=$(pgrep -f -- "$pat" | grep -v "^$$\$" || true)
     if [ -n "$pids" ]; then
         echo "leak: processes matching '$pat':"; ps -o pid,args -p $pids; fail=1
     fi
 done
-for d in /run/kata /run/kata-containers/shared/sandboxes; do
+# Shims a test containerd started carry its socket under /run/kata-test.
+pids=$(pgrep -f -- '-address /run/kata-test/' || true)
+if [ -n "$pids" ]; then
+    echo "leak: shims of a test containerd:"; ps -o pid,args -p $pids; fail=1
+fi
+for d in /run/kata /run/kata-containers/shared/sandboxes /run/kata-shim \
+    /run/kata-test /var/lib/kata-test /run/containerd/s; do
     if [ -d "$d" ] && [ -n "$(ls -A "$d")" ]; then
         echo "leak: $d is not empty:"; ls -la "$d"; fail=1
     fi
 done
-if grep -E '/run/kata(-containers)?/' /proc/self/mountinfo; then
-    echo "leak: mounts below /run/kata are left"; fail=1
+if grep -E ' /run/kata(-containers|-shim|-test)?/| /var/lib/kata-test/' /proc/self/mountinfo; then
+    echo "leak: mounts of ours are left"; fail=1
+fi
+if ip netns list 2>/dev/null | grep -q '^kata-test-'; then
+    echo "leak: network namespaces of the CRI-O driver:"; ip netns list | grep '^kata-test-'; fail=1
+fi
+if ls -d /sys/fs/cgroup/*/kata-test/pod* >/dev/null 2>&1; then
+    echo "leak: pod cgroups of the CRI-O driver:"; ls -d /sys/fs/cgroup/*/kata-test/pod*; fail=1
 fi
 if [ "$fail" = 0 ]; then echo "leak-check: nothing left behind"; fi
 exit $fail

@@ -1,9 +1,16 @@
 //! Shared fixtures of the root and VM tests: prerequisites that fail loudly,
 //! the test guest image, per-test configurations, running `kata-ctl
-//! boot-check`, and the per-sandbox leak check.
+//! boot-check`, the per-sandbox leak check, and the host-side helpers the
+//! shim tests share (process and mount scans, bounded command runs).
+//! Submodules: `pod` (the agent driven directly), `containerd` (a private
+//! containerd), `image` (the local busybox image), `crio` (a CRI-O protocol
+//! driver for the shim binary).
 
 #![allow(dead_code)]
 
+pub mod containerd;
+pub mod crio;
+pub mod image;
 pub mod pod;
 
 use std::path::{Path, PathBuf};
@@ -168,25 +175,48 @@ pub fn boot_check(config: &Path, sandbox_id: &str) -> Run {
     }
 }
 
-/// Asserts that nothing of `sandbox_id` is left: no process mentions it, no
-/// state or share directory, no mount.
+/// Asserts that nothing of `sandbox_id` is left: no process mentions it (the
+/// shim daemon included), no state, share or shim directory, no mount.
+/// Polls for up to 5 s first, since the shim daemon exits asynchronously
+/// after the last Shutdown.
 pub fn assert_no_leaks(sandbox_id: &str) {
+    assert_no_leaks_under(sandbox_id, &[]);
+}
+
+/// [`assert_no_leaks`], also requiring that nothing is mounted on or below
+/// any of `rootfs` (the bundle root filesystems the test handed the shim).
+pub fn assert_no_leaks_under(sandbox_id: &str, rootfs: &[PathBuf]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let leaks = find_leaks(sandbox_id, rootfs);
+        if leaks.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sandbox {sandbox_id} leaked:\n{}",
+            leaks.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn find_leaks(sandbox_id: &str, rootfs: &[PathBuf]) -> Vec<String> {
     let mut leaks = Vec::new();
-    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
-        let name = entry.file_name();
-        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+    for (pid, argv) in processes() {
+        let cmdline = argv.join(" ");
+        if !cmdline.contains(sandbox_id) {
             continue;
         }
-        if let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) {
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains(sandbox_id) {
-                leaks.push(format!("process {}: {cmdline}", name.to_string_lossy()));
-            }
-        }
+        let daemon = argv.windows(2).any(|w| w[0] == "-id" && w[1] == sandbox_id)
+            && argv.iter().any(|a| a == "serve");
+        let what = if daemon { "shim daemon" } else { "process" };
+        leaks.push(format!("{what} {pid}: {cmdline}"));
     }
     for dir in [
         Path::new(kata_shim::vm::RUN_ROOT).join(sandbox_id),
         Path::new(kata_shim::vm::SHARE_ROOT).join(sandbox_id),
+        Path::new(kata_shim::persist::PERSIST_ROOT).join(sandbox_id),
     ] {
         if dir.exists() {
             leaks.push(format!("directory {}", dir.display()));
@@ -196,10 +226,205 @@ pub fn assert_no_leaks(sandbox_id: &str) {
     for m in mounts.lines().filter(|l| l.contains(sandbox_id)) {
         leaks.push(format!("mount {m}"));
     }
-    assert!(
-        leaks.is_empty(),
-        "sandbox {sandbox_id} leaked:\n{}",
-        leaks.join("\n")
+    for point in mount_points() {
+        if let Some(r) = rootfs.iter().find(|r| point.starts_with(r)) {
+            leaks.push(format!(
+                "mount {} on or below rootfs {}",
+                point.display(),
+                r.display()
+            ));
+        }
+    }
+    leaks
+}
+
+/// Every process on the host with its argv (kernel threads have none).
+pub fn processes() -> Vec<(u32, Vec<String>)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
+            continue;
+        };
+        let Ok(raw) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if raw.is_empty() {
+            continue;
+        }
+        let argv = raw
+            .split(|b| *b == 0)
+            .filter(|a| !a.is_empty())
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        out.push((pid, argv));
+    }
+    out
+}
+
+/// The QEMU processes of a sandbox: argv carries `-name sandbox-<id>`
+/// (possibly followed by `,option=...`).
+pub fn qemu_pids(sandbox_id: &str) -> Vec<u32> {
+    let name = format!("sandbox-{sandbox_id}");
+    processes()
+        .into_iter()
+        .filter(|(_, argv)| {
+            argv.windows(2).any(|w| {
+                w[0] == "-name"
+                    && (w[1] == name
+                        || w[1].strip_prefix(&name).is_some_and(|r| r.starts_with(',')))
+            })
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// The argv of a running process.
+pub fn process_argv(pid: u32) -> Vec<String> {
+    processes()
+        .into_iter()
+        .find(|(p, _)| *p == pid)
+        .map(|(_, argv)| argv)
+        .unwrap_or_else(|| panic!("process {pid} is not running"))
+}
+
+/// The value following `flag` in `argv`.
+pub fn arg_after<'a>(argv: &'a [String], flag: &str) -> Option<&'a str> {
+    argv.windows(2)
+        .find(|w| w[0] == flag)
+        .map(|w| w[1].as_str())
+}
+
+/// Mount points of this mount namespace, octal escapes decoded.
+pub fn mount_points() -> Vec<PathBuf> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|p| PathBuf::from(unescape_mount_path(p)))
+        .collect()
+}
+
+fn unescape_mount_path(p: &str) -> String {
+    let b = p.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b
+            .get(i + 1..i + 4)
+            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match (b[i], octal) {
+            (b'\\', Some(d)) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            (c, _) => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Unmounts everything on or below `dir`, deepest first (lazily when busy),
+/// and returns what it unmounted.
+pub fn unmount_under(dir: &Path) -> Vec<PathBuf> {
+    let mut points: Vec<PathBuf> = mount_points()
+        .into_iter()
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    points.dedup();
+    for p in &points {
+        // A path mounted twice needs one unmount per layer.
+        while mount_points().contains(p) {
+            if nix::mount::umount(p).is_err()
+                && nix::mount::umount2(p, nix::mount::MntFlags::MNT_DETACH).is_err()
+            {
+                break;
+            }
+        }
+    }
+    points
+}
+
+/// A random 64-hex id, the shape CRI-O and containerd use for containers
+/// and exec processes.
+pub fn hex_id() -> String {
+    (0..4).map(|_| kata_shim::boot_check::nonce()).collect()
+}
+
+/// Runs `cmd` with piped output, killing it after `limit`; `None` on a
+/// timeout. Output is read to EOF, so a child that leaves a descendant
+/// holding its stdout or stderr also counts as timed out.
+pub fn output_within(cmd: &mut Command, limit: Duration) -> Option<Output> {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let (tx, rx) = std::sync::mpsc::channel();
+    for (is_err, pipe) in [
+        (
+            false,
+            child
+                .stdout
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+        (
+            true,
+            child
+                .stderr
+                .take()
+                .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        ),
+    ] {
+        let tx = tx.clone();
+        let mut pipe = pipe.expect("piped");
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            let _ = pipe.read_to_end(&mut buf);
+            let _ = tx.send((is_err, buf));
+        });
+    }
+    let deadline = Instant::now() + limit;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    for _ in 0..2 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok((false, b)) => stdout = b,
+            Ok((true, b)) => stderr = b,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(Output {
+                status,
+                stdout,
+                stderr,
+            });
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Sends SIGKILL to `pid`, ignoring a process that is already gone.
+pub fn kill9(pid: u32) {
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
     );
 }
 

@@ -1,0 +1,453 @@
+//! A private containerd 1.6 per test: its own root, state, sockets, config
+//! and log, with the workspace's binaries first on its PATH so that runtime
+//! `io.containerd.kata.v2` resolves to the shim under test. Dropping it
+//! removes its tasks, stops it, kills shims it left behind, unmounts and
+//! removes its directories, and prints its log when the test failed.
+
+use std::fs::OpenOptions;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+const CONTAINERD: &str = "/usr/bin/containerd";
+const CTR: &str = "/usr/bin/ctr";
+/// Long enough for `ctr run` of a kata task, which boots a VM under TCG.
+pub const CTR_TIMEOUT: Duration = Duration::from_secs(240);
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+const LOG_TAIL_LINES: usize = 300;
+
+/// How the private containerd is configured.
+#[derive(Debug, Clone)]
+pub struct ContainerdOptions {
+    /// Enable the CRI plugin: runc as the default runtime, a `kata`
+    /// runtime, `restrict_oom_score_adj` (the host lacks CAP_SYS_RESOURCE)
+    /// and a private CNI bridge network.
+    pub cri: bool,
+    /// The containerd namespace `ctr` uses.
+    pub namespace: String,
+    /// The CRI plugin's pause image (only with `cri`).
+    pub sandbox_image: String,
+}
+
+impl Default for ContainerdOptions {
+    fn default() -> Self {
+        ContainerdOptions {
+            cri: false,
+            namespace: "kata-test".into(),
+            sandbox_image: super::image::BUSYBOX_REF.into(),
+        }
+    }
+}
+
+/// A running private containerd.
+pub struct Containerd {
+    pub name: String,
+    pub root: PathBuf,
+    pub state: PathBuf,
+    pub config: PathBuf,
+    /// The shim configuration (`KATA_CONF_FILE`) for the test guest image.
+    pub kata_config: PathBuf,
+    pub log: PathBuf,
+    pub opts: ContainerdOptions,
+    child: Option<Child>,
+}
+
+impl Containerd {
+    pub fn start(name: &str) -> Containerd {
+        Containerd::start_with(name, ContainerdOptions::default())
+    }
+
+    pub fn start_with(name: &str, opts: ContainerdOptions) -> Containerd {
+        assert!(
+            Path::new(CONTAINERD).exists() && Path::new(CTR).exists(),
+            "containerd is missing: apt-get install containerd (or make deps)"
+        );
+        let tag = format!("containerd-{name}-{}", std::process::id());
+        let root = Path::new("/var/lib/kata-test").join(&tag);
+        let state = Path::new("/run/kata-test").join(&tag);
+        for d in [&root, &state] {
+            let _ = std::fs::remove_dir_all(d);
+            std::fs::create_dir_all(d).unwrap_or_else(|e| panic!("mkdir {}: {e}", d.display()));
+        }
+        let kata_config = write_config(&state, "", "");
+        let mut c = Containerd {
+            name: name.to_string(),
+            config: state.join("config.toml"),
+            log: state.join("containerd.log"),
+            root,
+            state,
+            kata_config,
+            opts,
+            child: None,
+        };
+        c.write_config_file();
+        c.spawn();
+        c
+    }
+
+    /// The gRPC socket `ctr` talks to.
+    pub fn address(&self) -> PathBuf {
+        self.state.join("containerd.sock")
+    }
+
+    /// The ttrpc socket shims publish events to (`TTRPC_ADDRESS`).
+    pub fn ttrpc_address(&self) -> PathBuf {
+        self.state.join("containerd.sock.ttrpc")
+    }
+
+    /// The bundle containerd makes for task `id` in our namespace.
+    pub fn bundle(&self, id: &str) -> PathBuf {
+        self.state
+            .join("io.containerd.runtime.v2.task")
+            .join(&self.opts.namespace)
+            .join(id)
+    }
+
+    /// The CNI bridge of the CRI network (only with `cri`).
+    pub fn cni_bridge(&self) -> String {
+        format!("kt{:08x}", std::process::id())
+    }
+
+    /// `ctr --address <sock> -n <ns> <args>`, bounded by [`CTR_TIMEOUT`].
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        self.ctr_within(args, CTR_TIMEOUT).unwrap_or_else(|| {
+            panic!(
+                "ctr {args:?} did not finish within {CTR_TIMEOUT:?}\n{}",
+                self.log_tail()
+            )
+        })
+    }
+
+    /// `ctr` with its own bound; `None` on a timeout.
+    pub fn ctr_within(&self, args: &[&str], limit: Duration) -> Option<Output> {
+        self.ctr_ns_within(&self.opts.namespace, args, limit)
+    }
+
+    fn ctr_ns_within(&self, ns: &str, args: &[&str], limit: Duration) -> Option<Output> {
+        let mut cmd = Command::new(CTR);
+        cmd.arg("--address")
+            .arg(self.address())
+            .args(["-n", ns])
+            .args(args)
+            .stdin(Stdio::null());
+        output_within(&mut cmd, limit)
+    }
+
+    /// Runs `ctr`, panics (with containerd's log) unless it succeeds, and
+    /// returns its stdout.
+    pub fn ctr_ok(&self, args: &[&str]) -> String {
+        let out = self.ctr(args);
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed: {}\nstdout: {}\nstderr: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log_tail()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Stops containerd gracefully (its shims keep running) and starts it
+    /// again on the same directories and configuration.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// The last lines of containerd's log, for failure messages.
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        let from = lines.len().saturating_sub(LOG_TAIL_LINES);
+        format!(
+            "--- containerd {} log (last {} lines of {}) ---\n{}",
+            self.name,
+            lines.len() - from,
+            self.log.display(),
+            lines[from..].join("\n")
+        )
+    }
+
+    fn write_config_file(&self) {
+        let mut text = format!(
+            r#"version = 2
+root = "{root}"
+state = "{state}"
+oom_score = 0
+disabled_plugins = [{disabled}]
+
+[grpc]
+  address = "{grpc}"
+
+[ttrpc]
+  address = "{ttrpc}"
+
+[debug]
+  level = "debug"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{root}/opt"
+"#,
+            root = self.root.display(),
+            state = self.state.display(),
+            grpc = self.address().display(),
+            ttrpc = self.ttrpc_address().display(),
+            disabled = if self.opts.cri {
+                ""
+            } else {
+                r#""io.containerd.grpc.v1.cri""#
+            },
+        );
+        if self.opts.cri {
+            text.push_str(&self.cri_config());
+        }
+        std::fs::write(&self.config, text).expect("write containerd config");
+    }
+
+    /// The CRI plugin's table plus a private CNI bridge network.
+    fn cri_config(&self) -> String {
+        let cni_dir = self.state.join("cni/net.d");
+        std::fs::create_dir_all(&cni_dir).expect("mkdir cni conf dir");
+        // One /24 per containerd instance, derived from the pid so that
+        // concurrent test processes do not share a subnet.
+        let pid = std::process::id();
+        let subnet = format!("10.{}.{}.0/24", 200 + (pid >> 8) % 50, pid % 256);
+        let conflist = serde_json::json!({
+            "cniVersion": "0.4.0",
+            "name": "kata-test",
+            "plugins": [{
+                "type": "bridge",
+                "bridge": self.cni_bridge(),
+                "isGateway": true,
+                "ipMasq": false,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": subnet}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    "dataDir": self.state.join("cni/ipam").display().to_string()
+                }
+            }]
+        });
+        std::fs::write(
+            cni_dir.join("10-kata-test.conflist"),
+            serde_json::to_vec_pretty(&conflist).expect("conflist json"),
+        )
+        .expect("write CNI conflist");
+        let cri = r#"plugins."io.containerd.grpc.v1.cri""#;
+        format!(
+            r#"
+[{cri}]
+  sandbox_image = "{sandbox_image}"
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  [{cri}.containerd]
+    default_runtime_name = "runc"
+    snapshotter = "overlayfs"
+    [{cri}.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [{cri}.containerd.runtimes.kata]
+      runtime_type = "io.containerd.kata.v2"
+      pod_annotations = ["io.katacontainers.*"]
+      privileged_without_host_devices = true
+      [{cri}.containerd.runtimes.kata.options]
+        ConfigPath = "{kata_config}"
+  [{cri}.cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = "{cni_dir}"
+    max_conf_num = 1
+"#,
+            sandbox_image = self.opts.sandbox_image,
+            kata_config = self.kata_config.display(),
+            cni_dir = cni_dir.display(),
+        )
+    }
+
+    fn spawn(&mut self) {
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open containerd log");
+        let path = format!(
+            "{}:{}",
+            bin_dir().display(),
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        );
+        let child = Command::new(CONTAINERD)
+            .arg("--config")
+            .arg(&self.config)
+            .env("PATH", path)
+            .env("KATA_CONF_FILE", &self.kata_config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn containerd");
+        self.child = Some(child);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("containerd exited at start: {status}\n{}", self.log_tail());
+            }
+            let up = self
+                .ctr_within(&["version"], Duration::from_secs(5))
+                .is_some_and(|o| o.status.success());
+            if up {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "containerd did not answer within {READY_TIMEOUT:?}\n{}",
+                self.log_tail()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        while Instant::now() < deadline {
+            if child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Deletes every task and container in every namespace, so that the
+    /// shims shut their sandboxes down themselves.
+    fn remove_all(&self) {
+        let limit = Duration::from_secs(60);
+        let list = |ns: &str, args: &[&str]| -> Vec<String> {
+            self.ctr_ns_within(ns, args, limit)
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .lines()
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        for ns in list("default", &["namespaces", "ls", "-q"]) {
+            for task in list(&ns, &["tasks", "ls", "-q"]) {
+                let _ = self.ctr_ns_within(&ns, &["tasks", "rm", "-f", &task], limit);
+            }
+            for ctr in list(&ns, &["containers", "ls", "-q"]) {
+                let _ = self.ctr_ns_within(&ns, &["containers", "rm", &ctr], limit);
+            }
+        }
+    }
+
+    /// Shims this containerd started and that outlived it: their argv names
+    /// our socket or their working directory is one of our bundles.
+    fn leftover_shims(&self) -> Vec<(u32, Vec<String>)> {
+        let sock = self.address().display().to_string();
+        processes()
+            .into_iter()
+            .filter(|(pid, argv)| {
+                argv.iter().any(|a| a == &sock)
+                    || std::fs::read_link(format!("/proc/{pid}/cwd"))
+                        .is_ok_and(|cwd| cwd.starts_with(&self.state))
+            })
+            .collect()
+    }
+
+    /// Bundles left in the task directory: (namespace, id, path).
+    fn leftover_bundles(&self) -> Vec<(String, String, PathBuf)> {
+        let mut out = Vec::new();
+        let tasks = self.state.join("io.containerd.runtime.v2.task");
+        for ns in std::fs::read_dir(&tasks).into_iter().flatten().flatten() {
+            for b in std::fs::read_dir(ns.path()).into_iter().flatten().flatten() {
+                out.push((
+                    ns.file_name().to_string_lossy().into_owned(),
+                    b.file_name().to_string_lossy().into_owned(),
+                    b.path(),
+                ));
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.remove_all();
+        }
+        self.stop();
+        // Shims exit on their own after the last Shutdown; give them time.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.leftover_shims().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let shims = self.leftover_shims();
+        for (pid, _) in &shims {
+            kill9(*pid);
+        }
+        for (pid, _) in &shims {
+            wait_gone(*pid, Duration::from_secs(5));
+        }
+        // A killed kata shim leaves its VM: let the binary's own `delete`
+        // clean up from the state it persisted, as containerd would.
+        for (ns, id, bundle) in self.leftover_bundles() {
+            if !kata_shim::persist::sandbox_dir(&id).exists() {
+                continue;
+            }
+            let mut cmd = Command::new(bin_dir().join("containerd-shim-kata-v2"));
+            cmd.args(["-namespace", &ns, "-address"])
+                .arg(self.address())
+                .args(["-publish-binary", CONTAINERD, "-id", &id, "-bundle"])
+                .arg(&bundle)
+                .arg("delete")
+                .current_dir(&bundle)
+                .stdin(Stdio::null());
+            let _ = output_within(&mut cmd, Duration::from_secs(30));
+        }
+        let panicking = std::thread::panicking();
+        if panicking {
+            eprintln!("{}", self.log_tail());
+            for (pid, argv) in &shims {
+                eprintln!("killed leftover shim {pid}: {}", argv.join(" "));
+            }
+        }
+        unmount_under(&self.state);
+        unmount_under(&self.root);
+        let _ = std::fs::remove_dir_all(&self.state);
+        let _ = std::fs::remove_dir_all(&self.root);
+        if self.opts.cri {
+            let _ = Command::new("ip")
+                .args(["link", "del", &self.cni_bridge()])
+                .output();
+        }
+        if !panicking {
+            assert!(
+                shims.is_empty(),
+                "containerd {} left shims running after its tasks were removed: {:?}",
+                self.name,
+                shims
+            );
+        }
+    }
+}

@@ -1,0 +1,163 @@
+//! The local busybox image the shim tests run: a root filesystem made from
+//! the host's static busybox, packed as an OCI image-layout archive (one
+//! uncompressed layer) and imported into a private containerd with `ctr
+//! images import`. There is no registry here, so nothing is pulled.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use serde_json::json;
+use sha2::{Digest, Sha256};
+
+use super::containerd::Containerd;
+use super::pod::write_busybox_rootfs;
+
+/// The name the image is imported under.
+pub const BUSYBOX_REF: &str = "localhost/kata-test/busybox:latest";
+
+const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
+const LAYER_TYPE: &str = "application/vnd.oci.image.layer.v1.tar";
+
+/// A busybox root filesystem with the files runtimes bind-mount over
+/// (`/etc/hostname`, `/etc/hosts`, `/etc/resolv.conf`), so no mount target
+/// has to be created in the image.
+pub fn busybox_rootfs(root: &Path) {
+    write_busybox_rootfs(root);
+    for f in ["etc/hostname", "etc/hosts", "etc/resolv.conf"] {
+        std::fs::write(root.join(f), "").expect("write rootfs /etc file");
+    }
+    std::fs::create_dir_all(root.join("var/run")).expect("mkdir rootfs /var/run");
+}
+
+/// The OCI archive of the busybox image, built once per test process under
+/// the target's tmp dir (built privately, then renamed into place, so test
+/// processes running at the same time never see half an archive).
+pub fn busybox_archive() -> &'static Path {
+    static ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
+    ARCHIVE.get_or_init(|| {
+        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let work = tmp.join(format!("busybox-image-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&work);
+        let rootfs = work.join("rootfs");
+        busybox_rootfs(&rootfs);
+        let staged = work.join("busybox-oci.tar");
+        write_oci_archive(&rootfs, BUSYBOX_REF, &work.join("layout"), &staged);
+        let archive = tmp.join("busybox-oci.tar");
+        std::fs::rename(&staged, &archive).expect("move the image archive into place");
+        let _ = std::fs::remove_dir_all(&work);
+        archive
+    })
+}
+
+/// Imports the busybox image into `containerd` (idempotent) and returns
+/// its reference.
+pub fn import_busybox(containerd: &Containerd) -> &'static str {
+    let archive = busybox_archive();
+    containerd.ctr_ok(&["images", "import", &archive.to_string_lossy()]);
+    let names = containerd.ctr_ok(&["images", "ls", "-q"]);
+    assert!(
+        names.lines().any(|l| l == BUSYBOX_REF),
+        "{BUSYBOX_REF} is not listed after import:\n{names}"
+    );
+    BUSYBOX_REF
+}
+
+/// Packs `rootfs` as an OCI image layout named `reference` into the tar
+/// archive `out`, using `layout` as the scratch layout directory.
+pub fn write_oci_archive(rootfs: &Path, reference: &str, layout: &Path, out: &Path) {
+    let blobs = layout.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("mkdir blobs");
+
+    // Fixed owner, order and times: the layer digest depends only on the
+    // rootfs contents.
+    let layer_tar = layout.join("layer.tar");
+    run(Command::new("tar")
+        .args([
+            "--sort=name",
+            "--owner=0",
+            "--group=0",
+            "--numeric-owner",
+            "--mtime=@0",
+            "-C",
+        ])
+        .arg(rootfs)
+        .arg("-cf")
+        .arg(&layer_tar)
+        .arg("."));
+    let layer = std::fs::read(&layer_tar).expect("read layer");
+    let _ = std::fs::remove_file(&layer_tar);
+    let layer_digest = put_blob(&blobs, &layer);
+
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "Cmd": ["sh"],
+            "WorkingDir": "/"
+        },
+        "rootfs": {"type": "layers", "diff_ids": [&layer_digest]},
+        "history": [{"created_by": "kata-test: busybox-static with applet links"}]
+    }))
+    .expect("config json");
+    let config_digest = put_blob(&blobs, &config);
+
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_TYPE,
+        "config": {"mediaType": CONFIG_TYPE, "digest": &config_digest, "size": config.len()},
+        "layers": [{"mediaType": LAYER_TYPE, "digest": &layer_digest, "size": layer.len()}]
+    }))
+    .expect("manifest json");
+    let manifest_digest = put_blob(&blobs, &manifest);
+
+    let index = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": MANIFEST_TYPE,
+            "digest": manifest_digest,
+            "size": manifest.len(),
+            "platform": {"architecture": "amd64", "os": "linux"},
+            "annotations": {
+                "org.opencontainers.image.ref.name": reference,
+                "io.containerd.image.name": reference
+            }
+        }]
+    });
+    std::fs::write(
+        layout.join("index.json"),
+        serde_json::to_vec(&index).expect("index json"),
+    )
+    .expect("write index.json");
+    std::fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .expect("write oci-layout");
+
+    run(Command::new("tar")
+        .arg("-C")
+        .arg(layout)
+        .arg("-cf")
+        .arg(out)
+        .args(["oci-layout", "index.json", "blobs"]));
+}
+
+/// Stores `data` as a blob and returns its `sha256:<hex>` digest.
+fn put_blob(blobs: &Path, data: &[u8]) -> String {
+    let hex = format!("{:x}", Sha256::digest(data));
+    std::fs::write(blobs.join(&hex), data).expect("write blob");
+    format!("sha256:{hex}")
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

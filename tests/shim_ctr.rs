@@ -1,0 +1,292 @@
+//! The shim under a private containerd 1.6, driven with `ctr`: a kata task
+//! prints the guest's kernel and uptime, exit codes reach `ctr`, each task
+//! has exactly one QEMU, and a running task survives a containerd restart
+//! (recovery through the bundle's `address` file). The first test checks
+//! the harness itself with runc: private containerd, local image, restart,
+//! cleanup.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::containerd::{Containerd, ContainerdOptions};
+use common::image::import_busybox;
+use common::*;
+
+const KATA: &str = "io.containerd.kata.v2";
+const RUNC: &str = "io.containerd.runc.v2";
+/// A kata task boots a VM under TCG before it runs.
+const BOOT: Duration = Duration::from_secs(240);
+
+/// (pid, status) of task `id` from `ctr task ls`.
+fn task(c: &Containerd, id: &str) -> Option<(u32, String)> {
+    let out = c.ctr_ok(&["tasks", "ls"]);
+    out.lines().find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        (f.len() == 3 && f[0] == id).then(|| (f[1].parse().expect("task pid"), f[2].to_string()))
+    })
+}
+
+/// Waits until task `id` has `status`; returns its pid.
+fn wait_task(c: &Containerd, id: &str, status: &str, within: Duration) -> u32 {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some((pid, s)) = task(c, id) {
+            if s == status {
+                return pid;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "task {id} not {status} within {within:?}: {:?}\n{}",
+            task(c, id),
+            c.log_tail()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// A `ctr` running in the background, killed if the test fails first.
+struct Background(Child);
+
+impl Background {
+    fn exit_code(mut self, within: Duration) -> Option<i32> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("try_wait") {
+                return status.code();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ctr did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn ctr_background(c: &Containerd, args: &[&str]) -> Background {
+    let child = Command::new("ctr")
+        .arg("--address")
+        .arg(c.address())
+        .args(["-n", &c.opts.namespace])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn ctr");
+    Background(child)
+}
+
+fn stdout(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn harness_private_containerd_runs_the_local_image_with_runc() {
+    let mut c = Containerd::start("runc");
+    let image = import_busybox(&c);
+    let id = sandbox_id("runc");
+    let out = c.ctr_ok(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNC,
+        image,
+        &id,
+        "sh",
+        "-c",
+        "echo hello; ls /bin | wc -l",
+    ]);
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"hello"), "{out}");
+    let applets: usize = lines[1].trim().parse().expect("applet count");
+    assert!(applets > 100, "only {applets} entries in /bin");
+
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        RUNC,
+        image,
+        &id,
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", c.log_tail());
+
+    // The image and the database survive a restart.
+    c.restart();
+    assert!(c.ctr_ok(&["images", "ls", "-q"]).contains(image));
+    c.ctr_ok(&["run", "--rm", "--runtime", RUNC, image, &id, "true"]);
+
+    let (state, root) = (c.state.clone(), c.root.clone());
+    drop(c);
+    assert!(!state.exists() && !root.exists(), "containerd dirs left");
+    let left: Vec<_> = mount_points()
+        .into_iter()
+        .filter(|p| p.starts_with(&state) || p.starts_with(&root))
+        .collect();
+    assert!(left.is_empty(), "mounts left: {left:?}");
+}
+
+/// The CRI configuration (runc default, `kata` runtime, CNI bridge) is
+/// accepted: the CRI plugin loads.
+#[test]
+fn harness_cri_configuration_loads() {
+    let c = Containerd::start_with(
+        "cri",
+        ContainerdOptions {
+            cri: true,
+            ..ContainerdOptions::default()
+        },
+    );
+    let plugins = c.ctr_ok(&["plugins", "ls"]);
+    let cri = plugins
+        .lines()
+        .find(|l| l.contains("io.containerd.grpc.v1") && l.contains(" cri "))
+        .unwrap_or_else(|| panic!("no CRI plugin listed:\n{plugins}"));
+    assert!(
+        cri.trim_end().ends_with("ok"),
+        "CRI plugin: {cri}\n{}",
+        c.log_tail()
+    );
+}
+
+#[test]
+fn ctr_run_kata_shows_the_guest_and_passes_exit_codes() {
+    require_vm_host();
+    let (_, _, kver) = test_image();
+    let c = Containerd::start("kata-run");
+    let image = import_busybox(&c);
+
+    let id = sandbox_id("uname");
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        KATA,
+        image,
+        &id,
+        "sh",
+        "-c",
+        "uname -r; cat /proc/uptime",
+    ]);
+    assert!(
+        out.status.success(),
+        "ctr run: {}\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        c.log_tail()
+    );
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.first(), Some(&kver.as_str()), "guest kernel: {text}");
+    let uptime: f64 = lines
+        .get(1)
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("no uptime in {text:?}"));
+    assert!(uptime < 120.0, "uptime {uptime} s: not a freshly booted VM");
+    assert_no_leaks(&id);
+
+    let id = sandbox_id("exit3");
+    let out = c.ctr(&[
+        "run",
+        "--rm",
+        "--runtime",
+        KATA,
+        image,
+        &id,
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", c.log_tail());
+    assert_no_leaks(&id);
+
+    // A sleeping task killed from outside: one QEMU, whose pid is the
+    // task's, and 128+9 reaches the `ctr run` that waits for it.
+    let id = sandbox_id("kill");
+    let run = ctr_background(
+        &c,
+        &[
+            "run",
+            "--rm",
+            "--runtime",
+            KATA,
+            image,
+            &id,
+            "sleep",
+            "1000",
+        ],
+    );
+    let pid = wait_task(&c, &id, "RUNNING", BOOT);
+    let qemu = qemu_pids(&id);
+    assert_eq!(qemu.len(), 1, "QEMU processes of {id}: {qemu:?}");
+    assert_eq!(pid, qemu[0], "the task pid is QEMU's pid");
+    c.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id]);
+    assert_eq!(run.exit_code(Duration::from_secs(60)), Some(137));
+    assert_no_leaks(&id);
+}
+
+#[test]
+fn ctr_exec_into_a_kata_task_after_containerd_restart() {
+    require_vm_host();
+    let mut c = Containerd::start("kata-restart");
+    let image = import_busybox(&c);
+    let id = sandbox_id("restart");
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--null-io",
+        "--runtime",
+        KATA,
+        image,
+        &id,
+        "sleep",
+        "1000",
+    ]);
+    let pid = wait_task(&c, &id, "RUNNING", BOOT);
+    assert!(
+        c.bundle(&id).join("address").is_file(),
+        "the shim wrote no address file"
+    );
+
+    c.restart();
+    assert_eq!(
+        wait_task(&c, &id, "RUNNING", Duration::from_secs(30)),
+        pid,
+        "the task came back with another pid"
+    );
+    let out = c.ctr_ok(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "after-restart",
+        &id,
+        "sh",
+        "-c",
+        "echo recovered",
+    ]);
+    assert_eq!(out, "recovered\n");
+    assert_eq!(qemu_pids(&id), vec![pid], "still the same single QEMU");
+
+    c.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id]);
+    wait_task(&c, &id, "STOPPED", Duration::from_secs(60));
+    c.ctr_ok(&["tasks", "rm", &id]);
+    c.ctr_ok(&["containers", "rm", &id]);
+    assert_no_leaks(&id);
+}
