@@ -23,7 +23,7 @@ use serde_json::Value;
 use ttrpc::asynchronous::Client;
 
 use super::*;
-use cleanup::{pod_cgroup_dirs, run_ok, users_of};
+use cleanup::{pod_cgroup_dirs, users_of};
 pub use io::{Drain, ExecIo, WaitOutcome, Waiter};
 pub use rpc::*;
 pub use spec::{PodInfo, container_spec, infra_spec};

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::containerd::Containerd;
 use super::pod::write_busybox_rootfs;
+use super::run_ok;
 
 /// The name the image is imported under.
 pub const BUSYBOX_REF: &str = "localhost/kata-test/busybox:latest";
@@ -73,19 +74,21 @@ pub fn write_oci_archive(rootfs: &Path, reference: &str, layout: &Path, out: &Pa
     // Fixed owner, order and times: the layer digest depends only on the
     // rootfs contents.
     let layer_tar = layout.join("layer.tar");
-    run(Command::new("tar")
-        .args([
-            "--sort=name",
-            "--owner=0",
-            "--group=0",
-            "--numeric-owner",
-            "--mtime=@0",
-            "-C",
-        ])
-        .arg(rootfs)
-        .arg("-cf")
-        .arg(&layer_tar)
-        .arg("."));
+    run_ok(
+        Command::new("tar")
+            .args([
+                "--sort=name",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "--mtime=@0",
+                "-C",
+            ])
+            .arg(rootfs)
+            .arg("-cf")
+            .arg(&layer_tar)
+            .arg("."),
+    );
     let layer = std::fs::read(&layer_tar).expect("read layer");
     let _ = std::fs::remove_file(&layer_tar);
     let layer_digest = put_blob(&blobs, &layer);
@@ -137,12 +140,14 @@ pub fn write_oci_archive(rootfs: &Path, reference: &str, layout: &Path, out: &Pa
     )
     .expect("write oci-layout");
 
-    run(Command::new("tar")
-        .arg("-C")
-        .arg(layout)
-        .arg("-cf")
-        .arg(out)
-        .args(["oci-layout", "index.json", "blobs"]));
+    run_ok(
+        Command::new("tar")
+            .arg("-C")
+            .arg(layout)
+            .arg("-cf")
+            .arg(out)
+            .args(["oci-layout", "index.json", "blobs"]),
+    );
 }
 
 /// Stores `data` as a blob and returns its `sha256:<hex>` digest.
@@ -150,14 +155,4 @@ fn put_blob(blobs: &Path, data: &[u8]) -> String {
     let hex = format!("{:x}", Sha256::digest(data));
     std::fs::write(blobs.join(&hex), data).expect("write blob");
     format!("sha256:{hex}")
-}
-
-fn run(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
 }

@@ -420,6 +420,18 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Option<Output> {
     }
 }
 
+/// Runs `cmd` to completion and panics with its stderr unless it succeeds.
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
 /// Sends SIGKILL to `pid`, ignoring a process that is already gone.
 pub fn kill9(pid: u32) {
     let _ = nix::sys::signal::kill(

@@ -47,16 +47,6 @@ pub(super) fn pod_cgroup_dirs(pod: &PodInfo) -> Vec<PathBuf> {
         .collect()
 }
 
-pub(super) fn run_ok(cmd: &mut Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 impl Drop for Crio {
     fn drop(&mut self) {
         let panicking = std::thread::panicking();
