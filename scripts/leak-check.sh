@@ -28,8 +28,8 @@ fi
 if ip netns list 2>/dev/null | grep -q '^kata-test-'; then
     echo "leak: network namespaces of the CRI-O driver:"; ip netns list | grep '^kata-test-'; fail=1
 fi
-if ls -d /sys/fs/cgroup/*/kata-test/pod* >/dev/null 2>&1; then
-    echo "leak: pod cgroups of the CRI-O driver:"; ls -d /sys/fs/cgroup/*/kata-test/pod*; fail=1
+if ls -d /sys/fs/cgroup/*/kata-test-* >/dev/null 2>&1; then
+    echo "leak: host cgroups of test pods:"; ls -d /sys/fs/cgroup/*/kata-test-*; fail=1
 fi
 if [ "$fail" = 0 ]; then echo "leak-check: nothing left behind"; fi
 exit $fail

@@ -26,7 +26,9 @@ pub struct ContainerdOptions {
     /// runtime, `restrict_oom_score_adj` (the host lacks CAP_SYS_RESOURCE)
     /// and a private CNI bridge network.
     pub cri: bool,
-    /// The containerd namespace `ctr` uses.
+    /// The containerd namespace `ctr` uses; empty: one of this instance's
+    /// own (it also names the tasks' host cgroup parent, which concurrent
+    /// tests must not share).
     pub namespace: String,
     /// The CRI plugin's pause image (only with `cri`).
     pub sandbox_image: String,
@@ -36,7 +38,7 @@ impl Default for ContainerdOptions {
     fn default() -> Self {
         ContainerdOptions {
             cri: false,
-            namespace: "kata-test".into(),
+            namespace: String::new(),
             sandbox_image: super::image::BUSYBOX_REF.into(),
         }
     }
@@ -60,12 +62,15 @@ impl Containerd {
         Containerd::start_with(name, ContainerdOptions::default())
     }
 
-    pub fn start_with(name: &str, opts: ContainerdOptions) -> Containerd {
+    pub fn start_with(name: &str, mut opts: ContainerdOptions) -> Containerd {
         assert!(
             Path::new(CONTAINERD).exists() && Path::new(CTR).exists(),
             "containerd is missing: apt-get install containerd (or make deps)"
         );
         let tag = format!("containerd-{name}-{}", std::process::id());
+        if opts.namespace.is_empty() {
+            opts.namespace = format!("kata-test-{name}");
+        }
         let root = Path::new("/var/lib/kata-test").join(&tag);
         let state = Path::new("/run/kata-test").join(&tag);
         for d in [&root, &state] {
@@ -431,6 +436,14 @@ impl Drop for Containerd {
             for (pid, argv) in &shims {
                 eprintln!("killed leftover shim {pid}: {}", argv.join(" "));
             }
+        }
+        // runc removes a task's cgroup but not the namespace level above.
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(h.path().join(&self.opts.namespace));
         }
         unmount_under(&self.state);
         unmount_under(&self.root);

@@ -23,7 +23,7 @@ use serde_json::Value;
 use ttrpc::asynchronous::Client;
 
 use super::*;
-use cleanup::{pod_cgroup_dirs, users_of};
+use cleanup::{make_cgroup_dirs, pod_cgroup_dirs, users_of};
 pub use io::{Drain, ExecIo, WaitOutcome, Waiter};
 pub use rpc::*;
 pub use spec::{PodInfo, container_spec, infra_spec};
@@ -123,6 +123,8 @@ pub struct Crio {
     pub rt: tokio::runtime::Runtime,
     pub dir: PathBuf,
     pub kata_config: PathBuf,
+    /// This driver's top-level host cgroup, holding its pods' cgroups.
+    cgroup_root: String,
     pods: BTreeMap<String, Pod>,
     ctrs: BTreeMap<String, Ctr>,
     /// The bundles' `log` FIFO readers; CRI-O keeps them for good.
@@ -138,11 +140,9 @@ impl Crio {
     /// `[hypervisor.qemu]`.
     pub fn with_config(test: &str, qemu_extra: &str) -> Crio {
         require_vm_host();
-        let dir = Path::new("/run/kata-test").join(format!(
-            "crio-{test}-{}-{}",
-            std::process::id(),
-            &kata_shim::boot_check::nonce()[..8]
-        ));
+        let tag = kata_shim::boot_check::nonce()[..8].to_string();
+        let dir =
+            Path::new("/run/kata-test").join(format!("crio-{test}-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir crio dir");
         let kata_config = write_config(&dir, qemu_extra, "");
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -154,6 +154,7 @@ impl Crio {
             rt,
             dir,
             kata_config,
+            cgroup_root: format!("kata-test-crio-{tag}"),
             pods: BTreeMap::new(),
             ctrs: BTreeMap::new(),
             logs: Vec::new(),
@@ -362,7 +363,7 @@ impl Crio {
             netns: Path::new("/var/run/netns").join(&netns_name),
             ipcns: ipcns.clone(),
             utsns: utsns.clone(),
-            cgroup_parent: format!("/kata-test/pod{uid}"),
+            cgroup_parent: format!("/{}/pod{uid}", self.cgroup_root),
             log_dir: Path::new("/var/log/pods").join(format!("default_{}_{uid}", cfg.name)),
             resources: cfg.resources.clone(),
             annotations: cfg.annotations.clone(),
@@ -378,6 +379,8 @@ impl Crio {
                 stopped: false,
             },
         );
+        // The kubelet makes the pod's cgroup; the shim only adds its own.
+        make_cgroup_dirs(&info.cgroup_parent);
         // Pinned namespaces, as CRI-O (and CNI) set them up before `start`.
         run_ok(Command::new("ip").args(["netns", "add", &netns_name]));
         run_ok(

@@ -47,6 +47,31 @@ pub(super) fn pod_cgroup_dirs(pod: &PodInfo) -> Vec<PathBuf> {
         .collect()
 }
 
+/// Makes `parent` in every host hierarchy as the kubelet would, cpusets
+/// filled in from the level above (an empty cpuset admits no process).
+pub(super) fn make_cgroup_dirs(parent: &str) {
+    for h in std::fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let mut dir = h.path();
+        for part in parent.trim_start_matches('/').split('/') {
+            let next = dir.join(part);
+            if std::fs::create_dir(&next).is_ok() {
+                for f in ["cpuset.cpus", "cpuset.mems"] {
+                    let above = std::fs::read_to_string(dir.join(f)).unwrap_or_default();
+                    if !above.trim().is_empty() {
+                        std::fs::write(next.join(f), above.trim())
+                            .unwrap_or_else(|e| panic!("{}: {e}", next.join(f).display()));
+                    }
+                }
+            }
+            dir = next;
+        }
+    }
+}
+
 impl Drop for Crio {
     fn drop(&mut self) {
         let panicking = std::thread::panicking();
@@ -132,6 +157,13 @@ impl Drop for Crio {
             {
                 let _ = std::fs::remove_dir(h.path().join(parent));
             }
+        }
+        for h in std::fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = std::fs::remove_dir(h.path().join(&self.cgroup_root));
         }
         let _ = std::fs::remove_dir_all(&self.dir);
         if !panicking {
