@@ -1,0 +1,432 @@
+//! The copy loops between the agent's streams and the host side: output
+//! from the agent into a FIFO, a logger pipe or a file, and stdin from a
+//! FIFO into the agent.
+//!
+//! Back-pressure: an output loop asks the agent for more only after the
+//! previous chunk was written, and a FIFO write waits while the pipe is
+//! full, so at most one chunk per stream sits in the shim and a slow reader
+//! slows the process down (through the agent's bounded buffer) instead of
+//! growing memory here.
+
+use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::pipe;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::{AgentStreams, Ids};
+
+/// Most bytes asked from the agent per read. Large enough to keep the
+/// number of round trips low, small enough not to hold the shared agent
+/// connection for long with one frame.
+pub(crate) const READ_LEN: u32 = 256 * 1024;
+/// Most bytes forwarded to the agent per WriteStdin.
+const STDIN_CHUNK: usize = 64 * 1024;
+/// After its reader went away, how often a FIFO is tried again (a
+/// restarted CRI-O reopens the FIFOs it finds in State).
+const REOPEN_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest pause between attempts to open a FIFO that has no reader yet.
+const OPEN_RETRY_MAX: Duration = Duration::from_millis(200);
+/// When to say that a FIFO still has no reader.
+const OPEN_NOTICE_AFTER: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stream {
+    Stdout,
+    Stderr,
+}
+
+impl Stream {
+    fn name(self) -> &'static str {
+        match self {
+            Stream::Stdout => "stdout",
+            Stream::Stderr => "stderr",
+        }
+    }
+}
+
+/// Where an output stream goes, before anything is opened.
+pub(crate) enum Dest {
+    /// Not connected: the agent is still drained so the process never
+    /// blocks on a full pipe.
+    Discard,
+    Fifo(PathBuf),
+    /// The write end of a logging binary's pipe.
+    Pipe(OwnedFd),
+    /// Appended to this file.
+    File(PathBuf),
+}
+
+/// An opened destination.
+enum Sink {
+    Discard,
+    Fifo(FifoSink),
+    Pipe(pipe::Sender),
+    File(tokio::fs::File),
+}
+
+struct FifoSink {
+    path: PathBuf,
+    /// `None` while the reader is gone; bytes are dropped then.
+    tx: Option<pipe::Sender>,
+    next_reopen: Instant,
+}
+
+/// Copies one output stream from the agent until EOF. Returns whether the
+/// agent reported EOF and every byte was handed to the destination (or
+/// deliberately discarded because nobody reads); the destination is closed
+/// when this returns, so its reader sees EOF.
+pub(crate) async fn copy_output(
+    agent: &dyn AgentStreams,
+    ids: &Ids,
+    stream: Stream,
+    dest: Dest,
+) -> bool {
+    let mut sink = open(dest, ids, stream).await;
+    let mut eof = false;
+    loop {
+        let read = match stream {
+            Stream::Stdout => {
+                agent
+                    .read_stdout(&ids.container_id, &ids.exec_id, READ_LEN)
+                    .await
+            }
+            Stream::Stderr => {
+                agent
+                    .read_stderr(&ids.container_id, &ids.exec_id, READ_LEN)
+                    .await
+            }
+        };
+        match read {
+            Ok(data) if data.is_empty() => {
+                eof = true;
+                break;
+            }
+            Ok(data) => sink.write(&data, ids, stream).await,
+            Err(e) => {
+                tracing::warn!(
+                    container_id = %ids.container_id,
+                    exec_id = %ids.exec_id,
+                    stream = stream.name(),
+                    error = %e,
+                    "reading output from the agent failed, the copy stops"
+                );
+                break;
+            }
+        }
+    }
+    let flushed = sink.finish(ids, stream).await;
+    eof && flushed
+}
+
+async fn open(dest: Dest, ids: &Ids, stream: Stream) -> Sink {
+    match dest {
+        Dest::Discard => Sink::Discard,
+        Dest::Fifo(path) => open_fifo(path, ids, stream).await,
+        Dest::Pipe(fd) => match pipe::Sender::from_owned_fd(fd) {
+            Ok(tx) => Sink::Pipe(tx),
+            Err(e) => {
+                tracing::error!(
+                    container_id = %ids.container_id,
+                    exec_id = %ids.exec_id,
+                    stream = stream.name(),
+                    error = %e,
+                    "cannot use the logging binary's pipe, output is discarded"
+                );
+                Sink::Discard
+            }
+        },
+        Dest::File(path) => match open_file(&path).await {
+            Ok(f) => Sink::File(f),
+            Err(e) => {
+                tracing::error!(
+                    container_id = %ids.container_id,
+                    exec_id = %ids.exec_id,
+                    stream = stream.name(),
+                    path = %path.display(),
+                    error = %e,
+                    "cannot open the log file, output is discarded"
+                );
+                Sink::Discard
+            }
+        },
+    }
+}
+
+async fn open_file(path: &Path) -> std::io::Result<tokio::fs::File> {
+    if let Some(dir) = path.parent() {
+        tokio::fs::create_dir_all(dir).await?;
+    }
+    tokio::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o644)
+        .open(path)
+        .await
+}
+
+/// Opens a FIFO for writing without ever blocking a thread: the peer
+/// normally opened its read end before the request, but if it has not,
+/// retry until it does (output waits meanwhile, like containerd's shims).
+async fn open_fifo(path: PathBuf, ids: &Ids, stream: Stream) -> Sink {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(5);
+    let mut noticed = false;
+    loop {
+        match pipe::OpenOptions::new().open_sender(&path) {
+            Ok(tx) => {
+                return Sink::Fifo(FifoSink {
+                    path,
+                    tx: Some(tx),
+                    next_reopen: Instant::now(),
+                });
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+                if !noticed && started.elapsed() >= OPEN_NOTICE_AFTER {
+                    noticed = true;
+                    tracing::info!(
+                        container_id = %ids.container_id,
+                        exec_id = %ids.exec_id,
+                        stream = stream.name(),
+                        path = %path.display(),
+                        "fifo still has no reader, output waits for one"
+                    );
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(OPEN_RETRY_MAX);
+            }
+            Err(e) => {
+                tracing::error!(
+                    container_id = %ids.container_id,
+                    exec_id = %ids.exec_id,
+                    stream = stream.name(),
+                    path = %path.display(),
+                    error = %e,
+                    "cannot open the fifo, output is discarded"
+                );
+                return Sink::Discard;
+            }
+        }
+    }
+}
+
+impl Sink {
+    async fn write(&mut self, data: &[u8], ids: &Ids, stream: Stream) {
+        let result = match self {
+            Sink::Discard => return,
+            Sink::Fifo(f) => return f.write(data, ids, stream).await,
+            Sink::Pipe(tx) => tx.write_all(data).await,
+            Sink::File(f) => f.write_all(data).await,
+        };
+        if let Err(e) = result {
+            // A logger that died, or a file that cannot take more: the
+            // process must not stall because of it.
+            tracing::warn!(
+                container_id = %ids.container_id,
+                exec_id = %ids.exec_id,
+                stream = stream.name(),
+                error = %e,
+                "writing output failed, the rest is discarded"
+            );
+            *self = Sink::Discard;
+        }
+    }
+
+    /// Makes every byte reach the file and closes the destination.
+    async fn finish(self, ids: &Ids, stream: Stream) -> bool {
+        let Sink::File(mut f) = self else {
+            return true;
+        };
+        match f.flush().await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    container_id = %ids.container_id,
+                    exec_id = %ids.exec_id,
+                    stream = stream.name(),
+                    error = %e,
+                    "flushing the log file failed"
+                );
+                false
+            }
+        }
+    }
+}
+
+impl FifoSink {
+    async fn write(&mut self, data: &[u8], ids: &Ids, stream: Stream) {
+        if self.tx.is_none() && Instant::now() >= self.next_reopen {
+            self.next_reopen = Instant::now() + REOPEN_INTERVAL;
+            if let Ok(tx) = pipe::OpenOptions::new().open_sender(&self.path) {
+                tracing::info!(
+                    container_id = %ids.container_id,
+                    exec_id = %ids.exec_id,
+                    stream = stream.name(),
+                    path = %self.path.display(),
+                    "fifo has a reader again, output resumes"
+                );
+                self.tx = Some(tx);
+            }
+        }
+        let Some(tx) = self.tx.as_mut() else {
+            return;
+        };
+        if let Err(e) = tx.write_all(data).await {
+            // EPIPE (SIGPIPE is ignored): the reader left. Keep draining the
+            // agent so the process does not block, and look for a new
+            // reader from time to time.
+            if e.kind() == ErrorKind::BrokenPipe {
+                tracing::info!(
+                    container_id = %ids.container_id,
+                    exec_id = %ids.exec_id,
+                    stream = stream.name(),
+                    path = %self.path.display(),
+                    "fifo reader went away, output is discarded until one returns"
+                );
+            } else {
+                tracing::warn!(
+                    container_id = %ids.container_id,
+                    exec_id = %ids.exec_id,
+                    stream = stream.name(),
+                    path = %self.path.display(),
+                    error = %e,
+                    "writing to the fifo failed, output is discarded until it reopens"
+                );
+            }
+            self.tx = None;
+            self.next_reopen = Instant::now() + REOPEN_INTERVAL;
+        }
+    }
+}
+
+/// Copies stdin from its FIFO to the agent until the writer closes it or
+/// CloseIO asks for it, then closes the process's stdin in the agent.
+/// Returns the result of that close.
+pub(crate) async fn copy_stdin(
+    agent: &dyn AgentStreams,
+    ids: &Ids,
+    path: &Path,
+    mut close_rx: watch::Receiver<bool>,
+) -> Result<(), ttrpc::Error> {
+    // O_RDONLY|O_NONBLOCK never blocks, and epoll reports neither data nor
+    // hang-up on a FIFO whose writer has not opened it yet, so a late
+    // writer is not mistaken for EOF.
+    match pipe::OpenOptions::new().open_receiver(path) {
+        Ok(rx) => pump_stdin(agent, ids, rx, &mut close_rx).await,
+        Err(e) => tracing::error!(
+            container_id = %ids.container_id,
+            exec_id = %ids.exec_id,
+            path = %path.display(),
+            error = %e,
+            "cannot open the stdin fifo, closing the process's stdin"
+        ),
+    }
+    match agent.close_stdin(&ids.container_id, &ids.exec_id).await {
+        Ok(()) => Ok(()),
+        Err(ttrpc::Error::RpcStatus(s)) if s.code() == ttrpc::Code::NOT_FOUND => {
+            // The process is gone, and its stdin with it.
+            tracing::debug!(
+                container_id = %ids.container_id,
+                exec_id = %ids.exec_id,
+                "process already gone when closing its stdin"
+            );
+            Ok(())
+        }
+        Err(e) => {
+            tracing::warn!(
+                container_id = %ids.container_id,
+                exec_id = %ids.exec_id,
+                error = %e,
+                "closing the process's stdin in the agent failed"
+            );
+            Err(e)
+        }
+    }
+}
+
+async fn pump_stdin(
+    agent: &dyn AgentStreams,
+    ids: &Ids,
+    mut rx: pipe::Receiver,
+    close_rx: &mut watch::Receiver<bool>,
+) {
+    let mut buf = vec![0u8; STDIN_CHUNK];
+    loop {
+        tokio::select! {
+            biased;
+            read = rx.read(&mut buf) => match read {
+                Ok(0) => {
+                    tracing::debug!(
+                        container_id = %ids.container_id,
+                        exec_id = %ids.exec_id,
+                        "stdin writer closed the fifo"
+                    );
+                    return;
+                }
+                Ok(n) => {
+                    if !forward(agent, ids, &buf[..n]).await {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        container_id = %ids.container_id,
+                        exec_id = %ids.exec_id,
+                        error = %e,
+                        "reading the stdin fifo failed"
+                    );
+                    return;
+                }
+            },
+            // An error means the ProcessIo is gone: close as well.
+            () = async {
+                let _ = close_rx.wait_for(|closed| *closed).await;
+            } => {
+                // What the client wrote before CloseIO belongs to the
+                // process. Read the fd directly: tokio's readiness cache may
+                // not have seen those bytes yet.
+                while let Ok(n) = nix::unistd::read(rx.as_raw_fd(), &mut buf) {
+                    if n == 0 || !forward(agent, ids, &buf[..n]).await {
+                        break;
+                    }
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Hands `data` to the agent; false once the process's stdin no longer
+/// takes bytes.
+async fn forward(agent: &dyn AgentStreams, ids: &Ids, mut data: &[u8]) -> bool {
+    while !data.is_empty() {
+        match agent
+            .write_stdin(&ids.container_id, &ids.exec_id, data.to_vec())
+            .await
+        {
+            Ok(0) => {
+                tracing::debug!(
+                    container_id = %ids.container_id,
+                    exec_id = %ids.exec_id,
+                    "process stdin is closed, dropping further input"
+                );
+                return false;
+            }
+            Ok(n) => data = &data[usize::try_from(n).unwrap_or(data.len()).min(data.len())..],
+            Err(e) => {
+                tracing::warn!(
+                    container_id = %ids.container_id,
+                    exec_id = %ids.exec_id,
+                    error = %e,
+                    "writing stdin to the agent failed, dropping further input"
+                );
+                return false;
+            }
+        }
+    }
+    true
+}

@@ -1,0 +1,479 @@
+//! Host-side stdio of one container process (init or exec): validating the
+//! stdin/stdout/stderr strings of Create/Exec, and bridging them to the
+//! agent's streams (ReadStdout/ReadStderr/WriteStdin/CloseStdin) once the
+//! process exists in the guest.
+//!
+//! # Use
+//!
+//! ```ignore
+//! let io = ProcessIo::new(cfg, container_id, exec_id, namespace)?; // Create/Exec: never blocks
+//! // after the agent's CreateContainer/ExecProcess:
+//! io.start(agent);
+//! // exit path, before the exit is reported (CRI-O reads exec output right after Wait):
+//! io.wait_output(grace).await;
+//! // CloseIO{stdin}: io.close_stdin().await?;  Delete or dead sandbox: io.shutdown().await;
+//! ```
+//!
+//! # Tasks
+//!
+//! [`ProcessIo::start`] spawns one task for the output (it sets up the
+//! destinations, then copies stdout and stderr concurrently) and, when
+//! stdin is connected, one for stdin. They own every fd they open, so
+//! aborting them closes those fds. A `binary://` logger is recorded in the
+//! [`ProcessIo`] as soon as it is spawned, so [`ProcessIo::shutdown`] reaps
+//! it whatever state the tasks were in.
+//!
+//! SIGPIPE must be ignored in the process (the daemon does, and so does
+//! every Rust binary by default): a FIFO reader that goes away shows up as
+//! EPIPE, which discards output instead of killing the shim.
+
+mod copy;
+mod logger;
+#[cfg(test)]
+mod tests;
+mod uri;
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use kata_agent_protocol::agent;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::agent_client::{AgentClient, call_context};
+use copy::{Dest, Stream};
+use logger::Logger;
+use uri::{OutputPlan, Plan};
+
+/// Deadline of the stdin calls; reads have none, they block until output.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The stdio strings of a Create or Exec request, kept verbatim.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StdioConfig {
+    pub stdin: String,
+    pub stdout: String,
+    pub stderr: String,
+    pub terminal: bool,
+}
+
+/// Errors of the stdio bridge.
+#[derive(Debug, thiserror::Error)]
+pub enum StdioError {
+    #[error("invalid {stream} {value:?}: {reason}")]
+    Invalid {
+        stream: &'static str,
+        value: String,
+        reason: &'static str,
+    },
+    #[error("agent {call} for container {container_id} exec {exec_id:?}")]
+    Agent {
+        call: &'static str,
+        container_id: String,
+        exec_id: String,
+        // Boxed: a ttrpc status is large and this error travels in
+        // every Result of the module.
+        #[source]
+        source: Box<ttrpc::Error>,
+    },
+}
+
+impl StdioError {
+    pub fn code(&self) -> ttrpc::Code {
+        match self {
+            StdioError::Invalid { .. } => ttrpc::Code::INVALID_ARGUMENT,
+            // The agent's codes are deliberate; a broken transport means
+            // the VM is unreachable.
+            StdioError::Agent { source, .. } => match &**source {
+                ttrpc::Error::RpcStatus(s) => match s.code() {
+                    ttrpc::Code::OK | ttrpc::Code::UNKNOWN => ttrpc::Code::INTERNAL,
+                    c => c,
+                },
+                _ => ttrpc::Code::UNAVAILABLE,
+            },
+        }
+    }
+}
+
+/// The agent's stream calls: the seam between the copies and the guest.
+#[async_trait::async_trait]
+pub trait AgentStreams: Send + Sync + 'static {
+    /// Blocks until at least one byte; empty = EOF.
+    async fn read_stdout(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        len: u32,
+    ) -> Result<Vec<u8>, ttrpc::Error>;
+    /// Like `read_stdout`; EOF at once for a terminal.
+    async fn read_stderr(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        len: u32,
+    ) -> Result<Vec<u8>, ttrpc::Error>;
+    /// Returns how many bytes the process's stdin took (fewer than given
+    /// only if it was closed meanwhile).
+    async fn write_stdin(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        data: Vec<u8>,
+    ) -> Result<u32, ttrpc::Error>;
+    async fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<(), ttrpc::Error>;
+}
+
+fn stream_request(container_id: &str, exec_id: &str, len: u32) -> agent::ReadStreamRequest {
+    let mut req = agent::ReadStreamRequest::new();
+    req.container_id = container_id.to_string();
+    req.exec_id = exec_id.to_string();
+    req.len = len;
+    req
+}
+
+#[async_trait::async_trait]
+impl AgentStreams for AgentClient {
+    async fn read_stdout(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        len: u32,
+    ) -> Result<Vec<u8>, ttrpc::Error> {
+        let req = stream_request(container_id, exec_id, len);
+        Ok(self
+            .service()
+            .read_stdout(call_context(None), &req)
+            .await?
+            .data)
+    }
+
+    async fn read_stderr(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        len: u32,
+    ) -> Result<Vec<u8>, ttrpc::Error> {
+        let req = stream_request(container_id, exec_id, len);
+        Ok(self
+            .service()
+            .read_stderr(call_context(None), &req)
+            .await?
+            .data)
+    }
+
+    async fn write_stdin(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        data: Vec<u8>,
+    ) -> Result<u32, ttrpc::Error> {
+        let mut req = agent::WriteStreamRequest::new();
+        req.container_id = container_id.to_string();
+        req.exec_id = exec_id.to_string();
+        req.data = data;
+        let ctx = call_context(Some(WRITE_TIMEOUT));
+        Ok(self.service().write_stdin(ctx, &req).await?.len)
+    }
+
+    async fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<(), ttrpc::Error> {
+        let mut req = agent::ProcessRequest::new();
+        req.container_id = container_id.to_string();
+        req.exec_id = exec_id.to_string();
+        let ctx = call_context(Some(WRITE_TIMEOUT));
+        self.service().close_stdin(ctx, &req).await.map(|_| ())
+    }
+}
+
+/// Which process the streams belong to.
+#[derive(Debug)]
+pub(crate) struct Ids {
+    pub container_id: String,
+    pub exec_id: String,
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OutputState {
+    Pending,
+    /// Both copies ended; `complete` = EOF from the agent on both and every
+    /// byte written.
+    Done {
+        complete: bool,
+    },
+    /// Stopped by shutdown.
+    Aborted,
+}
+
+#[derive(Debug, Clone)]
+enum StdinState {
+    Pending,
+    /// The copy ended and the agent was asked to close stdin.
+    Closed(Result<(), ttrpc::Error>),
+    Aborted,
+}
+
+/// What the copy tasks share with the [`ProcessIo`].
+#[derive(Debug)]
+struct Shared {
+    ids: Ids,
+    output: watch::Sender<OutputState>,
+    stdin: watch::Sender<StdinState>,
+    close_requested: watch::Sender<bool>,
+    logger: Mutex<Option<Logger>>,
+}
+
+#[derive(Debug)]
+enum Phase {
+    Idle,
+    Started(Vec<JoinHandle<()>>),
+    ShutDown,
+}
+
+/// The host side of one process's stdio.
+#[derive(Debug)]
+pub struct ProcessIo {
+    cfg: StdioConfig,
+    plan: Plan,
+    shared: Arc<Shared>,
+    phase: Mutex<Phase>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section here is a plain field update that cannot be
+    // left half done, so a poisoned lock is still consistent.
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl ProcessIo {
+    /// Validates the three strings; never blocks and touches nothing on
+    /// disk. `""` = not connected. A plain path = FIFO (must be absolute).
+    /// `binary:///abs/path?k=v&...` = containerd's binary logger;
+    /// `file:///abs/path` = append both output streams to a file. Errors
+    /// are INVALID_ARGUMENT naming stdin/stdout/stderr. With a terminal
+    /// the stderr value is ignored (containerd and CRI-O pass one anyway).
+    pub fn new(
+        cfg: StdioConfig,
+        container_id: &str,
+        exec_id: &str,
+        namespace: &str,
+    ) -> Result<ProcessIo, StdioError> {
+        let plan = uri::plan(&cfg)?;
+        Ok(ProcessIo {
+            cfg,
+            plan,
+            shared: Arc::new(Shared {
+                ids: Ids {
+                    container_id: container_id.to_string(),
+                    exec_id: exec_id.to_string(),
+                    namespace: namespace.to_string(),
+                },
+                output: watch::channel(OutputState::Pending).0,
+                stdin: watch::channel(StdinState::Pending).0,
+                close_requested: watch::channel(false).0,
+                logger: Mutex::new(None),
+            }),
+            phase: Mutex::new(Phase::Idle),
+        })
+    }
+
+    /// Starts the copies once the process exists in the guest (after the
+    /// agent's CreateContainer/ExecProcess, before start). Never blocks:
+    /// FIFOs are opened in the background, and output waits for a reader
+    /// that has not opened its end yet. Only the first call does anything,
+    /// and none after [`ProcessIo::shutdown`]. Must run inside the tokio
+    /// runtime.
+    pub fn start(&self, agent: Arc<dyn AgentStreams>) {
+        let ids = &self.shared.ids;
+        let mut phase = lock(&self.phase);
+        if !matches!(*phase, Phase::Idle) {
+            tracing::debug!(
+                container_id = %ids.container_id,
+                exec_id = %ids.exec_id,
+                "stdio already started or shut down"
+            );
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::error!(
+                container_id = %ids.container_id,
+                exec_id = %ids.exec_id,
+                "stdio started outside the tokio runtime, nothing is copied"
+            );
+            return;
+        };
+        let mut tasks = vec![rt.spawn(run_output(
+            self.shared.clone(),
+            agent.clone(),
+            self.plan.output.clone(),
+            self.cfg.terminal,
+        ))];
+        if let Some(path) = self.plan.stdin.clone() {
+            let shared = self.shared.clone();
+            tasks.push(rt.spawn(async move {
+                let close_rx = shared.close_requested.subscribe();
+                let result = copy::copy_stdin(&*agent, &shared.ids, &path, close_rx).await;
+                shared.stdin.send_replace(StdinState::Closed(result));
+            }));
+        }
+        *phase = Phase::Started(tasks);
+    }
+
+    /// True once the stdout and stderr copies reached EOF from the agent,
+    /// every byte went into the FIFO/file/logger and the write ends were
+    /// closed (so readers see EOF). False if `timeout` passed first, or at
+    /// once if the copies already ended otherwise (agent error, shutdown).
+    /// The exit path awaits this before it reports the exit: CRI-O reads
+    /// exec output right after Wait.
+    pub async fn wait_output(&self, timeout: Duration) -> bool {
+        let mut rx = self.shared.output.subscribe();
+        let state = match tokio::time::timeout(timeout, rx.wait_for(|s| *s != OutputState::Pending))
+            .await
+        {
+            Ok(Ok(s)) => *s,
+            Ok(Err(_)) | Err(_) => OutputState::Pending,
+        };
+        state == OutputState::Done { complete: true }
+    }
+
+    /// CloseIO{stdin}: forwards what was already written to the stdin
+    /// FIFO, then closes the process's stdin in the agent. Idempotent; a
+    /// no-op without stdin; before [`ProcessIo::start`] the close happens
+    /// right after the copy starts.
+    pub async fn close_stdin(&self) -> Result<(), StdioError> {
+        if self.plan.stdin.is_none() {
+            return Ok(());
+        }
+        self.shared.close_requested.send_replace(true);
+        if !matches!(*lock(&self.phase), Phase::Started(_)) {
+            return Ok(());
+        }
+        let mut rx = self.shared.stdin.subscribe();
+        let state = match rx.wait_for(|s| !matches!(s, StdinState::Pending)).await {
+            Ok(s) => s.clone(),
+            Err(_) => StdinState::Aborted,
+        };
+        match state {
+            StdinState::Closed(Err(source)) => Err(StdioError::Agent {
+                call: "CloseStdin",
+                container_id: self.shared.ids.container_id.clone(),
+                exec_id: self.shared.ids.exec_id.clone(),
+                source: Box::new(source),
+            }),
+            StdinState::Closed(Ok(())) | StdinState::Aborted | StdinState::Pending => Ok(()),
+        }
+    }
+
+    /// Stops every copy, closes every fd, stops and reaps a binary logger.
+    /// Idempotent. Used at Delete and when the sandbox died.
+    pub async fn shutdown(&self) {
+        let previous = std::mem::replace(&mut *lock(&self.phase), Phase::ShutDown);
+        let tasks = match previous {
+            Phase::Started(tasks) => tasks,
+            Phase::Idle | Phase::ShutDown => Vec::new(),
+        };
+        for t in &tasks {
+            t.abort();
+        }
+        // A task's fds are closed once its future is dropped, which the
+        // join observes.
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.shared.output.send_if_modified(|s| {
+            let pending = *s == OutputState::Pending;
+            if pending {
+                *s = OutputState::Aborted;
+            }
+            pending
+        });
+        self.shared.stdin.send_if_modified(|s| {
+            let pending = matches!(s, StdinState::Pending);
+            if pending {
+                *s = StdinState::Aborted;
+            }
+            pending
+        });
+        let logger = lock(&self.shared.logger).take();
+        if let Some(logger) = logger {
+            logger.stop().await;
+        }
+    }
+
+    /// The original strings, for State (CRI-O re-creates its IO from them
+    /// after a restart).
+    pub fn config(&self) -> &StdioConfig {
+        &self.cfg
+    }
+
+    #[cfg(test)]
+    fn logger_pid(&self) -> Option<u32> {
+        lock(&self.shared.logger).as_ref().and_then(Logger::pid)
+    }
+}
+
+impl Drop for ProcessIo {
+    fn drop(&mut self) {
+        // Without a shutdown the tasks would outlive their owner; the
+        // logger is killed when the last reference to it goes.
+        if let Phase::Started(tasks) = &*lock(&self.phase) {
+            for t in tasks {
+                t.abort();
+            }
+        }
+    }
+}
+
+async fn run_output(
+    shared: Arc<Shared>,
+    agent: Arc<dyn AgentStreams>,
+    output: OutputPlan,
+    terminal: bool,
+) {
+    let ids = &shared.ids;
+    let (out, err) = match output {
+        OutputPlan::Fifos { stdout, stderr } => (
+            stdout.map_or(Dest::Discard, Dest::Fifo),
+            stderr.map_or(Dest::Discard, Dest::Fifo),
+        ),
+        OutputPlan::File(path) if terminal => (Dest::File(path), Dest::Discard),
+        OutputPlan::File(path) => (Dest::File(path.clone()), Dest::File(path)),
+        OutputPlan::Binary(cmd) => match Logger::spawn(&cmd, &ids.container_id, &ids.namespace) {
+            Ok((child, pipes)) => {
+                tracing::debug!(
+                    container_id = %ids.container_id,
+                    exec_id = %ids.exec_id,
+                    pid = child.pid(),
+                    path = %cmd.path.display(),
+                    "logging binary started"
+                );
+                *lock(&shared.logger) = Some(child);
+                if !logger::wait_ready(pipes.ready).await {
+                    tracing::warn!(
+                        container_id = %ids.container_id,
+                        exec_id = %ids.exec_id,
+                        path = %cmd.path.display(),
+                        "logging binary did not report ready, writing to it anyway"
+                    );
+                }
+                (Dest::Pipe(pipes.stdout), Dest::Pipe(pipes.stderr))
+            }
+            Err(e) => {
+                tracing::error!(
+                    container_id = %ids.container_id,
+                    exec_id = %ids.exec_id,
+                    path = %cmd.path.display(),
+                    error = %e,
+                    "starting the logging binary failed, output is discarded"
+                );
+                (Dest::Discard, Dest::Discard)
+            }
+        },
+    };
+    let (stdout_done, stderr_done) = tokio::join!(
+        copy::copy_output(&*agent, ids, Stream::Stdout, out),
+        copy::copy_output(&*agent, ids, Stream::Stderr, err),
+    );
+    shared.output.send_replace(OutputState::Done {
+        complete: stdout_done && stderr_done,
+    });
+}
