@@ -429,6 +429,9 @@ impl Drop for Containerd {
                 .current_dir(&bundle)
                 .stdin(Stdio::null());
             let _ = output_within(&mut cmd, Duration::from_secs(30));
+            if std::thread::panicking() {
+                remove_sandbox_dirs(&id);
+            }
         }
         let panicking = std::thread::panicking();
         if panicking {

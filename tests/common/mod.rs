@@ -420,6 +420,19 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Option<Output> {
     }
 }
 
+/// Unmounts and removes the shim, VM and share directories of a sandbox:
+/// after a failed test only, to keep the host usable for the next one.
+pub fn remove_sandbox_dirs(sandbox_id: &str) {
+    for dir in [
+        Path::new(kata_shim::persist::PERSIST_ROOT).join(sandbox_id),
+        Path::new(kata_shim::vm::RUN_ROOT).join(sandbox_id),
+        Path::new(kata_shim::vm::SHARE_ROOT).join(sandbox_id),
+    ] {
+        unmount_under(&dir);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
 /// Runs `cmd` to completion and panics with its stderr unless it succeeds.
 pub fn run_ok(cmd: &mut Command) -> Output {
     let out = cmd.output().unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));

@@ -115,7 +115,8 @@ impl Drop for Crio {
             while !mentioning().is_empty() && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(100));
             }
-            if !mentioning().is_empty() && pod.info.bundle.exists() {
+            let persisted = kata_shim::persist::sandbox_dir(sid).exists();
+            if (persisted || !mentioning().is_empty()) && pod.info.bundle.exists() {
                 // The binary's own cleanup from its persisted state.
                 let mut cmd = Command::new(bin_dir().join("containerd-shim-kata-v2"));
                 cmd.args([
@@ -137,6 +138,9 @@ impl Drop for Crio {
                 kill9(pid);
                 wait_gone(pid, Duration::from_secs(5));
                 forced.push(format!("{pid}: {}", argv.join(" ")));
+            }
+            if panicking {
+                remove_sandbox_dirs(sid);
             }
         }
         self.logs.clear();
