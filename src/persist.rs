@@ -194,7 +194,8 @@ mod tests {
                 rootfs_mounted: true,
             },
         );
-        s.host_cgroups.push("/sys/fs/cgroup/memory/kubepods/x".into());
+        s.host_cgroups
+            .push("/sys/fs/cgroup/memory/kubepods/x".into());
         s.save_in(dir.path()).expect("save");
         let back = SandboxState::load_from(&dir.path().join(STATE_FILE))
             .expect("load")

@@ -1,10 +1,27 @@
 //! The containerd shim v2 Task service of one pod: its ttrpc adapter, the
-//! task and process state machines, and the events it publishes.
+//! task and process state machines, the events it publishes, and the
+//! serving loop that runs until the last Shutdown.
 
 pub mod events;
+pub mod service;
+pub mod state;
 
+use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
+use std::sync::Arc;
+
+use containerd_shim_protos::shim_async::create_task;
+
+use crate::config::Config;
+use crate::sandbox::Sandbox;
+use crate::task::events::Publisher;
+use crate::task::service::TaskService;
+
+/// The service name containerd 1.6/1.7 and CRI-O call.
+pub const TASK_SERVICE_V2: &str = "containerd.task.v2.Task";
+/// The name the generated code registers (containerd 2's renamed copy).
+pub const TASK_SERVICE_V3: &str = "containerd.task.v3.Task";
 
 /// What the serving shim (`containerd-shim-kata-v2 ... serve`, spawned by
 /// `start`) needs to run a sandbox's task service.
@@ -24,12 +41,55 @@ pub struct ServeOptions {
 /// Errors of the serving shim as a whole.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("the task service is not wired up yet")]
-    NotReady,
+    #[error("ttrpc server")]
+    Server(#[source] ttrpc::Error),
 }
 
-/// Serves the task API until a Shutdown finds no container left.
+/// Serves the task API until a Shutdown finds no container left, then
+/// tears the sandbox down.
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
-    tracing::error!(sandbox_id = %opts.sandbox_id, "task service not wired up yet");
-    Err(ServeError::NotReady)
+    let (config, config_error) = match Config::load() {
+        Ok(loaded) => {
+            tracing::info!(sandbox_id = %opts.sandbox_id,
+                config = %loaded.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into()),
+                "configuration loaded");
+            (loaded.config, None)
+        }
+        Err(e) => {
+            let msg = crate::logging::error_chain(&e);
+            tracing::error!(sandbox_id = %opts.sandbox_id, error = %msg, "configuration unusable");
+            (Config::default(), Some(msg))
+        }
+    };
+    let events = Arc::new(Publisher::new(
+        opts.events_address.clone(),
+        opts.namespace.clone(),
+    ));
+    let sandbox = Sandbox::new(&opts.sandbox_id, &opts.namespace, config, events);
+    let service = Arc::new(TaskService {
+        sandbox: sandbox.clone(),
+        config_error,
+    });
+    let mut services = create_task(service.clone());
+    if let Some(v3) = create_task(service).remove(TASK_SERVICE_V3) {
+        services.insert(TASK_SERVICE_V2.to_string(), v3);
+    }
+    let fd = opts.listener.into_raw_fd();
+    // SAFETY: `fd` is a listening Unix socket that `into_raw_fd` just
+    // released; ownership passes to the server, nothing else uses it.
+    let server = unsafe { ttrpc::r#async::Server::new().add_unix_listener(fd) }
+        .map_err(ServeError::Server)?;
+    let mut server = server.register_service(services);
+    server.start().await.map_err(ServeError::Server)?;
+    tracing::info!(sandbox_id = %opts.sandbox_id, socket = %opts.socket_path.display(), "serving the task API");
+
+    let mut shutdown = sandbox.shutdown_watch();
+    let _ = shutdown.wait_for(|s| *s).await;
+    tracing::info!(sandbox_id = %opts.sandbox_id, "last container gone; shutting down");
+    sandbox.teardown().await;
+    if let Err(e) = server.shutdown().await {
+        tracing::warn!(sandbox_id = %opts.sandbox_id, error = %e, "ttrpc server shutdown");
+    }
+    let _ = std::fs::remove_file(&opts.socket_path);
+    Ok(())
 }

@@ -52,6 +52,8 @@ pub enum VmError {
     Vsock(#[from] vsock::VsockError),
     #[error("QMP")]
     Qmp(#[from] QmpError),
+    #[error("preparing the share")]
+    Share(#[from] crate::storage::StorageError),
     #[error("cannot create {path}")]
     Dir {
         path: PathBuf,
@@ -243,7 +245,9 @@ impl Vm {
             dirs_created: false,
         };
         match vm
-            .launch(config, opts, &qemu_bin, vsock_mode, vsock_bin, fs_bin, began)
+            .launch(
+                config, opts, &qemu_bin, vsock_mode, vsock_bin, fs_bin, began,
+            )
             .await
         {
             Ok(()) => Ok(vm),
@@ -279,7 +283,7 @@ impl Vm {
             // the whole spawn (`opts` owns the files), which is
             // async-signal-safe.
             unsafe {
-                cmd.pre_exec(move || join_cgroups_in_child(&fds));
+                cmd.pre_exec(move || crate::host_cgroup::HostCgroup::join_in_child(&fds));
             }
         };
 
@@ -314,6 +318,9 @@ impl Vm {
         let share_dev = match self.share {
             ShareKind::VirtioFs => {
                 let bin = fs_bin.expect("virtio-fs resolved the daemon binary");
+                // Binds made under the share later (container rootfs and
+                // volumes) must reach virtiofsd's own mount namespace.
+                crate::storage::prepare_share(&self.paths.share_dir)?;
                 // Binds made under the share later (container rootfs and
                 // volumes) must reach virtiofsd's own mount namespace.
                 let sock = self.paths.virtiofsd();
@@ -521,6 +528,7 @@ impl Vm {
         }
         self.vhost = None;
         if self.dirs_created {
+            crate::storage::release_share(&self.paths.share_dir);
             remove_sandbox_dirs(&self.sandbox_id, &self.paths);
             self.dirs_created = false;
         }
@@ -588,14 +596,4 @@ mod tests {
             assert!(s.as_os_str().len() < 108, "{} too long", s.display());
         }
     }
-}
-
-fn join_cgroups_in_child(fds: &[i32]) -> std::io::Result<()> {
-    for &fd in fds {
-        // SAFETY: write(2) on a descriptor the parent keeps open.
-        if unsafe { libc::write(fd, b"0".as_ptr().cast(), 1) } != 1 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
 }

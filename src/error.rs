@@ -1,0 +1,169 @@
+//! The task service's error type and its single mapping to gRPC codes.
+//!
+//! Every variant has one deliberate code; module errors bring their own
+//! `code()`. The message sent to containerd or CRI-O is the whole cause
+//! chain, so an operator sees why without reading the shim's log.
+
+use ttrpc::Code;
+
+use crate::agent_client::AgentError;
+
+/// Errors of task RPCs.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what} {id} not found")]
+    NotFound { what: &'static str, id: String },
+    #[error("{what} {id} already exists")]
+    AlreadyExists { what: &'static str, id: String },
+    #[error("invalid {field}: {reason}")]
+    InvalidArgument { field: &'static str, reason: String },
+    #[error("{0}")]
+    FailedPrecondition(String),
+    #[error(transparent)]
+    Transition(#[from] crate::task::state::Transition),
+    #[error("{0}")]
+    Unimplemented(&'static str),
+    #[error("{0}")]
+    Internal(String),
+    #[error("agent {call} for {id}")]
+    Agent {
+        call: &'static str,
+        id: String,
+        #[source]
+        source: ttrpc::Error,
+    },
+    #[error("booting the sandbox VM")]
+    Boot(#[from] crate::sandbox::SandboxError),
+    #[error("the agent of the new sandbox")]
+    AgentSetup(#[from] AgentError),
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+    #[error(transparent)]
+    Oci(#[from] crate::oci::OciError),
+    #[error(transparent)]
+    Stdio(#[from] crate::stdio::StdioError),
+    #[error(transparent)]
+    Sizing(#[from] crate::sizing::SizingError),
+    #[error(transparent)]
+    Cgroup(#[from] crate::host_cgroup::CgroupError),
+    #[error(transparent)]
+    Annotation(#[from] crate::annotations::AnnotationError),
+    #[error("persisting the sandbox state")]
+    Persist(#[from] crate::persist::PersistError),
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    pub fn code(&self) -> Code {
+        match self {
+            Error::NotFound { .. } => Code::NOT_FOUND,
+            Error::AlreadyExists { .. } => Code::ALREADY_EXISTS,
+            Error::InvalidArgument { .. } => Code::INVALID_ARGUMENT,
+            Error::FailedPrecondition(_) | Error::Transition(_) => Code::FAILED_PRECONDITION,
+            Error::Unimplemented(_) => Code::UNIMPLEMENTED,
+            Error::Internal(_) => Code::INTERNAL,
+            Error::Agent { source, .. } => agent_code(source),
+            Error::Boot(_) | Error::AgentSetup(_) => Code::UNAVAILABLE,
+            Error::Storage(e) => e.code(),
+            Error::Oci(e) => e.code(),
+            Error::Stdio(e) => e.code(),
+            Error::Sizing(e) => e.code(),
+            Error::Cgroup(e) => e.code(),
+            Error::Annotation(e) => e.code(),
+            Error::Persist(_) => Code::INTERNAL,
+        }
+    }
+
+    pub fn not_found(what: &'static str, id: &str) -> Error {
+        Error::NotFound {
+            what,
+            id: id.to_string(),
+        }
+    }
+
+    pub fn agent(call: &'static str, id: &str) -> impl FnOnce(ttrpc::Error) -> Error {
+        let id = id.to_string();
+        move |source| Error::Agent { call, id, source }
+    }
+}
+
+/// The agent's own codes are deliberate and pass through; a broken
+/// transport means the VM is unreachable.
+fn agent_code(e: &ttrpc::Error) -> Code {
+    match e {
+        ttrpc::Error::RpcStatus(s) => match s.code() {
+            Code::OK | Code::UNKNOWN => Code::INTERNAL,
+            c => c,
+        },
+        _ => Code::UNAVAILABLE,
+    }
+}
+
+impl From<Error> for ttrpc::Error {
+    fn from(e: Error) -> ttrpc::Error {
+        let code = e.code();
+        ttrpc::Error::RpcStatus(ttrpc::get_status(code, crate::logging::error_chain(&e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(e: Error) -> Code {
+        match ttrpc::Error::from(e) {
+            ttrpc::Error::RpcStatus(s) => s.code(),
+            other => panic!("not a status: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn codes_are_deliberate_and_never_unknown() {
+        assert_eq!(
+            code_of(Error::not_found("container", "c1")),
+            Code::NOT_FOUND
+        );
+        assert_eq!(
+            code_of(Error::AlreadyExists {
+                what: "exec",
+                id: "e1".into()
+            }),
+            Code::ALREADY_EXISTS
+        );
+        assert_eq!(
+            code_of(Error::Transition(crate::task::state::Transition {
+                action: "start",
+                from: "running"
+            })),
+            Code::FAILED_PRECONDITION
+        );
+        assert_eq!(
+            code_of(Error::Unimplemented("checkpoint")),
+            Code::UNIMPLEMENTED
+        );
+        let unknown = ttrpc::Error::RpcStatus(ttrpc::get_status(Code::UNKNOWN, "x"));
+        assert_eq!(code_of(Error::agent("Wait", "c1")(unknown)), Code::INTERNAL);
+        let nf = ttrpc::Error::RpcStatus(ttrpc::get_status(Code::NOT_FOUND, "x"));
+        assert_eq!(code_of(Error::agent("Wait", "c1")(nf)), Code::NOT_FOUND);
+        assert_eq!(
+            code_of(Error::agent("Wait", "c1")(ttrpc::Error::LocalClosed)),
+            Code::UNAVAILABLE
+        );
+    }
+
+    #[test]
+    fn message_carries_the_chain() {
+        let e = Error::agent("CreateContainer", "c1")(ttrpc::Error::RpcStatus(ttrpc::get_status(
+            Code::INVALID_ARGUMENT,
+            "invalid process.args: must not be empty",
+        )));
+        match ttrpc::Error::from(e) {
+            ttrpc::Error::RpcStatus(s) => {
+                assert!(s.message().contains("CreateContainer"), "{}", s.message());
+                assert!(s.message().contains("process.args"), "{}", s.message());
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! The sandbox's background watchers: one per process waiting for its
+//! exit in the guest, one watching QEMU and the agent's health, and one
+//! forwarding the guest's OOM events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use containerd_shim_protos::events::task::TaskOOM;
+use kata_agent_protocol::agent;
+
+use crate::agent_client::{AgentClient, call_context};
+use crate::sandbox::container::Container;
+use crate::sandbox::process::Process;
+use crate::sandbox::{Lifecycle, Sandbox};
+use crate::task::events::Event;
+use crate::task::state::{Exit, UNKNOWN_EXIT};
+
+/// How often the agent's health is checked, and how long it may take.
+const HEALTH_PERIOD: Duration = Duration::from_secs(5);
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(8);
+/// Consecutive failed checks after which the agent counts as stalled.
+const HEALTH_FAILURES: u32 = 2;
+
+/// Starts the VM and OOM monitors of a freshly booted sandbox.
+pub(super) fn spawn(sb: Arc<Sandbox>, lc: &Lifecycle) {
+    let qemu_exit = lc.vm.as_ref().and_then(|v| v.vm.exit_watch());
+    let Ok(agent) = sb.agent() else { return };
+    tokio::spawn(watch_vm(sb.clone(), agent.clone(), qemu_exit));
+    tokio::spawn(forward_ooms(sb, agent));
+}
+
+/// Declares the sandbox dead when QEMU exits or the agent stops answering.
+async fn watch_vm(
+    sb: Arc<Sandbox>,
+    agent: AgentClient,
+    qemu_exit: Option<tokio::sync::watch::Receiver<Option<std::process::ExitStatus>>>,
+) {
+    let mut dead = sb.dead_watch();
+    let qemu_exited = async move {
+        match qemu_exit {
+            Some(mut rx) => match rx.wait_for(|s| s.is_some()).await {
+                Ok(s) => format!(
+                    "QEMU exited ({})",
+                    s.map(|s| s.to_string()).unwrap_or_default()
+                ),
+                Err(_) => "QEMU's watcher ended".to_string(),
+            },
+            None => std::future::pending().await,
+        }
+    };
+    let stalled = async {
+        let mut failures = 0;
+        loop {
+            tokio::time::sleep(HEALTH_PERIOD).await;
+            match agent.check_health(HEALTH_TIMEOUT).await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(sandbox_id = %sb.id, failures, error = %e, "agent health check failed");
+                    if failures >= HEALTH_FAILURES {
+                        return format!(
+                            "the agent did not answer {failures} health checks in a row"
+                        );
+                    }
+                }
+            }
+        }
+    };
+    let reason = tokio::select! {
+        r = qemu_exited => r,
+        r = stalled => r,
+        _ = dead.wait_for(|d| *d) => return,
+    };
+    sb.die(reason).await;
+}
+
+/// Forwards each OOM the agent reports: a `/tasks/oom` event for
+/// containerd, and an empty `<bundle>/oom` file for CRI-O.
+async fn forward_ooms(sb: Arc<Sandbox>, agent: AgentClient) {
+    let mut dead = sb.dead_watch();
+    let empty = agent::Empty::new();
+    loop {
+        let call = agent.service().get_oom_event(call_context(None), &empty);
+        let ev = tokio::select! {
+            r = call => r,
+            _ = dead.wait_for(|d| *d) => return,
+        };
+        match ev {
+            Ok(ev) => {
+                let Ok(c) = sb.container(&ev.container_id) else {
+                    tracing::warn!(sandbox_id = %sb.id, container_id = %ev.container_id, "OOM of an unknown container");
+                    continue;
+                };
+                tracing::warn!(sandbox_id = %sb.id, container_id = %c.id, "container hit its memory limit");
+                if c.crio {
+                    let path = c.bundle.join("oom");
+                    if let Err(e) = std::fs::File::create(&path) {
+                        tracing::warn!(sandbox_id = %sb.id, container_id = %c.id, path = %path.display(), error = %e, "cannot write the oom file");
+                    }
+                }
+                sb.publish(Event::Oom(TaskOOM {
+                    container_id: c.id.clone(),
+                    ..Default::default()
+                }));
+            }
+            Err(e) => {
+                if *sb.dead_watch().borrow() {
+                    return;
+                }
+                tracing::warn!(sandbox_id = %sb.id, error = %e, "waiting for OOM events failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// Waits for `p` to exit in the guest (or the sandbox to die) and reports
+/// the exit.
+pub(super) fn watch_exit(sb: Arc<Sandbox>, c: Arc<Container>, p: Arc<Process>, agent: AgentClient) {
+    tokio::spawn(async move {
+        let mut dead = sb.dead_watch();
+        let mut req = agent::ProcessRequest::new();
+        req.container_id = p.container_id.clone();
+        req.exec_id = p.exec_id.clone();
+        let wait = agent.service().wait_process(call_context(None), &req);
+        let exit = tokio::select! {
+            r = wait => match r {
+                Ok(resp) => Exit::from_agent(resp.status),
+                Err(e) => {
+                    tracing::warn!(sandbox_id = %sb.id, container_id = %p.container_id, exec_id = %p.exec_id,
+                        error = %e, "WaitProcess failed; the exit status is unknown");
+                    Exit::now(UNKNOWN_EXIT)
+                }
+            },
+            _ = dead.wait_for(|d| *d) => Exit::now(UNKNOWN_EXIT),
+        };
+        sb.finish(&c, &p, exit).await;
+    });
+}

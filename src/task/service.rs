@@ -1,0 +1,264 @@
+//! The ttrpc adapter of `containerd.task.v2.Task` (also served as v3):
+//! decodes requests, calls the sandbox, and maps errors through the one
+//! `From<Error> for ttrpc::Error`. No lifecycle logic lives here.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use containerd_shim_protos::api::{
+    CheckpointTaskRequest, CloseIORequest, ConnectRequest, ConnectResponse, CreateTaskRequest,
+    CreateTaskResponse, DeleteRequest, DeleteResponse, ExecProcessRequest, KillRequest,
+    PauseRequest, PidsRequest, PidsResponse, ProcessInfo, ResizePtyRequest, ResumeRequest,
+    ShutdownRequest, StartRequest, StartResponse, StateRequest, StateResponse, StatsRequest,
+    StatsResponse, UpdateTaskRequest, WaitRequest, WaitResponse,
+};
+use containerd_shim_protos::protobuf::well_known_types::empty::Empty;
+use containerd_shim_protos::shim_async::Task;
+use ttrpc::r#async::TtrpcContext;
+
+use crate::error::Error;
+use crate::sandbox::ops::ExecSpec;
+use crate::sandbox::{Sandbox, stats, timestamp};
+use crate::stdio::StdioConfig;
+
+/// The Task service of one sandbox.
+pub struct TaskService {
+    pub sandbox: Arc<Sandbox>,
+    /// Why the configuration could not be loaded: every Create fails with
+    /// it, while the shim still answers (so containerd can clean up).
+    pub config_error: Option<String>,
+}
+
+type R<T> = ttrpc::Result<T>;
+
+fn log_err<T>(call: &'static str, id: &str, r: Result<T, Error>) -> R<T> {
+    r.map_err(|e| {
+        tracing::warn!(call, id, code = ?e.code(), error = %crate::logging::error_chain(&e), "request failed");
+        e.into()
+    })
+}
+
+#[async_trait]
+impl Task for TaskService {
+    async fn state(&self, _: &TtrpcContext, req: StateRequest) -> R<StateResponse> {
+        let r = (|| {
+            let c = self.sandbox.container(&req.id)?;
+            let p = c.process(&req.exec_id)?;
+            let state = p.state();
+            let cfg = p.io.config();
+            let mut resp = StateResponse {
+                id: if req.exec_id.is_empty() {
+                    req.id.clone()
+                } else {
+                    req.exec_id.clone()
+                },
+                bundle: c.bundle.display().to_string(),
+                pid: self.sandbox.pid(),
+                status: state.status().into(),
+                stdin: cfg.stdin.clone(),
+                stdout: cfg.stdout.clone(),
+                stderr: cfg.stderr.clone(),
+                terminal: p.terminal,
+                exec_id: req.exec_id.clone(),
+                ..Default::default()
+            };
+            if let Some(exit) = state.exit_info() {
+                resp.exit_status = exit.status;
+                resp.exited_at = Some(timestamp(exit.at)).into();
+            }
+            Ok(resp)
+        })();
+        log_err("State", &req.id, r)
+    }
+
+    async fn create(&self, _: &TtrpcContext, req: CreateTaskRequest) -> R<CreateTaskResponse> {
+        let r = async {
+            if let Some(e) = &self.config_error {
+                return Err(Error::FailedPrecondition(format!(
+                    "the kata configuration cannot be used: {e}"
+                )));
+            }
+            if req.checkpoint.is_empty() && req.parent_checkpoint.is_empty() {
+                let pid = self.sandbox.create(&req).await?;
+                Ok(CreateTaskResponse {
+                    pid,
+                    ..Default::default()
+                })
+            } else {
+                Err(Error::Unimplemented(
+                    "restoring from a checkpoint is not supported by this runtime",
+                ))
+            }
+        }
+        .await;
+        log_err("Create", &req.id, r)
+    }
+
+    async fn start(&self, _: &TtrpcContext, req: StartRequest) -> R<StartResponse> {
+        let r = self.sandbox.start(&req.id, &req.exec_id).await;
+        log_err("Start", &req.id, r).map(|pid| StartResponse {
+            pid,
+            ..Default::default()
+        })
+    }
+
+    async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> R<DeleteResponse> {
+        let r = async {
+            let exit = if req.exec_id.is_empty() {
+                let c = self.sandbox.container(&req.id)?;
+                self.sandbox.delete_container(&c).await?
+            } else {
+                self.sandbox.delete_exec(&req.id, &req.exec_id).await?
+            };
+            Ok(DeleteResponse {
+                pid: self.sandbox.pid(),
+                exit_status: exit.status,
+                exited_at: Some(timestamp(exit.at)).into(),
+                ..Default::default()
+            })
+        }
+        .await;
+        log_err("Delete", &req.id, r)
+    }
+
+    async fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> R<PidsResponse> {
+        let r = self.sandbox.container(&req.id).map(|_| PidsResponse {
+            processes: vec![ProcessInfo {
+                pid: self.sandbox.pid(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+        log_err("Pids", &req.id, r)
+    }
+
+    async fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> R<Empty> {
+        log_err("Pause", &req.id, self.sandbox.pause(&req.id).await).map(|()| Empty::new())
+    }
+
+    async fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> R<Empty> {
+        log_err("Resume", &req.id, self.sandbox.resume(&req.id).await).map(|()| Empty::new())
+    }
+
+    async fn checkpoint(&self, _: &TtrpcContext, req: CheckpointTaskRequest) -> R<Empty> {
+        log_err(
+            "Checkpoint",
+            &req.id,
+            Err(Error::Unimplemented(
+                "checkpointing a VM-isolated container is not supported",
+            )),
+        )
+    }
+
+    async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> R<Empty> {
+        let r = self
+            .sandbox
+            .kill(&req.id, &req.exec_id, req.signal, req.all)
+            .await;
+        log_err("Kill", &req.id, r).map(|()| Empty::new())
+    }
+
+    async fn exec(&self, _: &TtrpcContext, req: ExecProcessRequest) -> R<Empty> {
+        let r = (|| {
+            let Some(spec) = req.spec.as_ref() else {
+                return Err(Error::InvalidArgument {
+                    field: "spec",
+                    reason: "an exec needs a process spec".into(),
+                });
+            };
+            self.sandbox.exec(ExecSpec {
+                container_id: req.id.clone(),
+                exec_id: req.exec_id.clone(),
+                stdio: StdioConfig {
+                    stdin: req.stdin.clone(),
+                    stdout: req.stdout.clone(),
+                    stderr: req.stderr.clone(),
+                    terminal: req.terminal,
+                },
+                process_json: spec.value.clone(),
+            })
+        })();
+        log_err("Exec", &req.id, r).map(|()| Empty::new())
+    }
+
+    async fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> R<Empty> {
+        let r = self
+            .sandbox
+            .resize_pty(&req.id, &req.exec_id, req.width, req.height)
+            .await;
+        log_err("ResizePty", &req.id, r).map(|()| Empty::new())
+    }
+
+    async fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> R<Empty> {
+        let r = async {
+            if req.stdin {
+                self.sandbox.close_stdin(&req.id, &req.exec_id).await
+            } else {
+                self.sandbox.container(&req.id)?.process(&req.exec_id)?;
+                Ok(())
+            }
+        }
+        .await;
+        log_err("CloseIO", &req.id, r).map(|()| Empty::new())
+    }
+
+    async fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> R<Empty> {
+        let r = async {
+            let Some(res) = req.resources.as_ref() else {
+                return Err(Error::InvalidArgument {
+                    field: "resources",
+                    reason: "no resources given".into(),
+                });
+            };
+            self.sandbox.update(&req.id, &res.value).await
+        }
+        .await;
+        log_err("Update", &req.id, r).map(|()| Empty::new())
+    }
+
+    async fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> R<WaitResponse> {
+        let r = async {
+            let c = self.sandbox.container(&req.id)?;
+            let p = c.process(&req.exec_id)?;
+            let exit = p.wait().await;
+            Ok(WaitResponse {
+                exit_status: exit.status,
+                exited_at: Some(timestamp(exit.at)).into(),
+                ..Default::default()
+            })
+        }
+        .await;
+        log_err("Wait", &req.id, r)
+    }
+
+    async fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> R<StatsResponse> {
+        let r = async {
+            let s = self.sandbox.stats(&req.id).await?;
+            let any = stats::metrics_any(&s)
+                .map_err(|e| Error::Internal(format!("cannot encode the guest's metrics: {e}")))?;
+            Ok(StatsResponse {
+                stats: Some(any).into(),
+                ..Default::default()
+            })
+        }
+        .await;
+        log_err("Stats", &req.id, r)
+    }
+
+    async fn connect(&self, _: &TtrpcContext, req: ConnectRequest) -> R<ConnectResponse> {
+        let r = self.sandbox.container(&req.id).map(|_| ConnectResponse {
+            shim_pid: std::process::id(),
+            task_pid: self.sandbox.pid(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            ..Default::default()
+        });
+        log_err("Connect", &req.id, r)
+    }
+
+    async fn shutdown(&self, _: &TtrpcContext, req: ShutdownRequest) -> R<Empty> {
+        let exiting = self.sandbox.request_shutdown();
+        tracing::info!(sandbox_id = %self.sandbox.id, id = %req.id, exiting,
+            containers = self.sandbox.container_count(), "shutdown requested");
+        Ok(Empty::new())
+    }
+}
