@@ -412,6 +412,9 @@ impl Sandbox {
             p.io.shutdown().await;
         }
         if p.is_init() {
+            if exit.status == 137 && c.crio && !dead {
+                self.note_oom_before_exit(c).await;
+            }
             c.release_share();
         }
         if p.record_exit(exit) {
@@ -425,6 +428,24 @@ impl Sandbox {
                 exited_at: Some(timestamp(exit.at)).into(),
                 ..Default::default()
             }));
+        }
+    }
+
+    /// CRI-O reads `<bundle>/oom` right after Wait returns a non-zero exit,
+    /// but the guest's OOM event may arrive a moment after the exit; a
+    /// SIGKILLed init is checked against its cgroup's `oom_kill` count
+    /// first, so the file is there before the exit is reported.
+    async fn note_oom_before_exit(&self, c: &Container) {
+        let Ok(stats) = self.stats(&c.id).await else {
+            return;
+        };
+        let oom_kills = stats
+            .memory
+            .as_ref()
+            .and_then(|m| m.events.get("oom_kill").copied())
+            .unwrap_or(0);
+        if oom_kills > 0 {
+            monitor::write_oom_file(&self.id, c);
         }
     }
 

@@ -93,10 +93,7 @@ async fn forward_ooms(sb: Arc<Sandbox>, agent: AgentClient) {
                 };
                 tracing::warn!(sandbox_id = %sb.id, container_id = %c.id, "container hit its memory limit");
                 if c.crio {
-                    let path = c.bundle.join("oom");
-                    if let Err(e) = std::fs::File::create(&path) {
-                        tracing::warn!(sandbox_id = %sb.id, container_id = %c.id, path = %path.display(), error = %e, "cannot write the oom file");
-                    }
+                    write_oom_file(&sb.id, &c);
                 }
                 sb.publish(Event::Oom(TaskOOM {
                     container_id: c.id.clone(),
@@ -111,6 +108,14 @@ async fn forward_ooms(sb: Arc<Sandbox>, agent: AgentClient) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+/// The empty `<bundle>/oom` CRI-O looks for to report OOMKilled.
+pub(super) fn write_oom_file(sandbox_id: &str, c: &Container) {
+    let path = c.bundle.join("oom");
+    if let Err(e) = std::fs::File::create(&path) {
+        tracing::warn!(sandbox_id, container_id = %c.id, path = %path.display(), error = %e, "cannot write the oom file");
     }
 }
 
