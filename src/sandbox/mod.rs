@@ -391,7 +391,7 @@ impl Sandbox {
             let report = if alive {
                 vm.shutdown().await
             } else {
-                vm.vm.stop(Duration::ZERO).await
+                vm.vm.kill().await
             };
             tracing::info!(sandbox_id = %self.id, how = report.how, ms = report.duration.as_millis() as u64, "VM stopped");
         }
@@ -457,10 +457,13 @@ impl Sandbox {
         }
         tracing::error!(sandbox_id = %self.id, reason = %reason, "sandbox is dead; every container exits with 255");
         self.dead_tx.send_replace(true);
-        self.exit_all().await;
+        // The VM goes first, so that when CRI-O or containerd see the
+        // exits nothing of the VM is left on the host.
         let mut lc = self.lifecycle.lock().await;
         self.teardown_vm(&mut lc).await;
         self.persist(&lc);
+        drop(lc);
+        self.exit_all().await;
     }
 
     async fn exit_all(&self) {

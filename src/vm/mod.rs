@@ -512,6 +512,24 @@ impl Vm {
         }
     }
 
+    /// Kills QEMU at once (a dead or stalled guest has nothing to flush)
+    /// and removes everything else, as [`Vm::stop`] does.
+    pub async fn kill(mut self) -> StopReport {
+        let began = Instant::now();
+        let how = if self.exit_status().is_some() {
+            "already exited"
+        } else {
+            "SIGKILL"
+        };
+        let exit = self.exit_watch();
+        self.teardown().await;
+        StopReport {
+            how,
+            qemu_status: exit.and_then(|rx| *rx.borrow()),
+            duration: began.elapsed(),
+        }
+    }
+
     /// Kills whatever runs and removes the directories. Idempotent.
     async fn teardown(&mut self) {
         self.qmp = None;
