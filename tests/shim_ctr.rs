@@ -290,3 +290,213 @@ fn ctr_exec_into_a_kata_task_after_containerd_restart() {
     c.ctr_ok(&["containers", "rm", &id]);
     assert_no_leaks(&id);
 }
+
+/// `ctr events` in the background, its output in a file.
+struct Events {
+    child: Child,
+    path: std::path::PathBuf,
+}
+
+impl Events {
+    fn start(c: &Containerd, dir: &std::path::Path) -> Events {
+        let path = dir.join("events.txt");
+        let file = std::fs::File::create(&path).expect("events file");
+        let child = Command::new("ctr")
+            .arg("--address")
+            .arg(c.address())
+            .arg("events")
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn ctr events");
+        // Let the subscription reach containerd before anything happens.
+        std::thread::sleep(Duration::from_millis(500));
+        Events { child, path }
+    }
+
+    /// The task topics seen so far whose payload names `id`, in order.
+    fn topics(&self, id: &str) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.path).expect("events");
+        text.lines()
+            .filter(|l| l.contains(id) && l.contains("/tasks/"))
+            .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("/tasks/")))
+            .map(str::to_string)
+            .collect()
+    }
+
+    /// Waits until `want` was seen for `id`.
+    fn wait_for(&self, id: &str, want: &[&str], within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        loop {
+            let seen = self.topics(id);
+            if seen == want || Instant::now() > deadline {
+                return seen;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn ctr_events_in_order_pause_resume_stdin_and_file_logs() {
+    require_vm_host();
+    let c = Containerd::start("kata-ops");
+    let image = import_busybox(&c);
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let events = Events::start(&c, tmp.path());
+
+    // Events of a task and of an exec, in containerd's required order.
+    let id = sandbox_id("events");
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--null-io",
+        "--runtime",
+        KATA,
+        image,
+        &id,
+        "sleep",
+        "1000",
+    ]);
+    wait_task(&c, &id, "RUNNING", BOOT);
+    let out = c.ctr_ok(&[
+        "tasks",
+        "exec",
+        "--exec-id",
+        "ex1",
+        &id,
+        "sh",
+        "-c",
+        "echo from-exec",
+    ]);
+    assert_eq!(out, "from-exec\n");
+
+    // Pause freezes the container, resume thaws it.
+    c.ctr_ok(&["tasks", "pause", &id]);
+    wait_task(&c, &id, "PAUSED", Duration::from_secs(30));
+    c.ctr_ok(&["tasks", "resume", &id]);
+    wait_task(&c, &id, "RUNNING", Duration::from_secs(30));
+
+    c.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id]);
+    wait_task(&c, &id, "STOPPED", Duration::from_secs(60));
+    c.ctr_ok(&["tasks", "rm", &id]);
+    c.ctr_ok(&["containers", "rm", &id]);
+    let want = [
+        "/tasks/create",
+        "/tasks/start",
+        "/tasks/exec-added",
+        "/tasks/exec-started",
+        "/tasks/exit",
+        "/tasks/paused",
+        "/tasks/resumed",
+        "/tasks/exit",
+        "/tasks/delete",
+    ];
+    let seen = events.wait_for(&id, &want, Duration::from_secs(10));
+    assert_eq!(seen, want, "task events of {id}");
+    assert_no_leaks(&id);
+
+    // stdin reaches the process and its EOF (CloseIO) ends `cat`.
+    let id = sandbox_id("stdin");
+    let mut child = Command::new("ctr")
+        .arg("--address")
+        .arg(c.address())
+        .args(["-n", &c.opts.namespace])
+        .args(["run", "--rm", "--runtime", KATA, image, &id])
+        .args(["sh", "-c", "cat; echo done"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ctr run");
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"hello through stdin\n")
+            .expect("write stdin");
+    }
+    let out = child.wait_with_output().expect("ctr run");
+    assert!(
+        out.status.success(),
+        "ctr run: {}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        c.log_tail()
+    );
+    assert_eq!(stdout(&out), "hello through stdin\ndone\n");
+    assert_no_leaks(&id);
+
+    // A file:// log URI gets stdout and stderr; a process without stdin
+    // sees EOF at once (`cat` ends).
+    let id = sandbox_id("filelog");
+    let log = tmp.path().join("logs").join("out.log");
+    let uri = format!("file://{}", log.display());
+    c.ctr_ok(&[
+        "run",
+        "--rm",
+        "--log-uri",
+        &uri,
+        "--runtime",
+        KATA,
+        image,
+        &id,
+        "sh",
+        "-c",
+        "cat; echo to-file; echo err >&2",
+    ]);
+    let logged = std::fs::read_to_string(&log).expect("file:// log");
+    assert!(
+        logged.contains("to-file\n") && logged.contains("err\n"),
+        "file log: {logged:?}"
+    );
+    assert_no_leaks(&id);
+}
+
+#[test]
+fn ctr_shim_killed_then_containerd_delete_leaves_nothing() {
+    require_vm_host();
+    let c = Containerd::start("kata-crash");
+    let image = import_busybox(&c);
+    let id = sandbox_id("crash");
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--null-io",
+        "--runtime",
+        KATA,
+        image,
+        &id,
+        "sleep",
+        "1000",
+    ]);
+    wait_task(&c, &id, "RUNNING", BOOT);
+    let shim: u32 = std::fs::read_to_string(c.bundle(&id).join("shim.pid"))
+        .expect("shim.pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    assert_eq!(qemu_pids(&id).len(), 1);
+    kill9(shim);
+    // containerd sees the connection close and runs `<shim> delete`,
+    // which cleans up from the persisted state.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !qemu_pids(&id).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        qemu_pids(&id).is_empty(),
+        "QEMU outlived its shim: {}",
+        c.log_tail()
+    );
+    let _ = c.ctr(&["tasks", "rm", "-f", &id]);
+    c.ctr_ok(&["containers", "rm", &id]);
+    assert_no_leaks(&id);
+}

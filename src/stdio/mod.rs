@@ -314,6 +314,18 @@ impl ProcessIo {
                 let result = copy::copy_stdin(&*agent, &shared.ids, &path, close_rx).await;
                 shared.stdin.send_replace(StdinState::Closed(result));
             }));
+        } else {
+            // No stdin: the guest process must see EOF at once, as with
+            // /dev/null under runc (the agent always gives it a pipe).
+            let shared = self.shared.clone();
+            tasks.push(rt.spawn(async move {
+                let (cid, eid) = (&shared.ids.container_id, &shared.ids.exec_id);
+                let result = agent.close_stdin(cid, eid).await;
+                if let Err(e) = &result {
+                    tracing::warn!(container_id = %cid, exec_id = %eid, error = %e, "closing the unused stdin failed");
+                }
+                shared.stdin.send_replace(StdinState::Closed(result));
+            }));
         }
         *phase = Phase::Started(tasks);
     }
