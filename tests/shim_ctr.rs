@@ -89,6 +89,22 @@ fn ctr_background(c: &Containerd, args: &[&str]) -> Background {
     Background(child)
 }
 
+/// Starts a detached kata task that sleeps; returns its pid once running.
+fn run_sleeping(c: &Containerd, image: &str, id: &str) -> u32 {
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--null-io",
+        "--runtime",
+        KATA,
+        image,
+        id,
+        "sleep",
+        "1000",
+    ]);
+    wait_task(c, id, "RUNNING", BOOT)
+}
+
 fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -248,18 +264,7 @@ fn ctr_exec_into_a_kata_task_after_containerd_restart() {
     let mut c = Containerd::start("kata-restart");
     let image = import_busybox(&c);
     let id = sandbox_id("restart");
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--null-io",
-        "--runtime",
-        KATA,
-        image,
-        &id,
-        "sleep",
-        "1000",
-    ]);
-    let pid = wait_task(&c, &id, "RUNNING", BOOT);
+    let pid = run_sleeping(&c, image, &id);
     assert!(
         c.bundle(&id).join("address").is_file(),
         "the shim wrote no address file"
@@ -355,18 +360,7 @@ fn ctr_events_in_order_pause_resume_stdin_and_file_logs() {
 
     // Events of a task and of an exec, in containerd's required order.
     let id = sandbox_id("events");
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--null-io",
-        "--runtime",
-        KATA,
-        image,
-        &id,
-        "sleep",
-        "1000",
-    ]);
-    wait_task(&c, &id, "RUNNING", BOOT);
+    run_sleeping(&c, image, &id);
     let out = c.ctr_ok(&[
         "tasks",
         "exec",
@@ -466,18 +460,7 @@ fn ctr_shim_killed_then_containerd_delete_leaves_nothing() {
     let c = Containerd::start("kata-crash");
     let image = import_busybox(&c);
     let id = sandbox_id("crash");
-    c.ctr_ok(&[
-        "run",
-        "-d",
-        "--null-io",
-        "--runtime",
-        KATA,
-        image,
-        &id,
-        "sleep",
-        "1000",
-    ]);
-    wait_task(&c, &id, "RUNNING", BOOT);
+    run_sleeping(&c, image, &id);
     let shim: u32 = std::fs::read_to_string(c.bundle(&id).join("shim.pid"))
         .expect("shim.pid")
         .trim()
