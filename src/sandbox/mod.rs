@@ -458,7 +458,12 @@ impl Sandbox {
         tracing::error!(sandbox_id = %self.id, reason = %reason, "sandbox is dead; every container exits with 255");
         self.dead_tx.send_replace(true);
         // The VM goes first, so that when CRI-O or containerd see the
-        // exits nothing of the VM is left on the host.
+        // exits nothing of the VM is left on the host; the share's mounts
+        // go before it, so that its directory can be removed with it.
+        let containers: Vec<_> = lock(&self.containers).values().cloned().collect();
+        for c in containers {
+            c.release_share();
+        }
         let mut lc = self.lifecycle.lock().await;
         self.teardown_vm(&mut lc).await;
         self.persist(&lc);
@@ -540,7 +545,9 @@ impl Sandbox {
         }
         let mut lc = self.lifecycle.lock().await;
         self.teardown_vm(&mut lc).await;
-        crate::storage::release_share(&crate::vm::SandboxPaths::new(&self.id).share_dir);
+        let paths = crate::vm::SandboxPaths::new(&self.id);
+        crate::storage::release_share(&paths.share_dir);
+        crate::vm::remove_sandbox_dirs(&self.id, &paths);
         if let Some(cg) = lc.host_cgroup.take() {
             cg.remove();
         }
