@@ -113,13 +113,19 @@ pub fn read_bundle_annotations(bundle: &Path) -> Result<BTreeMap<String, String>
     })?;
     let spec: serde_json::Value =
         serde_json::from_slice(&text).map_err(|source| AnnotationError::Parse { path, source })?;
-    let Some(map) = spec.get("annotations").and_then(|a| a.as_object()) else {
-        return Ok(BTreeMap::new());
-    };
-    Ok(map
-        .iter()
-        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-        .collect())
+    Ok(spec_annotations(&spec))
+}
+
+/// The string annotations of a parsed spec (see [`read_bundle_annotations`]).
+pub fn spec_annotations(spec: &serde_json::Value) -> BTreeMap<String, String> {
+    spec.get("annotations")
+        .and_then(|a| a.as_object())
+        .map(|map| {
+            map.iter()
+                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// The kind and sandbox of `container_id`. Without any type annotation the

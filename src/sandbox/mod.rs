@@ -207,7 +207,7 @@ impl Sandbox {
             reason: e.to_string(),
         })?;
         let spec = read_spec(&bundle)?;
-        let annotations = spec_annotations(&spec);
+        let annotations = annotations::spec_annotations(&spec);
         let identity = annotations::identity(&req.id, &annotations)?;
         if identity.sandbox_id != self.id {
             return Err(Error::InvalidArgument {
@@ -603,16 +603,4 @@ fn read_spec(bundle: &std::path::Path) -> Result<serde_json::Value> {
         });
     }
     Ok(spec)
-}
-
-/// The spec's string annotations (others are ignored).
-fn spec_annotations(spec: &serde_json::Value) -> BTreeMap<String, String> {
-    spec.get("annotations")
-        .and_then(|a| a.as_object())
-        .map(|m| {
-            m.iter()
-                .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
-                .collect()
-        })
-        .unwrap_or_default()
 }
