@@ -580,7 +580,7 @@ fn mount_target_symlink_race_stays_in_the_rootfs() {
     let _ = std::fs::create_dir(&target);
     let mut last = String::new();
     let settled =
-        (0..5).any(|i| {
+        (0..15).any(|i| {
             std::thread::sleep(Duration::from_secs(1));
             let cid = format!("settled{i}");
             let mut req = agent::CreateContainerRequest::new();
