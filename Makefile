@@ -62,9 +62,11 @@ test: deps build
 	@$(PHASE) tests $(CARGO) nextest run --release --locked --workspace --no-fail-fast
 	@$(PHASE) leak-check scripts/leak-check.sh
 
+# The walk-through: a runc pod and a kata pod side by side through CRI, on
+# the installed shim, configuration and node-built guest image.
 demo: deps build install
 	@$(PHASE) image $(DESTDIR)$(BINDIR)/kata-guest-image --agent $(DESTDIR)$(LIBEXECDIR)/kata-agent --output-dir $(IMAGE_DIR)
-	@scripts/demo.sh $(DESTDIR)$(BINDIR)/kata-ctl
+	@$(CARGO) bench --locked --bench demo
 
 bench: deps build
 	@$(PHASE) bench $(CARGO) bench --locked --bench boot

@@ -1,5 +1,6 @@
 //! `make bench`: boot timings of a pod VM against the raw boot baseline
-//! (DESIGN decision 10), all measured in the same run, written as a table to
+//! (DESIGN decision 10), then kata pods against runc pods through CRI
+//! (`pods`), all measured in the same run, written as a table to
 //! BENCHMARKS.md (or `$BENCH_OUTPUT`).
 //!
 //! - raw boot: QEMU with the pod VM's machine, acceleration, memory, kernel
@@ -8,6 +9,11 @@
 //! - boot to agent ready: QEMU spawn to the agent's first health answer.
 //!
 //! Raw and agent boots alternate so machine noise hits both alike.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+#[path = "pods/mod.rs"]
+mod pods;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,13 +28,6 @@ fn main() {
         eprintln!("bench: error: {e}");
         std::process::exit(1);
     }
-}
-
-fn bin_dir() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_kata-ctl"))
-        .parent()
-        .expect("binary has a parent")
-        .to_path_buf()
 }
 
 fn checked(cmd: &mut Command, what: &str) -> Result<(), String> {
@@ -55,7 +54,7 @@ fn run() -> Result<(), String> {
     let output = std::env::var_os("BENCH_OUTPUT")
         .map(PathBuf::from)
         .unwrap_or_else(|| root.join("BENCHMARKS.md"));
-    let bins = bin_dir();
+    let bins = common::bin_dir();
     let images = bins.parent().expect("target dir").join("test-images");
     let agent = bins.join("kata-agent");
     let builder = bins.join("kata-guest-image");
@@ -119,8 +118,11 @@ fn run() -> Result<(), String> {
             secs(ready[i])
         );
     }
+    eprintln!("bench: CRI pods (kata and runc) through a private containerd");
+    let p = pods::measure(iterations)?;
     let base = median(&raw);
     let ratio = secs(median(&ready)) / secs(base);
+    let pod_ratio = secs(median(&p.kata_start)) / secs(base);
     let row = |name: &str, v: &[Duration], goal: &str| {
         format!(
             "| {name} | {:.2} s | {:.2} s | {:.2} s | {:.2} | {goal} |",
@@ -158,12 +160,16 @@ fn run() -> Result<(), String> {
         row("boot to agent ready: QEMU spawn → first Health answer", &ready, "≤ 1.2"),
         row("sandbox start: start call (helpers + QEMU) → agent ready", &start, ""),
         row("sandbox stop: DestroySandbox → QEMU and helpers gone", &stop, ""),
+        row("kata pod start: RunPodSandbox → first byte of container output", &p.kata_start, "≤ 1.4"),
+        row("runc pod start: RunPodSandbox → first byte of container output", &p.runc_start, ""),
         String::new(),
         format!(
-            "Boot-to-agent-ready ratio: **{ratio:.2}** (goal ≤ 1.2: {}).",
-            if ratio <= 1.2 { "met" } else { "not met" }
+            "Boot-to-agent-ready ratio: **{ratio:.2}** (goal ≤ 1.2: {}). Kata pod start ratio: **{pod_ratio:.2}** (goal ≤ 1.4: {}).",
+            if ratio <= 1.2 { "met" } else { "not met" },
+            if pod_ratio <= 1.4 { "met" } else { "not met" }
         ),
         String::new(),
+        pods_table(&p, config.hypervisor.qemu.tcg_tb_size),
     ]
     .join("\n");
     std::fs::write(&output, &table).map_err(|e| format!("writing {}: {e}", output.display()))?;
@@ -183,6 +189,7 @@ fn raw_boot(config: &Config, initrd: &Path) -> Result<Duration, String> {
         uuid: sandbox_uuid("raw-boot"),
         machine_type: q.machine_type.clone(),
         accel: choice.accel,
+        tcg_tb_size_mib: q.tcg_tb_size,
         vcpus: q.default_vcpus,
         memory_mib: q.default_memory,
         kernel: q.kernel.clone(),
@@ -217,6 +224,70 @@ fn raw_boot(config: &Config, initrd: &Path) -> Result<Duration, String> {
         return Err(format!("raw boot QEMU exited with {status}"));
     }
     Ok(took)
+}
+
+/// The kata-against-runc rows: ExecSync, memory, stdout throughput.
+fn pods_table(p: &pods::Samples, tb_size: u32) -> String {
+    let ms = |v: &[Duration]| -> Vec<f64> { v.iter().map(|d| d.as_secs_f64() * 1000.0).collect() };
+    let kib_to_mib = |f: fn(&pods::PodMemory) -> u64| -> Vec<f64> {
+        p.kata_memory.iter().map(|m| f(m) as f64 / 1024.0).collect()
+    };
+    let row = |name: &str, unit: &str, v: &[f64], vs: Option<&[f64]>, goal: &str| {
+        let versus = vs
+            .map(|b| format!("{:.2}", fmedian(v) / fmedian(b)))
+            .unwrap_or_default();
+        format!(
+            "| {name} | {:.1} {unit} | {:.1} {unit} | {:.1} {unit} | {versus} | {goal} |",
+            fmedian(v),
+            fmin(v),
+            fmax(v)
+        )
+    };
+    let (ke, re) = (ms(&p.kata_exec), ms(&p.runc_exec));
+    let ours = kib_to_mib(pods::PodMemory::ours_kib);
+    let ours_ok = fmedian(&ours) <= 20.0;
+    [
+        "| kata pod against runc pod (same run) | median | min | max | kata / runc | goal |".to_string(),
+        "|---|---|---|---|---|---|".into(),
+        row("ExecSync `true` round trip, kata", "ms", &ke, Some(&re), ""),
+        row("ExecSync `true` round trip, runc", "ms", &re, None, ""),
+        row("stdout to the CRI log (64 MiB of 1 KiB lines), kata", "MiB/s", &p.kata_stdout, Some(&p.runc_stdout), ""),
+        row("stdout to the CRI log (64 MiB of 1 KiB lines), runc", "MiB/s", &p.runc_stdout, None, ""),
+        row("idle kata pod: guest memory (shared memfd, counted once)", "MiB", &kib_to_mib(|m| m.guest_kib), None, ""),
+        row(
+            &format!("idle kata pod: QEMU private memory (TCG translation cache tb-size {tb_size} MiB included)"),
+            "MiB",
+            &kib_to_mib(|m| m.qemu_private_kib),
+            None,
+            "",
+        ),
+        row("idle kata pod: shim private memory", "MiB", &kib_to_mib(|m| m.shim_kib), None, ""),
+        row("idle kata pod: virtiofsd private memory", "MiB", &kib_to_mib(|m| m.virtiofsd_kib), None, ""),
+        row("idle kata pod: vhost-device-vsock private memory", "MiB", &kib_to_mib(|m| m.vsock_kib), None, ""),
+        row("idle kata pod: our processes (shim + virtiofsd + vhost-device-vsock)", "MiB", &ours, None, "≤ 20 MiB"),
+        String::new(),
+        format!(
+            "Our processes per idle kata pod: **{:.1} MiB** (goal ≤ 20 MiB: {}). Memory is private (Private_Clean + Private_Dirty from smaps, the guest's memfd excluded and counted once under guest memory).",
+            fmedian(&ours),
+            if ours_ok { "met" } else { "not met" }
+        ),
+        String::new(),
+    ]
+    .join("\n")
+}
+
+fn fmedian(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+fn fmin(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+fn fmax(v: &[f64]) -> f64 {
+    v.iter().copied().fold(f64::NEG_INFINITY, f64::max)
 }
 
 fn median(v: &[Duration]) -> Duration {

@@ -268,6 +268,14 @@ pub fn guest_spec(
             for ns in nss.iter_mut().filter_map(Value::as_object_mut) {
                 ns.remove("path");
             }
+            // The guest runs cgroup v2, where runtimes give each container
+            // its own cgroup namespace (as containerd and CRI-O do on v2
+            // hosts), so /sys/fs/cgroup shows the container's own limits.
+            // A v1 host's runtime leaves it out; the guest adds it.
+            let has = |t: &str| nss.iter().any(|ns| ns["type"] == t);
+            if has("mount") && !has("cgroup") {
+                nss.push(serde_json::json!({"type": "cgroup"}));
+            }
         }
     }
     if let Some(mounts) = obj.get_mut("mounts").and_then(Value::as_array_mut) {
@@ -591,7 +599,7 @@ mod tests {
             ("/linux/sysctl", spec["linux"]["sysctl"].clone()),
             (
                 "/linux/namespaces",
-                json!([{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]),
+                json!([{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}]),
             ),
             ("/mounts/0", spec["mounts"][0].clone()),
             (

@@ -280,6 +280,7 @@ mod tests {
             qmp_socket: "/q".into(),
             vsock: None,
             share: ShareDevice::None,
+            tcg_tb_size_mib: 0,
         };
         let args = spec.to_args();
         let after = |flag: &str| {

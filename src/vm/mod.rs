@@ -362,6 +362,7 @@ impl Vm {
             uuid: cmdline::sandbox_uuid(&sid),
             machine_type: q.machine_type.clone(),
             accel: self.accel,
+            tcg_tb_size_mib: q.tcg_tb_size,
             vcpus,
             memory_mib: opts.memory_mib.unwrap_or(q.default_memory),
             kernel: q.kernel.clone(),

@@ -32,6 +32,9 @@ pub struct ContainerdOptions {
     pub namespace: String,
     /// The CRI plugin's pause image (only with `cri`).
     pub sandbox_image: String,
+    /// Run the installed shim with its installed configuration (`make
+    /// demo`) instead of the workspace's build and the test image.
+    pub installed: bool,
 }
 
 impl Default for ContainerdOptions {
@@ -40,6 +43,7 @@ impl Default for ContainerdOptions {
             cri: false,
             namespace: String::new(),
             sandbox_image: super::image::BUSYBOX_REF.into(),
+            installed: false,
         }
     }
 }
@@ -60,6 +64,37 @@ pub struct Containerd {
 impl Containerd {
     pub fn start(name: &str) -> Containerd {
         Containerd::start_with(name, ContainerdOptions::default())
+    }
+
+    /// A containerd with its CRI plugin, in the `k8s.io` namespace as
+    /// kubelet's, with the busybox and pause images imported.
+    pub fn start_cri(name: &str, installed: bool) -> Containerd {
+        let c = Containerd::start_with(
+            name,
+            ContainerdOptions {
+                cri: true,
+                namespace: "k8s.io".into(),
+                sandbox_image: super::image::PAUSE_REF.into(),
+                installed,
+            },
+        );
+        super::image::import_pause(&c);
+        super::image::import_busybox(&c);
+        c
+    }
+
+    /// A CRI client of this containerd.
+    pub fn cri(&self) -> super::cri::Cri {
+        super::cri::Cri::connect(&self.address())
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log_tail()))
+    }
+
+    /// The log directory for a pod named `name` (kubelet's
+    /// `/var/log/pods/<ns>_<name>_<uid>`).
+    pub fn pod_log_dir(&self, name: &str) -> PathBuf {
+        let dir = self.state.join("pods").join(name);
+        std::fs::create_dir_all(&dir).expect("mkdir pod log dir");
+        dir
     }
 
     pub fn start_with(name: &str, mut opts: ContainerdOptions) -> Containerd {
@@ -262,16 +297,21 @@ disabled_plugins = [{disabled}]
     [{cri}.containerd.runtimes.kata]
       runtime_type = "io.containerd.kata.v2"
       pod_annotations = ["io.katacontainers.*"]
-      privileged_without_host_devices = true
-      [{cri}.containerd.runtimes.kata.options]
-        ConfigPath = "{kata_config}"
+      privileged_without_host_devices = true{kata_options}
   [{cri}.cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{cni_dir}"
     max_conf_num = 1
 "#,
             sandbox_image = self.opts.sandbox_image,
-            kata_config = self.kata_config.display(),
+            kata_options = if self.opts.installed {
+                String::new()
+            } else {
+                format!(
+                    "\n      [{cri}.containerd.runtimes.kata.options]\n        ConfigPath = \"{}\"",
+                    self.kata_config.display()
+                )
+            },
             cni_dir = cni_dir.display(),
         )
     }
@@ -282,16 +322,19 @@ disabled_plugins = [{disabled}]
             .append(true)
             .open(&self.log)
             .expect("open containerd log");
-        let path = format!(
-            "{}:{}",
-            bin_dir().display(),
-            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into())
-        );
-        let child = Command::new(CONTAINERD)
+        let system_path =
+            std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
+        let mut cmd = Command::new(CONTAINERD);
+        if self.opts.installed {
+            cmd.env("PATH", format!("/usr/local/bin:/usr/bin:{system_path}"))
+                .env_remove("KATA_CONF_FILE");
+        } else {
+            cmd.env("PATH", format!("{}:{system_path}", bin_dir().display()))
+                .env("KATA_CONF_FILE", &self.kata_config);
+        }
+        let child = cmd
             .arg("--config")
             .arg(&self.config)
-            .env("PATH", path)
-            .env("KATA_CONF_FILE", &self.kata_config)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log"))
             .stderr(log)
@@ -344,6 +387,15 @@ disabled_plugins = [{disabled}]
     /// Deletes every task and container in every namespace, so that the
     /// shims shut their sandboxes down themselves.
     fn remove_all(&self) {
+        if self.opts.cri {
+            // As kubelet would: CRI tears down each pod's network too.
+            if let Ok(cri) = super::cri::Cri::connect(&self.address()) {
+                for pod in cri.list_pods().unwrap_or_default() {
+                    let _ = cri.stop_pod(&pod.id);
+                    let _ = cri.remove_pod(&pod.id);
+                }
+            }
+        }
         let limit = Duration::from_secs(60);
         let list = |ns: &str, args: &[&str]| -> Vec<String> {
             self.ctr_ns_within(ns, args, limit)

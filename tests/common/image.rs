@@ -1,5 +1,7 @@
-//! The local busybox image the shim tests run: a root filesystem made from
-//! the host's static busybox, packed as an OCI image-layout archive (one
+//! The local images the shim tests run: a busybox image (a root filesystem
+//! made from the host's static busybox) and a pause image for CRI pod
+//! sandboxes (the same root filesystem, whose entrypoint sleeps until
+//! SIGTERM/SIGINT), each packed as an OCI image-layout archive (one
 //! uncompressed layer) and imported into a private containerd with `ctr
 //! images import`. There is no registry here, so nothing is pulled.
 
@@ -16,6 +18,16 @@ use super::run_ok;
 
 /// The name the image is imported under.
 pub const BUSYBOX_REF: &str = "localhost/kata-test/busybox:latest";
+/// The CRI plugin's sandbox image.
+pub const PAUSE_REF: &str = "localhost/kata-test/pause:3.9";
+/// What the pause image runs: a PID 1 that waits for SIGTERM or SIGINT
+/// and then exits 0, as the real pause does (a shell as PID 1 of its pid
+/// namespace only acts on signals it traps).
+const PAUSE_CMD: &[&str] = &[
+    "/bin/sh",
+    "-c",
+    "trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done",
+];
 
 const MANIFEST_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 const CONFIG_TYPE: &str = "application/vnd.oci.image.config.v1+json";
@@ -37,37 +49,54 @@ pub fn busybox_rootfs(root: &Path) {
 /// processes running at the same time never see half an archive).
 pub fn busybox_archive() -> &'static Path {
     static ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
-    ARCHIVE.get_or_init(|| {
-        let tmp = Path::new(env!("CARGO_TARGET_TMPDIR"));
-        let work = tmp.join(format!("busybox-image-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&work);
-        let rootfs = work.join("rootfs");
-        busybox_rootfs(&rootfs);
-        let staged = work.join("busybox-oci.tar");
-        write_oci_archive(&rootfs, BUSYBOX_REF, &work.join("layout"), &staged);
-        let archive = tmp.join("busybox-oci.tar");
-        std::fs::rename(&staged, &archive).expect("move the image archive into place");
-        let _ = std::fs::remove_dir_all(&work);
-        archive
-    })
+    ARCHIVE.get_or_init(|| build_archive("busybox", BUSYBOX_REF, &["sh"]))
+}
+
+/// The OCI archive of the pause image, built like [`busybox_archive`].
+pub fn pause_archive() -> &'static Path {
+    static ARCHIVE: OnceLock<PathBuf> = OnceLock::new();
+    ARCHIVE.get_or_init(|| build_archive("pause", PAUSE_REF, PAUSE_CMD))
+}
+
+fn build_archive(name: &str, reference: &str, cmd: &[&str]) -> PathBuf {
+    let tmp = super::tmp_dir();
+    let work = tmp.join(format!("{name}-image-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&work);
+    let rootfs = work.join("rootfs");
+    busybox_rootfs(&rootfs);
+    let staged = work.join("oci.tar");
+    write_oci_archive(&rootfs, reference, cmd, &work.join("layout"), &staged);
+    let archive = tmp.join(format!("{name}-oci.tar"));
+    std::fs::rename(&staged, &archive).expect("move the image archive into place");
+    let _ = std::fs::remove_dir_all(&work);
+    archive
 }
 
 /// Imports the busybox image into `containerd` (idempotent) and returns
 /// its reference.
 pub fn import_busybox(containerd: &Containerd) -> &'static str {
-    let archive = busybox_archive();
+    import(containerd, busybox_archive(), BUSYBOX_REF)
+}
+
+/// Imports the pause image into `containerd` and returns its reference.
+pub fn import_pause(containerd: &Containerd) -> &'static str {
+    import(containerd, pause_archive(), PAUSE_REF)
+}
+
+fn import(containerd: &Containerd, archive: &Path, reference: &'static str) -> &'static str {
     containerd.ctr_ok(&["images", "import", &archive.to_string_lossy()]);
     let names = containerd.ctr_ok(&["images", "ls", "-q"]);
     assert!(
-        names.lines().any(|l| l == BUSYBOX_REF),
-        "{BUSYBOX_REF} is not listed after import:\n{names}"
+        names.lines().any(|l| l == reference),
+        "{reference} is not listed after import:\n{names}"
     );
-    BUSYBOX_REF
+    reference
 }
 
-/// Packs `rootfs` as an OCI image layout named `reference` into the tar
-/// archive `out`, using `layout` as the scratch layout directory.
-pub fn write_oci_archive(rootfs: &Path, reference: &str, layout: &Path, out: &Path) {
+/// Packs `rootfs` as an OCI image layout named `reference`, whose default
+/// command is `cmd`, into the tar archive `out`, using `layout` as the
+/// scratch layout directory.
+pub fn write_oci_archive(rootfs: &Path, reference: &str, cmd: &[&str], layout: &Path, out: &Path) {
     let blobs = layout.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).expect("mkdir blobs");
 
@@ -98,7 +127,7 @@ pub fn write_oci_archive(rootfs: &Path, reference: &str, layout: &Path, out: &Pa
         "os": "linux",
         "config": {
             "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": ["sh"],
+            "Cmd": cmd,
             "WorkingDir": "/"
         },
         "rootfs": {"type": "layers", "diff_ids": [&layer_digest]},

@@ -3,15 +3,18 @@
 //! boot-check`, the per-sandbox leak check, and the host-side helpers the
 //! shim tests share (process and mount scans, bounded command runs).
 //! Submodules: `pod` (the agent driven directly), `containerd` (a private
-//! containerd), `image` (the local busybox image), `crio` (a CRI-O protocol
-//! driver for the shim binary).
+//! containerd), `image` (the local busybox and pause images), `crio` (a
+//! CRI-O protocol driver for the shim binary), `cri` and `stream` (a CRI
+//! client of containerd, as kubelet is).
 
 #![allow(dead_code)]
 
 pub mod containerd;
+pub mod cri;
 pub mod crio;
 pub mod image;
 pub mod pod;
+pub mod stream;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -24,6 +27,13 @@ pub fn bin_dir() -> PathBuf {
         .parent()
         .expect("binary has a parent directory")
         .to_path_buf()
+}
+
+/// Scratch space under the target directory (tests and benches alike).
+pub fn tmp_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&dir).expect("mkdir the target's tmp dir");
+    dir
 }
 
 pub fn bin(name: &str) -> PathBuf {

@@ -68,6 +68,9 @@ pub struct QemuSpec {
     pub uuid: String,
     pub machine_type: String,
     pub accel: Accel,
+    /// TCG translation cache in MiB (`-accel tcg,tb-size=`); 0 leaves
+    /// QEMU's default. Not used under KVM.
+    pub tcg_tb_size_mib: u32,
     pub vcpus: u32,
     pub memory_mib: u32,
     pub kernel: PathBuf,
@@ -90,7 +93,18 @@ impl QemuSpec {
 
         push(&["-name", &format!("sandbox-{}", self.sandbox_id)]);
         push(&["-uuid", &self.uuid]);
-        let mut machine = format!("{},accel={}", self.machine_type, self.accel.as_str());
+        // tb-size is a property of the TCG accelerator object, which only
+        // `-accel` can set; QEMU refuses `-accel` next to `-machine accel=`,
+        // so the accelerator is named in exactly one of the two places.
+        let tb_size = match self.accel {
+            Accel::Tcg if self.tcg_tb_size_mib > 0 => Some(self.tcg_tb_size_mib),
+            _ => None,
+        };
+        let mut machine = self.machine_type.clone();
+        match tb_size {
+            Some(mib) => push(&["-accel", &format!("tcg,tb-size={mib}")]),
+            None => machine.push_str(&format!(",accel={}", self.accel.as_str())),
+        }
         if self.accel == Accel::Kvm {
             machine.push_str(",kernel_irqchip=on");
         }
@@ -270,6 +284,7 @@ mod tests {
             uuid: sandbox_uuid("abc"),
             machine_type: "q35".into(),
             accel,
+            tcg_tb_size_mib: 64,
             vcpus: 1,
             memory_mib: 2048,
             kernel: "/k".into(),
@@ -309,13 +324,15 @@ mod tests {
             vsock: VsockDevice,
             share: ShareDevice,
             machine: &'static str,
+            accel_flag: Option<&'static str>,
             cpu: Option<&'static str>,
             vsock_dev: &'static str,
             share_dev: &'static str,
             agent_fs: &'static str,
         }
         let kvm_m = "q35,accel=kvm,kernel_irqchip=on,memory-backend=entire-guest-memory";
-        let tcg_m = "q35,accel=tcg,memory-backend=entire-guest-memory";
+        let tcg_m = "q35,memory-backend=entire-guest-memory";
+        let tcg_a = Some("tcg,tb-size=64");
         let vhost_d = "vhost-vsock-pci,id=vsock-42,guest-cid=42,vhostfd=7";
         let hybrid_d = "vhost-user-vsock-pci,chardev=charvsock0,id=vsock0";
         let fs_d = "vhost-user-fs-pci,chardev=charfs0,tag=kataShared,queue-size=1024";
@@ -326,6 +343,7 @@ mod tests {
                 vsock: vhost.clone(),
                 share: fs.clone(),
                 machine: kvm_m,
+                accel_flag: None,
                 cpu: Some("host,pmu=off"),
                 vsock_dev: vhost_d,
                 share_dev: fs_d,
@@ -336,6 +354,7 @@ mod tests {
                 vsock: vhost.clone(),
                 share: p9.clone(),
                 machine: kvm_m,
+                accel_flag: None,
                 cpu: Some("host,pmu=off"),
                 vsock_dev: vhost_d,
                 share_dev: p9_d,
@@ -346,6 +365,7 @@ mod tests {
                 vsock: hybrid.clone(),
                 share: fs.clone(),
                 machine: kvm_m,
+                accel_flag: None,
                 cpu: Some("host,pmu=off"),
                 vsock_dev: hybrid_d,
                 share_dev: fs_d,
@@ -356,6 +376,7 @@ mod tests {
                 vsock: hybrid.clone(),
                 share: p9.clone(),
                 machine: kvm_m,
+                accel_flag: None,
                 cpu: Some("host,pmu=off"),
                 vsock_dev: hybrid_d,
                 share_dev: p9_d,
@@ -366,6 +387,7 @@ mod tests {
                 vsock: vhost.clone(),
                 share: fs.clone(),
                 machine: tcg_m,
+                accel_flag: tcg_a,
                 cpu: None,
                 vsock_dev: vhost_d,
                 share_dev: fs_d,
@@ -376,6 +398,7 @@ mod tests {
                 vsock: vhost,
                 share: p9.clone(),
                 machine: tcg_m,
+                accel_flag: tcg_a,
                 cpu: None,
                 vsock_dev: vhost_d,
                 share_dev: p9_d,
@@ -386,6 +409,7 @@ mod tests {
                 vsock: hybrid.clone(),
                 share: fs,
                 machine: tcg_m,
+                accel_flag: tcg_a,
                 cpu: None,
                 vsock_dev: hybrid_d,
                 share_dev: fs_d,
@@ -396,6 +420,7 @@ mod tests {
                 vsock: hybrid,
                 share: p9,
                 machine: tcg_m,
+                accel_flag: tcg_a,
                 cpu: None,
                 vsock_dev: hybrid_d,
                 share_dev: p9_d,
@@ -406,6 +431,11 @@ mod tests {
             let s = spec(r.accel, r.vsock.clone(), r.share.clone());
             let args = s.to_args();
             assert_eq!(values(&args, "-machine"), vec![r.machine], "row {i}");
+            assert_eq!(
+                values(&args, "-accel"),
+                r.accel_flag.into_iter().collect::<Vec<_>>(),
+                "row {i}"
+            );
             assert_eq!(
                 values(&args, "-cpu"),
                 r.cpu.into_iter().collect::<Vec<_>>(),
@@ -464,6 +494,11 @@ mod tests {
         )
         .to_args();
         assert_eq!(values(&args, "-name"), vec!["sandbox-abc"]);
+        assert_eq!(values(&args, "-accel"), vec!["tcg,tb-size=64"]);
+        assert_eq!(
+            values(&args, "-machine"),
+            vec!["q35,memory-backend=entire-guest-memory"]
+        );
         assert_eq!(values(&args, "-uuid"), vec![sandbox_uuid("abc").as_str()]);
         assert_eq!(values(&args, "-smp"), vec!["1"]);
         assert_eq!(values(&args, "-m"), vec!["2048M"]);
@@ -487,6 +522,71 @@ mod tests {
                 .iter()
                 .any(|d| d.contains("fs-pci") || d.contains("9p"))
         );
+    }
+
+    #[test]
+    fn tcg_tb_size_is_rendered_only_for_tcg_and_nonzero() {
+        let vsock = VsockDevice::Hybrid {
+            socket: "/s".into(),
+        };
+        // (accel, tb size, -accel values, -machine value)
+        let rows: [(Accel, u32, &[&str], &str); 6] = [
+            (
+                Accel::Tcg,
+                0,
+                &[],
+                "q35,accel=tcg,memory-backend=entire-guest-memory",
+            ),
+            (
+                Accel::Tcg,
+                1,
+                &["tcg,tb-size=1"],
+                "q35,memory-backend=entire-guest-memory",
+            ),
+            (
+                Accel::Tcg,
+                256,
+                &["tcg,tb-size=256"],
+                "q35,memory-backend=entire-guest-memory",
+            ),
+            (
+                Accel::Kvm,
+                0,
+                &[],
+                "q35,accel=kvm,kernel_irqchip=on,memory-backend=entire-guest-memory",
+            ),
+            (
+                Accel::Kvm,
+                64,
+                &[],
+                "q35,accel=kvm,kernel_irqchip=on,memory-backend=entire-guest-memory",
+            ),
+            (
+                Accel::Kvm,
+                2048,
+                &[],
+                "q35,accel=kvm,kernel_irqchip=on,memory-backend=entire-guest-memory",
+            ),
+        ];
+        for (accel, tb, want_accel, want_machine) in rows {
+            let mut s = spec(accel, vsock.clone(), ShareDevice::None);
+            s.tcg_tb_size_mib = tb;
+            let args = s.to_args();
+            let what = format!("{accel:?} tb-size {tb}");
+            assert_eq!(values(&args, "-accel"), want_accel, "{what}");
+            assert_eq!(values(&args, "-machine"), vec![want_machine], "{what}");
+            assert!(
+                !args.iter().any(|a| a.contains("tb-size")) || accel == Accel::Tcg,
+                "{what}: {args:?}"
+            );
+        }
+        // KVM's argv does not depend on the TCG setting at all.
+        let kvm = |tb| {
+            let mut s = spec(Accel::Kvm, vsock.clone(), ShareDevice::None);
+            s.tcg_tb_size_mib = tb;
+            s.to_args()
+        };
+        assert_eq!(kvm(0), kvm(64));
     }
 
     #[test]

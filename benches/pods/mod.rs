@@ -1,0 +1,193 @@
+//! The CRI rows of `make bench`: kata pods against runc pods through a
+//! private containerd's CRI plugin, in the same run as the raw boot.
+//!
+//! - pod start: RunPodSandbox sent → first byte of the container's output
+//!   in its CRI log (create and start included, as kubelet sees it);
+//! - ExecSync round trip of `true`;
+//! - host memory of an idle kata pod (see `memory`);
+//! - stdout throughput: 64 MiB of 1 KiB lines written to the CRI log,
+//!   StartContainer → the container has exited.
+//!
+//! Kata and runc alternate within each iteration so machine noise hits
+//! both alike.
+
+// Its unit tests run from tests/cri.rs, which includes the same file.
+#[allow(dead_code, unused_imports)]
+mod memory;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::common::containerd::Containerd;
+use crate::common::cri::{Cri, KATA, RUNC, container_config, log_file, pod_config};
+use crate::common::image::BUSYBOX_REF;
+use k8s_cri::v1::{ContainerState, PodSandboxConfig};
+
+pub use memory::PodMemory;
+
+const EXECS_PER_POD: usize = 5;
+const THROUGHPUT_BYTES: u64 = 64 << 20;
+const LINE: usize = 1024;
+/// Idle time before the memory of a kata pod is read, so that boot-time
+/// transients (page cache of the initrd unpacking, agent start) settle.
+const IDLE: Duration = Duration::from_secs(3);
+const WAIT: Duration = Duration::from_secs(300);
+
+/// All samples of one run, per handler where both are measured.
+#[derive(Default)]
+pub struct Samples {
+    pub kata_start: Vec<Duration>,
+    pub runc_start: Vec<Duration>,
+    pub kata_exec: Vec<Duration>,
+    pub runc_exec: Vec<Duration>,
+    pub kata_memory: Vec<PodMemory>,
+    /// MiB/s.
+    pub kata_stdout: Vec<f64>,
+    pub runc_stdout: Vec<f64>,
+}
+
+pub fn measure(iterations: usize) -> Result<Samples, String> {
+    let c = Containerd::start_cri("bench", false);
+    let cri = c.cri();
+    let mut s = Samples::default();
+    for i in 0..iterations {
+        for handler in [KATA, RUNC] {
+            let name = format!("bench-{handler}-{i}");
+            let one = pod_once(&c, &cri, &name, handler)?;
+            let (start, exec, stdout) = match handler {
+                KATA => (&mut s.kata_start, &mut s.kata_exec, &mut s.kata_stdout),
+                _ => (&mut s.runc_start, &mut s.runc_exec, &mut s.runc_stdout),
+            };
+            start.push(one.start);
+            exec.extend(one.execs.iter().copied());
+            stdout.push(one.stdout_mib_s);
+            if let Some(m) = one.memory {
+                s.kata_memory.push(m);
+            }
+            eprintln!(
+                "bench: iteration {}/{iterations} {handler}: pod start {:.2} s, exec {:.0} ms, stdout {:.1} MiB/s",
+                i + 1,
+                one.start.as_secs_f64(),
+                one.execs[0].as_secs_f64() * 1000.0,
+                one.stdout_mib_s
+            );
+        }
+    }
+    Ok(s)
+}
+
+struct OnePod {
+    start: Duration,
+    execs: Vec<Duration>,
+    memory: Option<PodMemory>,
+    stdout_mib_s: f64,
+}
+
+fn pod_once(c: &Containerd, cri: &Cri, name: &str, handler: &str) -> Result<OnePod, String> {
+    let config = pod_config(name, &c.pod_log_dir(name));
+    let main = container_config(
+        "main",
+        BUSYBOX_REF,
+        &["/bin/sh", "-c", "echo up; while :; do sleep 1; done"],
+    );
+    let log = log_file(&config, &main);
+    let began = Instant::now();
+    let pod = cri
+        .run_pod(&config, handler)
+        .map_err(|e| format!("RunPodSandbox {name}: {e}"))?;
+    let result = (|| {
+        let id = cri
+            .create_container(&pod, main, &config)
+            .map_err(|e| format!("CreateContainer {name}: {e}"))?;
+        cri.start_container(&id)
+            .map_err(|e| format!("StartContainer {name}: {e}"))?;
+        wait_for(|| std::fs::metadata(&log).is_ok_and(|m| m.len() > 0), &log)?;
+        let start = began.elapsed();
+
+        let mut execs = Vec::with_capacity(EXECS_PER_POD);
+        for _ in 0..EXECS_PER_POD {
+            let t = Instant::now();
+            let r = cri
+                .exec_sync(&id, &["true"], 60)
+                .map_err(|e| format!("ExecSync in {name}: {e}"))?;
+            if r.exit_code != 0 {
+                return Err(format!("ExecSync true in {name} exited {}", r.exit_code));
+            }
+            execs.push(t.elapsed());
+        }
+        let memory = if handler == KATA {
+            std::thread::sleep(IDLE);
+            Some(memory::pod_memory(&pod)?)
+        } else {
+            None
+        };
+        let stdout_mib_s = throughput(cri, &pod, &config)?;
+        Ok(OnePod {
+            start,
+            execs,
+            memory,
+            stdout_mib_s,
+        })
+    })();
+    let stopped = cri
+        .stop_pod(&pod)
+        .and_then(|()| cri.remove_pod(&pod))
+        .map_err(|e| format!("removing {name}: {e}"));
+    let one = result?;
+    stopped?;
+    Ok(one)
+}
+
+/// Runs a container that writes [`THROUGHPUT_BYTES`] of 1 KiB lines and
+/// returns MiB/s from StartContainer to its exit.
+fn throughput(cri: &Cri, pod: &str, config: &PodSandboxConfig) -> Result<f64, String> {
+    let line = "x".repeat(LINE - 1);
+    let script = format!("yes {line} | head -c {THROUGHPUT_BYTES}");
+    let spec = container_config("stdout", BUSYBOX_REF, &["/bin/sh", "-c", &script]);
+    let log = log_file(config, &spec);
+    let id = cri
+        .create_container(pod, spec, config)
+        .map_err(|e| format!("CreateContainer stdout: {e}"))?;
+    let began = Instant::now();
+    cri.start_container(&id)
+        .map_err(|e| format!("StartContainer stdout: {e}"))?;
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let st = cri
+            .container_status(&id)
+            .map_err(|e| format!("ContainerStatus stdout: {e}"))?;
+        if st.state == ContainerState::ContainerExited as i32 {
+            if st.exit_code != 0 {
+                return Err(format!("the stdout writer exited {}", st.exit_code));
+            }
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("the stdout writer still runs after {WAIT:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = began.elapsed();
+    // Each CRI log line adds a timestamp, the stream and a tag.
+    let size = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    if size < THROUGHPUT_BYTES {
+        return Err(format!(
+            "{} holds {size} bytes, less than the {THROUGHPUT_BYTES} written",
+            log.display()
+        ));
+    }
+    cri.remove_container(&id)
+        .map_err(|e| format!("RemoveContainer stdout: {e}"))?;
+    Ok((THROUGHPUT_BYTES as f64 / (1 << 20) as f64) / took.as_secs_f64())
+}
+
+fn wait_for(mut ready: impl FnMut() -> bool, what: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + WAIT;
+    while !ready() {
+        if Instant::now() > deadline {
+            return Err(format!("{} stayed empty for {WAIT:?}", what.display()));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    Ok(())
+}

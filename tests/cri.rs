@@ -1,0 +1,385 @@
+//! Kata pods through CRI, end to end: a private containerd 1.6 with its CRI
+//! plugin (runc the default handler, `kata` the shim under test, a CNI
+//! bridge network, local pause and busybox images) driven by a CRI client
+//! the way kubelet drives it. Every test removes its pods and checks that
+//! nothing of their sandboxes is left on the host.
+
+mod common;
+// The bench's pod memory accounting: its unit tests run here, and the
+// many-pods test reads a live pod with it.
+#[path = "../benches/pods/memory.rs"]
+mod memory;
+
+use std::time::{Duration, Instant};
+
+use common::containerd::Containerd;
+use common::cri::{Cri, KATA, container_config, log_file, log_payload, pod_config};
+use common::image::BUSYBOX_REF;
+use common::stream::{self, ExecStream};
+use common::*;
+use k8s_cri::v1::{ContainerState, LinuxContainerResources, PodSandboxConfig};
+use tonic::Code;
+
+/// A container whose PID 1 prints `hello`, then sleeps until SIGTERM,
+/// which it answers by printing `got-term` and exiting 0.
+const POLITE: &str =
+    "echo hello-from-$HOSTNAME; trap 'echo got-term; exit 0' TERM; while :; do sleep 1; done";
+/// A container that ignores SIGTERM.
+const STUBBORN: &str = "trap '' TERM; echo stubborn-up; while :; do sleep 1; done";
+
+/// A running kata pod with its configuration.
+struct KataPod {
+    id: String,
+    config: PodSandboxConfig,
+}
+
+fn run_kata_pod(c: &Containerd, cri: &Cri, name: &str) -> KataPod {
+    let config = pod_config(name, &c.pod_log_dir(name));
+    let id = cri
+        .run_pod(&config, KATA)
+        .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}\n{}", c.log_tail()));
+    KataPod { id, config }
+}
+
+/// Creates and starts a busybox container running `sh -c script`.
+fn start_sh(c: &Containerd, cri: &Cri, pod: &KataPod, name: &str, script: &str) -> String {
+    start_with(
+        c,
+        cri,
+        pod,
+        container_config(name, BUSYBOX_REF, &["/bin/sh", "-c", script]),
+    )
+}
+
+fn start_with(
+    c: &Containerd,
+    cri: &Cri,
+    pod: &KataPod,
+    config: k8s_cri::v1::ContainerConfig,
+) -> String {
+    let name = config
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
+    let id = cri
+        .create_container(&pod.id, config, &pod.config)
+        .unwrap_or_else(|e| panic!("CreateContainer {name}: {e}\n{}", c.log_tail()));
+    cri.start_container(&id)
+        .unwrap_or_else(|e| panic!("StartContainer {name}: {e}\n{}", c.log_tail()));
+    id
+}
+
+/// Polls the container's CRI log until its payload contains `needle`.
+fn wait_log(pod: &KataPod, name: &str, needle: &str, within: Duration) -> String {
+    let path = log_file(&pod.config, &container_config(name, BUSYBOX_REF, &[]));
+    let deadline = Instant::now() + within;
+    loop {
+        let text = log_payload(&std::fs::read_to_string(&path).unwrap_or_default());
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in {} within {within:?}: {text:?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Stops and removes the pod as kubelet does, then checks the host.
+fn remove_pod(c: &Containerd, cri: &Cri, pod: &KataPod) {
+    cri.stop_pod(&pod.id)
+        .unwrap_or_else(|e| panic!("StopPodSandbox: {e}\n{}", c.log_tail()));
+    cri.remove_pod(&pod.id)
+        .unwrap_or_else(|e| panic!("RemovePodSandbox: {e}\n{}", c.log_tail()));
+    assert_no_leaks(&pod.id);
+}
+
+fn exec_ok(cri: &Cri, id: &str, cmd: &[&str]) -> String {
+    let r = cri
+        .exec_sync(id, cmd, 60)
+        .unwrap_or_else(|e| panic!("ExecSync {cmd:?}: {e}"));
+    assert_eq!(
+        r.exit_code,
+        0,
+        "ExecSync {cmd:?}: stdout {:?} stderr {:?}",
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    String::from_utf8_lossy(&r.stdout).into_owned()
+}
+
+#[test]
+fn cri_pod_of_two_containers_runs_in_one_vm_and_answers_exec_sync() {
+    require_vm_host();
+    let (_, _, guest_kernel) = test_image();
+    let c = Containerd::start_cri("pod", false);
+    let cri = c.cri();
+    let version = cri.version().expect("CRI Version");
+    assert_eq!(version.runtime_name, "containerd");
+    assert!(
+        cri.has_image(BUSYBOX_REF).expect("ImageStatus"),
+        "busybox is not known to CRI"
+    );
+
+    let pod = run_kata_pod(&c, &cri, "two");
+    let qemu = qemu_pids(&pod.id);
+    assert_eq!(qemu.len(), 1, "one QEMU named sandbox-{}: {qemu:?}", pod.id);
+    let a = start_sh(&c, &cri, &pod, "a", POLITE);
+    let b = start_sh(&c, &cri, &pod, "b", STUBBORN);
+    assert_eq!(
+        qemu_pids(&pod.id),
+        qemu,
+        "both containers run in the pod's one VM"
+    );
+
+    // The containers run in the guest: its kernel, its CPU count.
+    assert_eq!(exec_ok(&cri, &a, &["uname", "-r"]).trim(), guest_kernel);
+    assert_eq!(exec_ok(&cri, &b, &["nproc"]).trim(), "1");
+
+    // stdout, stderr and the exit code come back apart.
+    let r = cri
+        .exec_sync(&a, &["/bin/sh", "-c", "echo out; echo err >&2; exit 3"], 60)
+        .expect("ExecSync");
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "out\n");
+    assert_eq!(String::from_utf8_lossy(&r.stderr), "err\n");
+    assert_eq!(r.exit_code, 3);
+
+    // A timeout ends the call and the process; the container still answers.
+    let began = Instant::now();
+    let r = cri.exec_sync(&a, &["sleep", "300"], 2);
+    let took = began.elapsed();
+    let e = r.expect_err("ExecSync past its timeout must fail");
+    assert!(e.message().contains("timeout"), "{e}");
+    assert!(took < Duration::from_secs(60), "the timeout took {took:?}");
+    let ps = exec_ok(&cri, &a, &["ps"]);
+    assert!(
+        !ps.contains("sleep 300"),
+        "the timed-out process still runs:\n{ps}"
+    );
+
+    // Stats come from the guest's cgroups; an update lands there too.
+    let stats = cri.container_stats(&a).expect("ContainerStats");
+    let mem = stats.memory.expect("memory stats");
+    assert!(
+        mem.working_set_bytes.expect("working set").value > 0,
+        "{mem:?}"
+    );
+    assert!(
+        stats
+            .cpu
+            .expect("cpu stats")
+            .usage_core_nano_seconds
+            .is_some()
+    );
+    let all = cri
+        .list_container_stats(&pod.id)
+        .expect("ListContainerStats");
+    let mut ids: Vec<_> = all
+        .iter()
+        .filter_map(|s| s.attributes.as_ref().map(|a| a.id.clone()))
+        .collect();
+    ids.sort();
+    let mut want = vec![a.clone(), b.clone()];
+    want.sort();
+    assert_eq!(ids, want, "ListContainerStats of the pod");
+    cri.update_resources(
+        &a,
+        LinuxContainerResources {
+            memory_limit_in_bytes: 100 << 20,
+            cpu_period: 100_000,
+            cpu_quota: 50_000,
+            ..Default::default()
+        },
+    )
+    .expect("UpdateContainerResources");
+    assert_eq!(
+        exec_ok(&cri, &a, &["cat", "/sys/fs/cgroup/memory.max"]).trim(),
+        (100u64 << 20).to_string()
+    );
+    assert_eq!(
+        exec_ok(&cri, &a, &["cat", "/sys/fs/cgroup/cpu.max"]).trim(),
+        "50000 100000"
+    );
+
+    // The CRI log file has the container's output.
+    wait_log(&pod, "a", "hello-from-two", Duration::from_secs(30));
+    wait_log(&pod, "b", "stubborn-up", Duration::from_secs(30));
+
+    for id in [&a, &b] {
+        cri.stop_container(id, 0).expect("StopContainer");
+        cri.remove_container(id).expect("RemoveContainer");
+    }
+    remove_pod(&c, &cri, &pod);
+}
+
+#[test]
+fn cri_stop_honours_sigterm_then_kills_after_the_grace_period() {
+    require_vm_host();
+    let c = Containerd::start_cri("stop", false);
+    let cri = c.cri();
+    let pod = run_kata_pod(&c, &cri, "stop");
+    let polite = start_sh(&c, &cri, &pod, "polite", POLITE);
+    let stubborn = start_sh(&c, &cri, &pod, "stubborn", STUBBORN);
+    wait_log(&pod, "polite", "hello", Duration::from_secs(30));
+    wait_log(&pod, "stubborn", "stubborn-up", Duration::from_secs(30));
+
+    let began = Instant::now();
+    cri.stop_container(&polite, 30)
+        .expect("StopContainer polite");
+    let took = began.elapsed();
+    assert!(
+        took < Duration::from_secs(20),
+        "SIGTERM was not honoured: {took:?}"
+    );
+    let st = cri.container_status(&polite).expect("ContainerStatus");
+    assert_eq!(st.state, ContainerState::ContainerExited as i32);
+    assert_eq!(st.exit_code, 0, "{st:?}");
+    assert_eq!(st.reason, "Completed", "{st:?}");
+    wait_log(&pod, "polite", "got-term", Duration::from_secs(10));
+
+    let began = Instant::now();
+    cri.stop_container(&stubborn, 3)
+        .expect("StopContainer stubborn");
+    let took = began.elapsed();
+    assert!(
+        took >= Duration::from_secs(3),
+        "killed before the grace period: {took:?}"
+    );
+    let st = cri.container_status(&stubborn).expect("ContainerStatus");
+    assert_eq!(st.state, ContainerState::ContainerExited as i32);
+    assert_eq!(st.exit_code, 137, "{st:?}");
+    assert_eq!(st.reason, "Error", "{st:?}");
+
+    for id in [&polite, &stubborn] {
+        cri.remove_container(id).expect("RemoveContainer");
+        let e = cri
+            .container_status(id)
+            .expect_err("status of a removed container");
+        assert_eq!(e.code(), Code::NotFound, "{e}");
+    }
+    remove_pod(&c, &cri, &pod);
+}
+
+#[test]
+fn cri_streaming_exec_with_a_tty_sees_the_resize() {
+    require_vm_host();
+    let c = Containerd::start_cri("stream", false);
+    let cri = c.cri();
+    let pod = run_kata_pod(&c, &cri, "stream");
+    let id = start_sh(&c, &cri, &pod, "shell", POLITE);
+
+    let url = cri
+        .exec(&id, &["/bin/sh"], true, true)
+        .expect("Exec returns a streaming URL");
+    let mut s = ExecStream::connect(&url).expect("the streaming server accepts v4.channel.k8s.io");
+    s.resize(123, 45).expect("resize");
+    // The resize and the input travel on different channels and paths
+    // (ResizePty against stdin), so ask until the size shows.
+    let seen = (0..30).any(|_| {
+        s.write_stdin(b"stty size\n").expect("stdin");
+        s.read_until("45 123", Duration::from_secs(2)).is_ok()
+    });
+    assert!(
+        seen,
+        "stty size never saw the resize: {:?}",
+        String::from_utf8_lossy(&s.stdout)
+    );
+    s.write_stdin(b"exit 7\n").expect("stdin");
+    let status = s.finish(Duration::from_secs(60)).expect("the exec ends");
+    assert_eq!(stream::exit_code(&status), Some(7), "{status}");
+
+    cri.stop_container(&id, 0).expect("StopContainer");
+    cri.remove_container(&id).expect("RemoveContainer");
+    remove_pod(&c, &cri, &pod);
+}
+
+#[test]
+fn cri_oom_kill_is_reported_as_oomkilled() {
+    require_vm_host();
+    let c = Containerd::start_cri("oom", false);
+    let cri = c.cri();
+    let pod = run_kata_pod(&c, &cri, "oom");
+    let mut hog = container_config(
+        "hog",
+        BUSYBOX_REF,
+        &[
+            "/bin/dd",
+            "if=/dev/zero",
+            "of=/dev/null",
+            "bs=256M",
+            "count=1",
+        ],
+    );
+    hog.linux = Some(k8s_cri::v1::LinuxContainerConfig {
+        resources: Some(LinuxContainerResources {
+            memory_limit_in_bytes: 64 << 20,
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let id = start_with(&c, &cri, &pod, hog);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let st = loop {
+        let st = cri.container_status(&id).expect("ContainerStatus");
+        if st.state == ContainerState::ContainerExited as i32 {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the hog still runs: {st:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(st.exit_code, 137, "{st:?}");
+    assert_eq!(st.reason, "OOMKilled", "{st:?}");
+    cri.remove_container(&id).expect("RemoveContainer");
+    remove_pod(&c, &cri, &pod);
+}
+
+#[test]
+fn cri_ten_kata_pods_at_once_all_answer_and_all_go() {
+    const PODS: usize = 10;
+    require_vm_host();
+    let c = Containerd::start_cri("many", false);
+    let sock = c.address();
+    let pods: Vec<(KataPod, String)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..PODS)
+            .map(|i| {
+                let (c, sock) = (&c, sock.clone());
+                scope.spawn(move || {
+                    let cri = Cri::connect(&sock).expect("CRI client");
+                    let pod = run_kata_pod(c, &cri, &format!("many{i}"));
+                    let id = start_sh(c, &cri, &pod, "main", "while :; do sleep 1; done");
+                    (pod, id)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a pod thread panicked"))
+            .collect()
+    });
+    let cri = c.cri();
+    assert_eq!(cri.list_pods().expect("ListPodSandbox").len(), PODS);
+    let mut qemus = Vec::new();
+    for (i, (pod, id)) in pods.iter().enumerate() {
+        let q = qemu_pids(&pod.id);
+        assert_eq!(q.len(), 1, "pod {i} has one QEMU: {q:?}");
+        qemus.extend(q);
+        assert_eq!(exec_ok(&cri, id, &["hostname"]).trim(), format!("many{i}"));
+    }
+    qemus.sort();
+    qemus.dedup();
+    assert_eq!(qemus.len(), PODS, "each pod has its own VM");
+    let m = memory::pod_memory(&pods[0].0.id).expect("memory of a live kata pod");
+    assert!(
+        m.guest_kib > 0 && m.qemu_private_kib > 0 && m.shim_kib > 0,
+        "{m:?}"
+    );
+    assert!(m.virtiofsd_kib > 0 && m.vsock_kib > 0, "{m:?}");
+    assert!(m.ours_kib() < m.qemu_private_kib + m.guest_kib, "{m:?}");
+    for (pod, _) in &pods {
+        remove_pod(&c, &cri, pod);
+    }
+    assert!(cri.list_pods().expect("ListPodSandbox").is_empty());
+}
