@@ -143,10 +143,10 @@ fn run() {
         println!("note: the kata pod runs kernel {guest_kernel}, the host runs {host_kernel}: the");
         println!("      running kernel's image is not on disk on this machine, so the guest image");
         println!(
-            "      was built from the newest installed kernel with modules (kata-ctl check and"
+            "      was built from the newest installed kernel with modules (kata-guest-image's"
         );
         println!(
-            "      kata-guest-image say so). On a node whose running kernel is installed, they match."
+            "      warning above says so). On a node whose running kernel is installed, they match."
         );
     } else {
         println!(

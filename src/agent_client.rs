@@ -3,6 +3,8 @@
 //! protocol version), and the calls the shim makes.
 
 use std::process::ExitStatus;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use kata_agent_protocol::{
@@ -48,6 +50,11 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct AgentClient {
     health: health_ttrpc::HealthClient,
     agent: agent_ttrpc::AgentServiceClient,
+    /// When the agent last answered a health check or a stream read, in
+    /// milliseconds since `epoch`: proof of life while a health check waits
+    /// behind a busy guest's output.
+    last_answer_ms: Arc<AtomicU64>,
+    epoch: Instant,
 }
 
 impl std::fmt::Debug for AgentClient {
@@ -94,7 +101,21 @@ impl AgentClient {
         AgentClient {
             health: health_ttrpc::HealthClient::new(client.clone()),
             agent: agent_ttrpc::AgentServiceClient::new(client),
+            last_answer_ms: Arc::new(AtomicU64::new(0)),
+            epoch: Instant::now(),
         }
+    }
+
+    /// Records that the agent just answered.
+    pub fn answered(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_answer_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Whether the agent answered anything within the last `window`.
+    pub fn answered_within(&self, window: Duration) -> bool {
+        let last = Duration::from_millis(self.last_answer_ms.load(Ordering::Relaxed));
+        self.epoch.elapsed().saturating_sub(last) <= window
     }
 
     /// Dials until the agent answers a health check or `timeout` passes.
@@ -205,7 +226,10 @@ impl AgentClient {
                 source,
             })?;
         match r.status.enum_value_or_default() {
-            health::health_check_response::ServingStatus::SERVING => Ok(()),
+            health::health_check_response::ServingStatus::SERVING => {
+                self.answered();
+                Ok(())
+            }
             other => Err(AgentError::NotServing(other)),
         }
     }

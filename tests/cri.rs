@@ -383,3 +383,30 @@ fn cri_ten_kata_pods_at_once_all_answer_and_all_go() {
     }
     assert!(cri.list_pods().expect("ListPodSandbox").is_empty());
 }
+
+#[test]
+fn cri_large_stdout_reaches_the_log_whole() {
+    const BYTES: u64 = 16 << 20;
+    require_vm_host();
+    let c = Containerd::start_cri("stdout", false);
+    let cri = c.cri();
+    let pod = run_kata_pod(&c, &cri, "stdout");
+    let line = "x".repeat(1023);
+    let script = format!("yes {line} | head -c {BYTES}; echo; echo END-OF-OUTPUT");
+    let id = start_sh(&c, &cri, &pod, "writer", &script);
+    let deadline = Instant::now() + Duration::from_secs(240);
+    let st = loop {
+        let st = cri.container_status(&id).expect("ContainerStatus");
+        if st.state == ContainerState::ContainerExited as i32 {
+            break st;
+        }
+        assert!(Instant::now() < deadline, "the writer still runs: {st:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(st.exit_code, 0, "{st:?}\n{}", c.log_tail());
+    let text = wait_log(&pod, "writer", "END-OF-OUTPUT", Duration::from_secs(30));
+    let lines = text.lines().filter(|l| *l == line).count() as u64;
+    assert_eq!(lines, BYTES / 1024, "every line reached the CRI log");
+    cri.remove_container(&id).expect("RemoveContainer");
+    remove_pod(&c, &cri, &pod);
+}

@@ -22,8 +22,13 @@ use super::{AgentStreams, Ids};
 
 /// Most bytes asked from the agent per read. Large enough to keep the
 /// number of round trips low, small enough not to hold the shared agent
-/// connection for long with one frame.
-pub(crate) const READ_LEN: u32 = 256 * 1024;
+/// connection for long with one frame. It must stay well below the vsock
+/// buffer (256 KiB by default): with 256 KiB reads, a container writing
+/// output steadily wedged the hybrid vsock connection within a second (no
+/// answer to any call, then the liveness monitor ended the pod), while
+/// 32 KiB reads carried 16 MiB through CRI untouched
+/// (`cri_large_stdout_reaches_the_log_whole`).
+pub(crate) const READ_LEN: u32 = 32 * 1024;
 /// Most bytes forwarded to the agent per WriteStdin.
 const STDIN_CHUNK: usize = 64 * 1024;
 /// After its reader went away, how often a FIFO is tried again (a

@@ -140,11 +140,13 @@ impl AgentStreams for AgentClient {
         len: u32,
     ) -> Result<Vec<u8>, ttrpc::Error> {
         let req = stream_request(container_id, exec_id, len);
-        Ok(self
+        let data = self
             .service()
             .read_stdout(call_context(None), &req)
             .await?
-            .data)
+            .data;
+        self.answered();
+        Ok(data)
     }
 
     async fn read_stderr(
@@ -154,11 +156,13 @@ impl AgentStreams for AgentClient {
         len: u32,
     ) -> Result<Vec<u8>, ttrpc::Error> {
         let req = stream_request(container_id, exec_id, len);
-        Ok(self
+        let data = self
             .service()
             .read_stderr(call_context(None), &req)
             .await?
-            .data)
+            .data;
+        self.answered();
+        Ok(data)
     }
 
     async fn write_stdin(
