@@ -97,6 +97,31 @@ fn remove_pod(c: &Containerd, cri: &Cri, pod: &KataPod) {
     assert_no_leaks(&pod.id);
 }
 
+/// A private CRI containerd named `name` and one kata pod in it.
+fn kata_pod(name: &str) -> (Containerd, Cri, KataPod) {
+    require_vm_host();
+    let c = Containerd::start_cri(name, false);
+    let cri = c.cri();
+    let pod = run_kata_pod(&c, &cri, name);
+    (c, cri, pod)
+}
+
+/// Polls ContainerStatus until the container has exited.
+fn wait_exited(cri: &Cri, id: &str, within: Duration) -> k8s_cri::v1::ContainerStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        let st = cri.container_status(id).expect("ContainerStatus");
+        if st.state == ContainerState::ContainerExited as i32 {
+            return st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running after {within:?}: {st:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 fn exec_ok(cri: &Cri, id: &str, cmd: &[&str]) -> String {
     let r = cri
         .exec_sync(id, cmd, 60)
@@ -217,10 +242,7 @@ fn cri_pod_of_two_containers_runs_in_one_vm_and_answers_exec_sync() {
 
 #[test]
 fn cri_stop_honours_sigterm_then_kills_after_the_grace_period() {
-    require_vm_host();
-    let c = Containerd::start_cri("stop", false);
-    let cri = c.cri();
-    let pod = run_kata_pod(&c, &cri, "stop");
+    let (c, cri, pod) = kata_pod("stop");
     let polite = start_sh(&c, &cri, &pod, "polite", POLITE);
     let stubborn = start_sh(&c, &cri, &pod, "stubborn", STUBBORN);
     wait_log(&pod, "polite", "hello", Duration::from_secs(30));
@@ -265,10 +287,7 @@ fn cri_stop_honours_sigterm_then_kills_after_the_grace_period() {
 
 #[test]
 fn cri_streaming_exec_with_a_tty_sees_the_resize() {
-    require_vm_host();
-    let c = Containerd::start_cri("stream", false);
-    let cri = c.cri();
-    let pod = run_kata_pod(&c, &cri, "stream");
+    let (c, cri, pod) = kata_pod("stream");
     let id = start_sh(&c, &cri, &pod, "shell", POLITE);
 
     let url = cri
@@ -298,10 +317,7 @@ fn cri_streaming_exec_with_a_tty_sees_the_resize() {
 
 #[test]
 fn cri_oom_kill_is_reported_as_oomkilled() {
-    require_vm_host();
-    let c = Containerd::start_cri("oom", false);
-    let cri = c.cri();
-    let pod = run_kata_pod(&c, &cri, "oom");
+    let (c, cri, pod) = kata_pod("oom");
     let mut hog = container_config(
         "hog",
         BUSYBOX_REF,
@@ -321,15 +337,7 @@ fn cri_oom_kill_is_reported_as_oomkilled() {
         ..Default::default()
     });
     let id = start_with(&c, &cri, &pod, hog);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let st = loop {
-        let st = cri.container_status(&id).expect("ContainerStatus");
-        if st.state == ContainerState::ContainerExited as i32 {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "the hog still runs: {st:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let st = wait_exited(&cri, &id, Duration::from_secs(120));
     assert_eq!(st.exit_code, 137, "{st:?}");
     assert_eq!(st.reason, "OOMKilled", "{st:?}");
     cri.remove_container(&id).expect("RemoveContainer");
@@ -387,22 +395,11 @@ fn cri_ten_kata_pods_at_once_all_answer_and_all_go() {
 #[test]
 fn cri_large_stdout_reaches_the_log_whole() {
     const BYTES: u64 = 16 << 20;
-    require_vm_host();
-    let c = Containerd::start_cri("stdout", false);
-    let cri = c.cri();
-    let pod = run_kata_pod(&c, &cri, "stdout");
+    let (c, cri, pod) = kata_pod("stdout");
     let line = "x".repeat(1023);
     let script = format!("yes {line} | head -c {BYTES}; echo; echo END-OF-OUTPUT");
     let id = start_sh(&c, &cri, &pod, "writer", &script);
-    let deadline = Instant::now() + Duration::from_secs(240);
-    let st = loop {
-        let st = cri.container_status(&id).expect("ContainerStatus");
-        if st.state == ContainerState::ContainerExited as i32 {
-            break st;
-        }
-        assert!(Instant::now() < deadline, "the writer still runs: {st:?}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let st = wait_exited(&cri, &id, Duration::from_secs(240));
     assert_eq!(st.exit_code, 0, "{st:?}\n{}", c.log_tail());
     let text = wait_log(&pod, "writer", "END-OF-OUTPUT", Duration::from_secs(30));
     let lines = text.lines().filter(|l| *l == line).count() as u64;
