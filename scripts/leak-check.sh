@@ -28,6 +28,18 @@ fi
 if ip netns list 2>/dev/null | grep -q '^kata-test-'; then
     echo "leak: network namespaces of the CRI-O driver:"; ip netns list | grep '^kata-test-'; fail=1
 fi
+# containerd's CRI plugin pins each pod's netns as cni-*; the test CNI
+# bridges are kt<8 hex digits>; pod cgroups go under k8s.io.
+if ip netns list 2>/dev/null | grep -q '^cni-'; then
+    echo "leak: CNI network namespaces:"; ip netns list | grep '^cni-'; fail=1
+fi
+if ip -o link show 2>/dev/null | grep -qE '^[0-9]+: kt[0-9a-f]{8}[:@]'; then
+    echo "leak: test CNI bridges:"; ip -o link show | grep -E '^[0-9]+: kt[0-9a-f]{8}[:@]'; fail=1
+fi
+pod_cgroups=$(find /sys/fs/cgroup/*/k8s.io -mindepth 1 -type d 2>/dev/null)
+if [ -n "$pod_cgroups" ]; then
+    echo "leak: host cgroups of CRI pods:"; echo "$pod_cgroups"; fail=1
+fi
 if ls -d /sys/fs/cgroup/*/kata-test-* >/dev/null 2>&1; then
     echo "leak: host cgroups of test pods:"; ls -d /sys/fs/cgroup/*/kata-test-*; fail=1
 fi

@@ -514,6 +514,15 @@ fn mount_target_symlink_race_stays_in_the_rootfs() {
     let target = pod.share().join("race/rootfs/target");
     std::fs::create_dir(&target).expect("mkdir target");
     let stop = Arc::new(AtomicBool::new(false));
+    // A failed call below must not leave the flipper racing the pod's
+    // cleanup of the share for its remaining minute.
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop_guard = StopOnDrop(Arc::clone(&stop));
     let flips = Arc::new(AtomicUsize::new(0));
     let flipper = {
         let (stop, flips, target) = (Arc::clone(&stop), Arc::clone(&flips), target.clone());
