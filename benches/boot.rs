@@ -195,6 +195,7 @@ fn raw_boot(config: &Config, initrd: &Path) -> Result<Duration, String> {
         kernel: q.kernel.clone(),
         initrd: initrd.to_path_buf(),
         kernel_cmdline: KernelCmdline {
+            accel: choice.accel,
             vcpus: q.default_vcpus,
             debug: false,
             agent_log: config.agent.kata.log_level,

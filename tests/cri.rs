@@ -375,6 +375,21 @@ fn cri_ten_kata_pods_at_once_all_answer_and_all_go() {
         assert_eq!(q.len(), 1, "pod {i} has one QEMU: {q:?}");
         qemus.extend(q);
         assert_eq!(exec_ok(&cri, id, &["hostname"]).trim(), format!("many{i}"));
+        // Ten guests booting at once load the host; each still keeps its
+        // clock (a TCG guest trusting its calibrated TSC ran 69 s ahead).
+        let guest: i64 = exec_ok(&cri, id, &["date", "+%s"])
+            .trim()
+            .parse()
+            .expect("date +%s");
+        let host = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock after 1970")
+            .as_secs() as i64;
+        assert!(
+            (guest - host).abs() <= 5,
+            "pod {i}'s clock is {} s off the host's",
+            guest - host
+        );
     }
     qemus.sort();
     qemus.dedup();

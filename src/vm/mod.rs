@@ -350,6 +350,7 @@ impl Vm {
         };
         let vcpus = opts.vcpus.unwrap_or(q.default_vcpus);
         let kernel_cmdline = KernelCmdline {
+            accel: self.accel,
             vcpus,
             debug,
             agent_log,

@@ -203,6 +203,8 @@ impl QemuSpec {
 /// Inputs of the guest kernel command line.
 #[derive(Debug, Clone)]
 pub struct KernelCmdline<'a> {
+    /// The guest's clock source depends on it (see `render`).
+    pub accel: Accel,
     pub vcpus: u32,
     pub debug: bool,
     pub agent_log: LogLevel,
@@ -215,8 +217,18 @@ pub struct KernelCmdline<'a> {
 impl KernelCmdline<'_> {
     /// The `-append` string.
     pub fn render(&self) -> String {
+        // Under KVM the guest keeps time with kvm-clock and the TSC is
+        // trustworthy. Under TCG the kernel calibrates the emulated TSC at
+        // boot, and on a loaded host that calibration goes wrong: with ten
+        // pods booting on two cores one guest ran 69 s ahead within a
+        // minute, and its ttrpc deadlines expired early. The emulated HPET
+        // keeps host time (every guest within 1 s in the same test).
+        let clock = match self.accel {
+            Accel::Kvm => "tsc=reliable",
+            Accel::Tcg => "clocksource=hpet",
+        };
         let mut p: Vec<String> = [
-            "tsc=reliable",
+            clock,
             "no_timer_check",
             "rcupdate.rcu_expedited=1",
             "i8042.direct=1",
@@ -272,6 +284,7 @@ mod tests {
 
     fn spec(accel: Accel, vsock: VsockDevice, share: ShareDevice) -> QemuSpec {
         let cmdline = KernelCmdline {
+            accel,
             vcpus: 1,
             debug: false,
             agent_log: LogLevel::Info,
@@ -595,6 +608,7 @@ mod tests {
             socket: "/s".into(),
         };
         let c = KernelCmdline {
+            accel: Accel::Kvm,
             vcpus: 2,
             debug: false,
             agent_log: LogLevel::Debug,
@@ -610,6 +624,7 @@ mod tests {
              agent.shared_fs=virtiofs"
         );
         let d = KernelCmdline {
+            accel: Accel::Tcg,
             vcpus: 1,
             debug: true,
             agent_log: LogLevel::Info,
@@ -619,6 +634,11 @@ mod tests {
         .render();
         assert!(d.contains(" debug ") && !d.contains("quiet"));
         assert!(d.ends_with("agent.shared_fs=none"));
+        // TCG's calibrated TSC drifts on a loaded host: HPET instead.
+        assert!(
+            d.starts_with("clocksource=hpet ") && !d.contains("tsc="),
+            "{d}"
+        );
     }
 
     #[test]
