@@ -7,6 +7,7 @@ BINDIR      := $(PREFIX)/bin
 LIBEXECDIR  := $(PREFIX)/libexec/kata-containers
 DEFAULTSDIR := $(PREFIX)/share/defaults/kata-containers
 UNITDIR     ?= $(PREFIX)/lib/systemd/system
+SHAREDIR    := $(PREFIX)/share/kata-containers
 IMAGE_DIR   ?= /var/cache/kata-containers/osbuilder-images
 
 CARGO ?= cargo
@@ -15,16 +16,28 @@ PROFILE := release
 TARGET  := target/$(PROFILE)
 PHASE   := scripts/phase.sh
 
-# Everything `make install` puts on the node, relative to DESTDIR.
+# Everything `make install` puts on the node, relative to DESTDIR: the one
+# list that install checks, prints and uninstall removes (README, "Make
+# targets"; tests/install_tree.rs holds the tree to it). The node wiring
+# (CRI-O drop-in, containerd snippet, RuntimeClass) goes under $(SHAREDIR)
+# for the operator to copy: install never writes into /etc, so it never
+# changes a running CRI-O or containerd.
 INSTALLED_FILES := \
 	$(BINDIR)/containerd-shim-kata-v2 \
 	$(BINDIR)/kata-ctl \
 	$(BINDIR)/kata-guest-image \
 	$(LIBEXECDIR)/kata-agent \
 	$(DEFAULTSDIR)/configuration.toml \
-	$(UNITDIR)/kata-guest-image.service
+	$(UNITDIR)/kata-guest-image.service \
+	$(SHAREDIR)/crio/50-kata \
+	$(SHAREDIR)/containerd/kata.toml \
+	$(SHAREDIR)/runtimeclass.yaml
 
-.PHONY: all deps build image install uninstall test test-unit test-vm leak-check demo bench bench-smoke lint clean
+# Directories of ours that uninstall removes when nothing else is left in
+# them (innermost first).
+INSTALLED_DIRS := $(SHAREDIR)/crio $(SHAREDIR)/containerd $(SHAREDIR) $(DEFAULTSDIR) $(LIBEXECDIR)
+
+.PHONY: all deps build image install install-files uninstall test test-unit test-vm leak-check demo bench bench-smoke lint clean
 
 all: build
 
@@ -39,6 +52,10 @@ image: build
 	@$(PHASE) image $(TARGET)/kata-guest-image --agent $(TARGET)/kata-agent --output-dir $(IMAGE_DIR)
 
 install: build
+	@$(MAKE) --no-print-directory install-files
+
+# install without the build: the files of an existing release build.
+install-files:
 	install -D -m 0755 $(TARGET)/containerd-shim-kata-v2 $(DESTDIR)$(BINDIR)/containerd-shim-kata-v2
 	install -D -m 0755 $(TARGET)/kata-ctl $(DESTDIR)$(BINDIR)/kata-ctl
 	install -D -m 0755 $(TARGET)/kata-guest-image $(DESTDIR)$(BINDIR)/kata-guest-image
@@ -48,10 +65,21 @@ install: build
 	sed -e 's|/usr/bin/kata-guest-image|$(BINDIR)/kata-guest-image --agent $(LIBEXECDIR)/kata-agent|' \
 		configs/kata-guest-image.service > $(DESTDIR)$(UNITDIR)/kata-guest-image.service
 	chmod 0644 $(DESTDIR)$(UNITDIR)/kata-guest-image.service
+	install -d $(DESTDIR)$(SHAREDIR)/crio $(DESTDIR)$(SHAREDIR)/containerd
+	sed -e 's|/usr/bin/containerd-shim-kata-v2|$(BINDIR)/containerd-shim-kata-v2|' \
+		configs/crio/50-kata > $(DESTDIR)$(SHAREDIR)/crio/50-kata
+	sed -e 's|/usr/bin/containerd-shim-kata-v2|$(BINDIR)/containerd-shim-kata-v2|' \
+		configs/containerd/kata.toml > $(DESTDIR)$(SHAREDIR)/containerd/kata.toml
+	chmod 0644 $(DESTDIR)$(SHAREDIR)/crio/50-kata $(DESTDIR)$(SHAREDIR)/containerd/kata.toml
+	install -D -m 0644 configs/runtimeclass.yaml $(DESTDIR)$(SHAREDIR)/runtimeclass.yaml
+	@for f in $(INSTALLED_FILES); do \
+		[ -f "$(DESTDIR)$$f" ] || { echo "install: $(DESTDIR)$$f was not installed" >&2; exit 1; }; done
 	@echo "installed:"; for f in $(INSTALLED_FILES); do echo "  $(DESTDIR)$$f"; done
 
 uninstall:
 	rm -f $(addprefix $(DESTDIR),$(INSTALLED_FILES))
+	@for d in $(INSTALLED_DIRS); do \
+		if [ -d "$(DESTDIR)$$d" ]; then rmdir --ignore-fail-on-non-empty "$(DESTDIR)$$d"; fi; done
 
 # Every test: unit, integration, root and VM tests (QEMU under TCG here).
 # VM tests are limited to two at a time by the nextest group in
