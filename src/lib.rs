@@ -26,6 +26,7 @@ pub mod annotations;
 pub mod boot_check;
 pub mod bootstrap;
 pub mod config;
+pub mod ctl;
 pub mod error;
 pub mod host_cgroup;
 pub mod logging;

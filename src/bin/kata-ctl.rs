@@ -1,9 +1,11 @@
 //! `kata-ctl`: operator tooling for the Kata runtime. Each verb is a thin
 //! adapter over the library.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use kata_shim::ctl::{check, env::Env};
 use kata_shim::{boot_check, logging};
 
 #[derive(Parser)]
@@ -28,12 +30,33 @@ enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// Check that this host can run pods: one ok/warn/fail line per
+    /// requirement, with the fix; exits 1 when any check fails.
+    Check {
+        /// Configuration file (default: KATA_CONF_FILE, then the shim's
+        /// search paths, then built-in defaults).
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the resolved configuration, the file it came from and the
+    /// binaries, image and state directories it resolves to on this host.
+    Env {
+        /// Configuration file (default: as the shim finds it).
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Print JSON instead of TOML.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("kata-ctl: error: {}", kata_shim::logging::error_chain(&*e));
             ExitCode::FAILURE
@@ -41,7 +64,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
+fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
     match cli.command {
         Verb::BootCheck { id, json } => {
             let loaded = kata_shim::config::Config::load()?;
@@ -61,7 +84,26 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             } else {
                 println!("{}", report.render());
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
+        }
+        Verb::Check { config, json } => {
+            let report = check::run(config.as_deref());
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                println!("{}", report.render());
+            }
+            Ok(if report.passed() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        Verb::Env { config, json } => {
+            let env = Env::gather(config.as_deref())?;
+            let text = if json { env.to_json()? } else { env.to_toml()? };
+            println!("{}", text.trim_end());
+            Ok(ExitCode::SUCCESS)
         }
     }
 }
