@@ -270,7 +270,7 @@ fn container_oom_is_reported() {
 fn container_tty_resize_is_seen_by_stty() {
     let pod = Pod::boot("tty");
     let root = pod.rootfs("c1");
-    let mut s = spec(&root, &["/bin/sh", "-c", "sleep 2; stty size"]);
+    let mut s = spec(&root, &["/bin/sh", "-c", "sleep 2; stty size; tty"]);
     s["process"]["terminal"] = json!(true);
     pod.run("c1", &s);
     let mut req = agent::TtyWinResizeRequest::new();
@@ -282,6 +282,8 @@ fn container_tty_resize_is_seen_by_stty() {
     });
     let out = String::from_utf8_lossy(&pod.read_all("c1", "", false)).to_string();
     assert!(out.contains("40 100"), "stty size saw: {out:?}");
+    // The terminal is the container's own: its first pty, in its devpts.
+    assert!(out.contains("/dev/pts/0"), "tty saw: {out:?}");
     assert_eq!(pod.wait("c1", ""), 0);
     pod.remove("c1");
 }
@@ -422,7 +424,7 @@ fn container_exec_joins_namespaces_and_cgroup_and_gets_a_tty() {
     pod.exec(
         "c1",
         "e2",
-        &process(&["/bin/sh", "-c", "sleep 2; stty size"], true),
+        &process(&["/bin/sh", "-c", "sleep 2; stty size; tty"], true),
     );
     let mut req = agent::TtyWinResizeRequest::new();
     req.container_id = "c1".into();
@@ -434,6 +436,7 @@ fn container_exec_joins_namespaces_and_cgroup_and_gets_a_tty() {
     });
     let out = String::from_utf8_lossy(&pod.read_all("c1", "e2", false)).to_string();
     assert!(out.contains("33 77"), "exec tty size: {out:?}");
+    assert!(out.contains("/dev/pts/"), "the exec's tty: {out:?}");
     assert_eq!(pod.wait("c1", "e2"), 0);
 
     pod.signal("c1", "", 9);

@@ -306,8 +306,12 @@ fn cri_streaming_exec_with_a_tty_sees_the_resize() {
         "stty size never saw the resize: {:?}",
         String::from_utf8_lossy(&s.stdout)
     );
-    s.write_stdin(b"exit 7\n").expect("stdin");
+    s.write_stdin(b"tty; exit 7\n").expect("stdin");
     let status = s.finish(Duration::from_secs(60)).expect("the exec ends");
+    let out = String::from_utf8_lossy(&s.stdout).into_owned();
+    // A terminal of the container's own: named, and with job control.
+    assert!(out.contains("/dev/pts/"), "tty in the container: {out:?}");
+    assert!(!out.contains("job control turned off"), "{out:?}");
     assert_eq!(stream::exit_code(&status), Some(7), "{status}");
 
     cri.stop_container(&id, 0).expect("StopContainer");

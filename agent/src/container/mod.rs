@@ -13,6 +13,7 @@
 //! used by libcontainer itself.
 
 pub mod cgroup;
+mod console;
 pub mod spec;
 #[cfg(test)]
 mod spec_fuzz;
@@ -34,7 +35,8 @@ use tokio::task::JoinHandle;
 use crate::error::{AgentError, Result};
 use crate::process::Process;
 use crate::reaper::Reaper;
-use crate::stdio::{self, ChildStdio, StdioConfig};
+use crate::stdio::{self, ChildStdio, ProcessIo, StdioConfig};
+use console::ConsoleSocket;
 use state::ContainerState;
 
 /// Parent of every container directory in the guest.
@@ -301,6 +303,72 @@ fn with_stdio(mut b: ContainerBuilder, child: ChildStdio) -> Result<ContainerBui
     Ok(b)
 }
 
+/// A new process's stdio on its way through libcontainer: pipes the agent
+/// made, or, with a terminal, a console socket on which libcontainer sends
+/// the pty master it opened inside the container.
+enum Stdio {
+    /// The child's ends go to the builder; the agent keeps `io`.
+    Pipes {
+        child: Option<ChildStdio>,
+        io: ProcessIo,
+    },
+    Console(ConsoleSocket),
+    Master(OwnedFd),
+}
+
+impl Stdio {
+    fn new(terminal: bool) -> Result<Stdio> {
+        if terminal {
+            return Ok(Stdio::Console(ConsoleSocket::bind_new()?));
+        }
+        let (child, io) = stdio::create(StdioConfig {
+            terminal: false,
+            open_stdin: true,
+        })?;
+        Ok(Stdio::Pipes {
+            child: Some(child),
+            io,
+        })
+    }
+
+    /// Hands the child's side to the builder.
+    fn attach(self, b: ContainerBuilder) -> Result<(ContainerBuilder, Stdio)> {
+        match self {
+            Stdio::Pipes { child, io } => {
+                let b = match child {
+                    Some(child) => with_stdio(b, child)?,
+                    None => b,
+                };
+                Ok((b, Stdio::Pipes { child: None, io }))
+            }
+            Stdio::Console(sock) => {
+                let b = b.with_console_socket(Some(sock.path()));
+                Ok((b, Stdio::Console(sock)))
+            }
+            Stdio::Master(m) => Ok((b, Stdio::Master(m))),
+        }
+    }
+
+    /// After the build: takes the master libcontainer sent, if any.
+    fn received(self) -> Result<Stdio> {
+        match self {
+            Stdio::Console(sock) => Ok(Stdio::Master(sock.receive_master()?)),
+            other => Ok(other),
+        }
+    }
+
+    /// The agent's side (inside the runtime: it registers with the reactor).
+    fn into_io(self) -> Result<ProcessIo> {
+        match self {
+            Stdio::Pipes { io, .. } => Ok(io),
+            Stdio::Master(m) => ProcessIo::from_pty_master(m, true),
+            Stdio::Console(_) => Err(AgentError::Internal(
+                "the pty master was never received".into(),
+            )),
+        }
+    }
+}
+
 impl Container {
     fn lc_root(dir: &Path) -> PathBuf {
         dir.join("state")
@@ -334,15 +402,12 @@ impl Container {
             .and_then(|l| l.cgroups_path().clone())
             .unwrap_or_default();
 
-        let (child, io) = stdio::create(StdioConfig {
-            terminal,
-            open_stdin: true,
-        })?;
+        let stdio = Stdio::new(terminal)?;
 
         // Subscribe before the fork: the init may die before we learn its pid.
         let exits = reaper.subscribe();
         let (lc_id, lc_dir, checked) = (id.clone(), dir.clone(), spec.clone());
-        let res = tokio::task::spawn_blocking(move || -> Result<i32> {
+        let res = tokio::task::spawn_blocking(move || -> Result<(i32, Stdio)> {
             let b = ContainerBuilder::new(lc_id, SyscallType::default())
                 .validate_id()
                 .map_err(|e| AgentError::InvalidArgument {
@@ -351,7 +416,8 @@ impl Container {
                 })?
                 .with_root_path(Self::lc_root(&lc_dir))
                 .map_err(|e| lc_err("libcontainer root", e))?;
-            let b = with_stdio(b, child)?
+            let (b, stdio) = stdio.attach(b)?;
+            let b = b
                 .as_init(&lc_dir)
                 .with_systemd(false)
                 .with_no_pivot(root_is_initramfs())
@@ -376,12 +442,13 @@ impl Container {
                 }
                 return Err(e);
             }
-            Ok(pid)
+            let stdio = stdio.received()?;
+            Ok((pid, stdio))
         })
         .await
         .map_err(|e| AgentError::Internal(format!("create task: {e}")))?;
-        let pid = match res {
-            Ok(pid) => pid,
+        let (pid, io) = match res.and_then(|(pid, stdio)| Ok((pid, stdio.into_io()?))) {
+            Ok(r) => r,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
                 return Err(e);
@@ -473,7 +540,7 @@ impl Container {
     pub async fn exec(
         self: &Arc<Self>,
         exec_id: String,
-        mut process: oci_spec::runtime::Process,
+        process: oci_spec::runtime::Process,
         reaper: &Reaper,
     ) -> Result<()> {
         self.state().can_exec()?;
@@ -483,34 +550,30 @@ impl Container {
                 self.id
             )));
         }
-        let terminal = spec::take_terminal(&mut process);
+        let terminal = spec::terminal(&process);
         let pfile = self.dir.join(format!("exec-{exec_id}.json"));
         let json = serde_json::to_vec(&process)
             .map_err(|e| AgentError::Internal(format!("serializing the process: {e}")))?;
         std::fs::write(&pfile, json).map_err(|e| AgentError::io("writing", &pfile, e))?;
-        let (child, io) = stdio::create(StdioConfig {
-            terminal,
-            open_stdin: true,
-        })?;
+        let stdio = Stdio::new(terminal)?;
 
         let exits = reaper.subscribe();
         let (id, root, pf) = (self.id.clone(), Self::lc_root(&self.dir), pfile.clone());
-        let res = tokio::task::spawn_blocking(move || -> Result<i32> {
+        let res = tokio::task::spawn_blocking(move || -> Result<(i32, Stdio)> {
             let b = ContainerBuilder::new(id, SyscallType::default())
                 .with_root_path(root)
                 .map_err(|e| lc_err("libcontainer root", e))?;
-            let b = with_stdio(b, child)?
-                .as_tenant()
-                .with_detach(true)
-                .with_process(Some(pf));
+            let (b, stdio) = stdio.attach(b)?;
+            let b = b.as_tenant().with_detach(true).with_process(Some(pf));
             let pid =
                 keeping_own_oom_score_adj(|| b.build()).map_err(|e| lc_build_err("exec", e))?;
-            Ok(pid.as_raw())
+            Ok((pid.as_raw(), stdio.received()?))
         })
         .await
         .map_err(|e| AgentError::Internal(format!("exec task: {e}")))?;
         let _ = std::fs::remove_file(&pfile);
-        let pid = res?;
+        let (pid, stdio) = res?;
+        let io = stdio.into_io()?;
         io.child_started();
         let (cid, eid) = (self.id.clone(), exec_id.clone());
         let p = Process::watch_exit(exec_id.clone(), pid, io, exits, move |status| {

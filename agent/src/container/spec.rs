@@ -5,9 +5,8 @@
 //! host-side spec to the guest: the rootfs and bind sources must resolve,
 //! symlink-safely, inside the share or a storage; the cgroup goes under the
 //! pod's cgroup; the network namespace is dropped (the guest has one netns,
-//! the pod's); with a shared pid namespace the sandbox's is joined; and the
-//! terminal is the agent's (stdio.rs allocates the pty), so libcontainer is
-//! told `terminal: false`.
+//! the pod's); with a shared pid namespace the sandbox's is joined. A
+//! terminal stays in the spec: libcontainer opens it inside the container.
 
 use std::path::{Path, PathBuf};
 
@@ -195,17 +194,15 @@ pub fn rewrite(spec: &mut Spec, ctx: &PodContext<'_>) -> Result<bool> {
         }
     }
 
-    Ok(take_terminal(spec.process_mut().as_mut().ok_or_else(
-        || invalid("oci_spec_json", "at `process`: missing".into()),
-    )?))
+    Ok(terminal(spec.process().as_ref().ok_or_else(|| {
+        invalid("oci_spec_json", "at `process`: missing".into())
+    })?))
 }
 
-/// The agent owns the terminal (see module doc): returns whether the
-/// process asked for one and hides that from libcontainer.
-pub fn take_terminal(p: &mut Process) -> bool {
-    let t = p.terminal().unwrap_or(false);
-    p.set_terminal(Some(false));
-    t
+/// Whether the process asked for a terminal. libcontainer opens it inside
+/// the container and sends the agent its master (see `console`).
+pub fn terminal(p: &Process) -> bool {
+    p.terminal().unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -262,7 +259,7 @@ mod tests {
             rewrite(&mut spec, &ctx(&roots, Some("/proc/42/ns/pid".into()))).expect("rewrite");
         assert!(terminal);
         let p = spec.process().as_ref().expect("process");
-        assert_eq!(p.terminal(), Some(false));
+        assert_eq!(p.terminal(), Some(true), "libcontainer opens the terminal");
         let linux = spec.linux().as_ref().expect("linux");
         assert_eq!(
             linux.cgroups_path().as_deref(),
