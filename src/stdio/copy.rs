@@ -22,15 +22,17 @@ use super::{AgentStreams, Ids};
 
 /// Most bytes asked from the agent per read. Large enough to keep the
 /// number of round trips low, small enough not to hold the shared agent
-/// connection for long with one frame. It must stay well below the vsock
-/// buffer (256 KiB by default): with 256 KiB reads, a container writing
-/// output steadily wedged the hybrid vsock connection within a second (no
-/// answer to any call, then the liveness monitor ended the pod), while
-/// 32 KiB reads carried 16 MiB through CRI untouched
+/// connection for long with one frame. Over hybrid vsock it must also keep
+/// each answer below one 64 KiB virtio-vsock packet: with 64, 128 and
+/// 256 KiB reads a container writing output steadily wedged the connection
+/// within a second (vhost-device-vsock 0.3 stopped forwarding; no call was
+/// answered again and the liveness monitor ended the pod), while 32 KiB
+/// reads carry 16 MiB through CRI whole
 /// (`cri_large_stdout_reaches_the_log_whole`).
 pub(crate) const READ_LEN: u32 = 32 * 1024;
-/// Most bytes forwarded to the agent per WriteStdin.
-const STDIN_CHUNK: usize = 64 * 1024;
+/// Most bytes forwarded to the agent per WriteStdin: below one vsock
+/// packet, like [`READ_LEN`].
+const STDIN_CHUNK: usize = 32 * 1024;
 /// After its reader went away, how often a FIFO is tried again (a
 /// restarted CRI-O reopens the FIFOs it finds in State).
 const REOPEN_INTERVAL: Duration = Duration::from_millis(500);
