@@ -5,6 +5,18 @@
 //! Every key has a default in code, so an empty file is a valid
 //! configuration. Unknown keys are rejected with their full key path, because
 //! a misspelt key that is silently ignored is worse than a refusal to start.
+//!
+//! Which file a sandbox uses, first match wins: the `config_path` of its
+//! Create options ([`options`], chosen at the sandbox's Create), then
+//! `KATA_CONF_FILE`, then [`SEARCH_PATHS`], then the built-in defaults. The
+//! chosen file is followed by the `config.d/*.toml` drop-ins next to it
+//! ([`dropin`]), and the sandbox's `io.katacontainers.config.*` annotations
+//! may override what `enable_annotations` allows ([`overrides`]).
+
+pub mod dropin;
+pub mod glob;
+pub mod options;
+pub mod overrides;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -149,6 +161,17 @@ pub struct Qemu {
     pub virtio_fs_extra_args: Vec<String>,
     /// 9p `msize` in bytes.
     pub msize_9p: u32,
+    /// Annotations a pod may use to override this table, as globs over the
+    /// name after `io.katacontainers.config.hypervisor.`; empty: none.
+    pub enable_annotations: Vec<String>,
+    /// Globs a `path` annotation must match.
+    pub valid_hypervisor_paths: Vec<String>,
+    /// Globs a `kernel` annotation must match.
+    pub valid_kernel_paths: Vec<String>,
+    /// Globs an `initrd` annotation must match.
+    pub valid_initrd_paths: Vec<String>,
+    /// Globs a `virtio_fs_daemon` annotation must match.
+    pub valid_virtio_fs_daemon_paths: Vec<String>,
 }
 
 impl Default for Qemu {
@@ -191,6 +214,11 @@ impl Default for Qemu {
                 "--announce-submounts".into(),
             ],
             msize_9p: 262_144,
+            enable_annotations: Vec::new(),
+            valid_hypervisor_paths: Vec::new(),
+            valid_kernel_paths: Vec::new(),
+            valid_initrd_paths: Vec::new(),
+            valid_virtio_fs_daemon_paths: Vec::new(),
         }
     }
 }
@@ -247,44 +275,124 @@ impl Default for Runtime {
     }
 }
 
-/// A loaded configuration and the file it came from (`None`: built-in defaults).
+/// A loaded configuration, the file it came from (`None`: built-in
+/// defaults) and the `config.d` drop-ins merged on top, in order.
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub config: Config,
     pub source: Option<PathBuf>,
+    pub drop_ins: Vec<PathBuf>,
+}
+
+impl Loaded {
+    /// The file and drop-ins, for logs: `built-in defaults` without a file.
+    pub fn describe(&self) -> String {
+        let Some(source) = &self.source else {
+            return "built-in defaults".into();
+        };
+        let mut s = source.display().to_string();
+        for d in &self.drop_ins {
+            s.push_str(" + ");
+            s.push_str(&d.display().to_string());
+        }
+        s
+    }
 }
 
 impl Config {
     /// Parses and validates configuration text; `path` is used in messages.
     pub fn from_toml(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config = Config::parse_layer(text, path)?.0;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Parses one file's text without validating the values together (a
+    /// drop-in may set only part of a constraint): types and unknown keys
+    /// are checked here, naming `path`. Returns the typed layer and its
+    /// table for merging.
+    fn parse_layer(text: &str, path: &Path) -> Result<(Config, toml::Table), ConfigError> {
+        let parse_error = |e: &dyn std::fmt::Display| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string().trim().to_string(),
+        };
         let de = toml::Deserializer::new(text);
         let mut unknown = Vec::new();
         let config: Config = serde_ignored::deserialize(de, |p| unknown.push(p.to_string()))
-            .map_err(|e| ConfigError::Parse {
-                path: path.to_path_buf(),
-                message: e.to_string().trim().to_string(),
-            })?;
+            .map_err(|e| parse_error(&e))?;
         if let Some(key) = unknown.into_iter().next() {
             return Err(ConfigError::UnknownKey {
                 path: path.to_path_buf(),
                 key,
             });
         }
-        config.validate(path)?;
-        Ok(config)
+        let table: toml::Table = text.parse().map_err(|e| parse_error(&e))?;
+        Ok((config, table))
     }
 
-    /// Reads and validates one file.
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+    fn read_layer(path: &Path) -> Result<(Config, toml::Table), ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::from_toml(&text, path)
+        Config::parse_layer(&text, path)
+    }
+
+    /// Reads and validates one file, without its drop-ins.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let (config, _) = Config::read_layer(path)?;
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Reads `path`, merges its `config.d/*.toml` drop-ins on top in name
+    /// order, and validates the result. A value that fails validation is
+    /// blamed on the last file that set it.
+    pub fn load_file(path: &Path) -> Result<Loaded, ConfigError> {
+        let (mut config, mut merged) = Config::read_layer(path)?;
+        let drop_ins = dropin::files_for(path)?;
+        let mut layers = Vec::with_capacity(drop_ins.len());
+        for d in &drop_ins {
+            let (_, table) = Config::read_layer(d)?;
+            dropin::merge(&mut merged, table.clone());
+            layers.push((d.clone(), table));
+        }
+        if !layers.is_empty() {
+            let mut unknown = Vec::new();
+            config = serde_ignored::deserialize(toml::Value::Table(merged), |p| {
+                unknown.push(p.to_string())
+            })
+            .map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: format!("after merging config.d: {}", e.to_string().trim()),
+            })?;
+            debug_assert!(unknown.is_empty(), "every layer was checked: {unknown:?}");
+        }
+        if let Err(e) = config.validate(path) {
+            return Err(match e {
+                ConfigError::Invalid { key, problem, .. } => ConfigError::Invalid {
+                    path: layers
+                        .iter()
+                        .rev()
+                        .find(|(_, t)| dropin::sets(t, key))
+                        .map(|(p, _)| p.clone())
+                        .unwrap_or_else(|| path.to_path_buf()),
+                    key,
+                    problem,
+                },
+                other => other,
+            });
+        }
+        Ok(Loaded {
+            config,
+            source: Some(path.to_path_buf()),
+            drop_ins,
+        })
     }
 
     /// Finds and loads the configuration: `KATA_CONF_FILE` when set (it must
-    /// exist), else the first of [`SEARCH_PATHS`] that exists, else defaults.
+    /// exist), else the first of [`SEARCH_PATHS`] that exists, else defaults;
+    /// a file comes with its `config.d` drop-ins.
     pub fn load() -> Result<Loaded, ConfigError> {
         let env = std::env::var_os(CONF_FILE_ENV).filter(|v| !v.is_empty());
         Config::load_from(env.map(PathBuf::from), &SEARCH_PATHS.map(PathBuf::from))
@@ -293,24 +401,17 @@ impl Config {
     /// [`Config::load`] with the override and the search list given.
     pub fn load_from(explicit: Option<PathBuf>, search: &[PathBuf]) -> Result<Loaded, ConfigError> {
         if let Some(path) = explicit {
-            let config = Config::from_file(&path)?;
-            return Ok(Loaded {
-                config,
-                source: Some(path),
-            });
+            return Config::load_file(&path);
         }
         for path in search {
             if path.exists() {
-                let config = Config::from_file(path)?;
-                return Ok(Loaded {
-                    config,
-                    source: Some(path.clone()),
-                });
+                return Config::load_file(path);
             }
         }
         Ok(Loaded {
             config: Config::default(),
             source: None,
+            drop_ins: Vec::new(),
         })
     }
 
@@ -398,6 +499,37 @@ impl Config {
                 ));
             }
         }
+        for name in &q.enable_annotations {
+            if name.is_empty() || name.contains(char::is_whitespace) {
+                return Err(invalid(
+                    "hypervisor.qemu.enable_annotations",
+                    format!("entry {name:?} must be a non-empty name or glob without spaces"),
+                ));
+            }
+            glob::check(name).map_err(|e| invalid("hypervisor.qemu.enable_annotations", e))?;
+        }
+        for (key, globs) in [
+            (
+                "hypervisor.qemu.valid_hypervisor_paths",
+                &q.valid_hypervisor_paths,
+            ),
+            ("hypervisor.qemu.valid_kernel_paths", &q.valid_kernel_paths),
+            ("hypervisor.qemu.valid_initrd_paths", &q.valid_initrd_paths),
+            (
+                "hypervisor.qemu.valid_virtio_fs_daemon_paths",
+                &q.valid_virtio_fs_daemon_paths,
+            ),
+        ] {
+            for g in globs {
+                if !g.starts_with('/') {
+                    return Err(invalid(
+                        key,
+                        format!("entry {g:?} must be an absolute glob"),
+                    ));
+                }
+                glob::check(g).map_err(|e| invalid(key, e))?;
+            }
+        }
         if !(1..=600).contains(&self.agent.kata.dial_timeout) {
             return Err(invalid(
                 "agent.kata.dial_timeout",
@@ -432,7 +564,7 @@ mod tests {
 
     #[test]
     fn shipped_configuration_parses() {
-        let text = include_str!("../configs/configuration.toml");
+        let text = include_str!("../../configs/configuration.toml");
         let c = parse(text).expect("configs/configuration.toml must load");
         assert_eq!(c.hypervisor.qemu.accel, Accel::Auto);
         assert_eq!(c.hypervisor.qemu.vsock, VsockMode::Auto);
@@ -601,5 +733,40 @@ mod tests {
         let none = Config::load_from(None, &[dir.path().join("nope.toml")]).expect("defaults");
         assert!(none.source.is_none());
         assert_eq!(none.config, Config::default());
+    }
+
+    #[test]
+    fn annotation_lists_are_read_and_checked() {
+        let c = parse(
+            "[hypervisor.qemu]\nenable_annotations = [\"default_vcpus\", \"kernel_*\"]\nvalid_kernel_paths = [\"/opt/kata/*.kernel\"]\n",
+        )
+        .expect("valid");
+        assert_eq!(
+            c.hypervisor.qemu.enable_annotations,
+            ["default_vcpus", "kernel_*"]
+        );
+        for (text, key) in [
+            (
+                "enable_annotations = [\"\"]",
+                "hypervisor.qemu.enable_annotations",
+            ),
+            (
+                "enable_annotations = [\"kernel_[\"]",
+                "hypervisor.qemu.enable_annotations",
+            ),
+            (
+                "valid_hypervisor_paths = [\"qemu-*\"]",
+                "hypervisor.qemu.valid_hypervisor_paths",
+            ),
+            (
+                "valid_initrd_paths = [\"/x/[a\"]",
+                "hypervisor.qemu.valid_initrd_paths",
+            ),
+        ] {
+            match parse(&format!("[hypervisor.qemu]\n{text}\n")) {
+                Err(ConfigError::Invalid { key: k, .. }) => assert_eq!(k, key, "{text}"),
+                other => panic!("{text}: expected invalid {key}, got {other:?}"),
+            }
+        }
     }
 }

@@ -69,7 +69,7 @@ pub fn run(explicit: Option<&Path>) -> Report {
 
 fn config_check(loaded: &Loaded) -> Check {
     match &loaded.source {
-        Some(p) => Check::ok("config", p.display().to_string()),
+        Some(_) => Check::ok("config", loaded.describe()),
         None => Check::ok(
             "config",
             format!(

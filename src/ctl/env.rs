@@ -16,6 +16,8 @@ use crate::config::Config;
 pub struct Env {
     /// The file loaded; `None` means the built-in defaults.
     pub config_file: Option<PathBuf>,
+    /// The `config.d/*.toml` drop-ins merged on top of it, in order.
+    pub config_file_drop_ins: Vec<PathBuf>,
     pub resolved: ResolvedEnv,
     /// The whole configuration with every default filled in.
     pub config: Config,
@@ -59,12 +61,15 @@ impl Env {
         let loaded = load_config(explicit)?;
         let host = Host::probe();
         let r = Resolved::new(&loaded.config.hypervisor.qemu, host.virt, host.vhost_vsock);
-        Ok(Env::resolve(loaded.source, loaded.config, &r))
+        let mut env = Env::resolve(loaded.source, loaded.config, &r);
+        env.config_file_drop_ins = loaded.drop_ins;
+        Ok(env)
     }
 
     fn resolve(config_file: Option<PathBuf>, config: Config, r: &Resolved) -> Env {
         Env {
             config_file,
+            config_file_drop_ins: Vec::new(),
             resolved: resolved_env(&config, r),
             config,
         }
@@ -79,6 +84,7 @@ impl Env {
     pub fn to_toml(&self) -> Result<String, CtlError> {
         let head = serde_json::json!({
             "config_file": self.config_file,
+            "config_file_drop_ins": self.config_file_drop_ins,
             "resolved": self.resolved,
         });
         let tail = serde_json::json!({ "config": self.config });
@@ -133,6 +139,7 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(&env().to_json().expect("json")).expect("parses");
         assert_eq!(v["config_file"], "/etc/k.toml");
+        assert_eq!(v["config_file_drop_ins"], serde_json::json!([]));
         assert_eq!(v["resolved"]["accel"], "tcg");
         assert_eq!(v["resolved"]["vsock"], "hybrid");
         assert_eq!(v["resolved"]["run_root"], crate::vm::RUN_ROOT);

@@ -39,7 +39,7 @@ use tokio::sync::watch;
 
 use crate::agent_client::{AgentClient, call_context};
 use crate::annotations::{self, ContainerKind};
-use crate::config::Config;
+use crate::config::{Config, Loaded, options, overrides};
 use crate::error::{Error, Result};
 use crate::host_cgroup::HostCgroup;
 use crate::persist::{self, ContainerRecord, ProcessRecord};
@@ -86,11 +86,16 @@ struct Lifecycle {
     processes: Vec<ProcessRecord>,
 }
 
+/// The configuration the serving shim found at start (`KATA_CONF_FILE` or
+/// the search paths, with drop-ins), or why it cannot be used.
+pub type BaseConfig = std::result::Result<Loaded, String>;
+
 /// One pod.
 pub struct Sandbox {
     pub id: String,
     pub namespace: String,
-    config: Config,
+    /// The default for the sandbox's Create; its options may name another.
+    base_config: BaseConfig,
     events: Arc<dyn EventSink>,
     lifecycle: tokio::sync::Mutex<Lifecycle>,
     state: Mutex<SandboxState>,
@@ -114,13 +119,13 @@ impl Sandbox {
     pub fn new(
         id: &str,
         namespace: &str,
-        config: Config,
+        base_config: BaseConfig,
         events: Arc<dyn EventSink>,
     ) -> Arc<Sandbox> {
         Arc::new(Sandbox {
             id: id.to_string(),
             namespace: namespace.to_string(),
-            config,
+            base_config,
             events,
             lifecycle: tokio::sync::Mutex::new(Lifecycle::default()),
             state: Mutex::new(SandboxState::Empty),
@@ -224,6 +229,14 @@ impl Sandbox {
                 id: req.id.clone(),
             });
         }
+        let is_sandbox = matches!(identity.kind, ContainerKind::Sandbox);
+        // Chosen before anything is created, so a refusal changes nothing.
+        let config = if is_sandbox {
+            Some(self.sandbox_config(req, &annotations)?)
+        } else {
+            None
+        };
+
         let io = ProcessIo::new(
             StdioConfig {
                 stdin: req.stdin.clone(),
@@ -235,11 +248,9 @@ impl Sandbox {
             "",
             &self.namespace,
         )?;
-        let is_sandbox = matches!(identity.kind, ContainerKind::Sandbox);
-
         let mut lc = self.lifecycle.lock().await;
-        if is_sandbox {
-            self.boot(&mut lc, &spec, &annotations).await?;
+        if let Some(config) = &config {
+            self.boot(&mut lc, &spec, &annotations, config).await?;
         }
         let agent = self.agent()?;
         let share_dir = crate::vm::SandboxPaths::new(&self.id).share_dir;
@@ -297,15 +308,72 @@ impl Sandbox {
         Ok(self.pid())
     }
 
+    /// The sandbox's configuration: the file its Create options name
+    /// (`runtimeoptions.v1.Options.config_path`, with that file's drop-ins),
+    /// else the serving shim's, then its `io.katacontainers.config.*`
+    /// annotations as far as the configuration allows them.
+    fn sandbox_config(
+        &self,
+        req: &CreateTaskRequest,
+        annotations: &BTreeMap<String, String>,
+    ) -> Result<Config> {
+        let named = match req.options.as_ref() {
+            Some(any) => {
+                options::decode(&any.type_url, &any.value).map_err(|e| Error::InvalidArgument {
+                    field: "options",
+                    reason: format!("cannot decode {}: {e}", any.type_url),
+                })?
+            }
+            None => None,
+        };
+        if let Some(o) = named.as_ref().filter(|o| o.config_path.is_empty()) {
+            if !o.config_body.is_empty() {
+                tracing::warn!(sandbox_id = %self.id,
+                    "options.config_body is not supported; using the default configuration");
+            }
+        }
+        let loaded = match named.and_then(|o| o.config_path()) {
+            Some(path) => {
+                if !path.is_absolute() {
+                    return Err(Error::InvalidArgument {
+                        field: "options.config_path",
+                        reason: format!("{} is not an absolute path", path.display()),
+                    });
+                }
+                Config::load_file(&path).map_err(|e| Error::InvalidArgument {
+                    field: "options.config_path",
+                    reason: crate::logging::error_chain(&e),
+                })?
+            }
+            None => match &self.base_config {
+                Ok(loaded) => loaded.clone(),
+                Err(e) => {
+                    return Err(Error::FailedPrecondition(format!(
+                        "the kata configuration cannot be used: {e}"
+                    )));
+                }
+            },
+        };
+        let (config, applied) =
+            overrides::apply(&loaded.config, annotations).map_err(|e| Error::InvalidArgument {
+                field: "annotations",
+                reason: e.to_string(),
+            })?;
+        tracing::info!(sandbox_id = %self.id, config = %loaded.describe(),
+            annotations = ?applied, "sandbox configuration chosen");
+        Ok(config)
+    }
+
     /// Boots the VM and creates the sandbox in the guest.
     async fn boot(
         self: &Arc<Self>,
         lc: &mut Lifecycle,
         spec: &serde_json::Value,
         annotations: &BTreeMap<String, String>,
+        config: &Config,
     ) -> Result<()> {
         lock(&self.state).begin_boot()?;
-        match self.boot_inner(lc, spec, annotations).await {
+        match self.boot_inner(lc, spec, annotations, config).await {
             Ok(()) => {
                 lock(&self.state).booted()?;
                 monitor::spawn(self.clone(), lc);
@@ -325,12 +393,10 @@ impl Sandbox {
         lc: &mut Lifecycle,
         spec: &serde_json::Value,
         annotations: &BTreeMap<String, String>,
+        config: &Config,
     ) -> Result<()> {
-        let (size, warnings) = sizing::vm_size(
-            annotations,
-            &self.config.hypervisor.qemu,
-            &HostSize::probe(),
-        )?;
+        let (size, warnings) =
+            sizing::vm_size(annotations, &config.hypervisor.qemu, &HostSize::probe())?;
         for w in warnings {
             tracing::warn!(sandbox_id = %self.id, "{w}");
         }
@@ -355,7 +421,7 @@ impl Sandbox {
         self.persist(lc);
         tracing::info!(sandbox_id = %self.id, vcpus = size.vcpus, memory_mib = size.memory_mib,
             cgroup = cgroups_path, "booting the sandbox VM");
-        let vm = SandboxVm::boot_with(&self.config, &self.id, &opts).await?;
+        let vm = SandboxVm::boot_with(config, &self.id, &opts).await?;
         self.qemu_pid.store(vm.vm.pid(), Ordering::Relaxed);
         lc.processes = vm
             .vm

@@ -48,27 +48,26 @@ pub enum ServeError {
 /// Serves the task API until a Shutdown finds no container left, then
 /// tears the sandbox down.
 pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
-    let (config, config_error) = match Config::load() {
-        Ok(loaded) => {
-            tracing::info!(sandbox_id = %opts.sandbox_id,
-                config = %loaded.source.as_ref().map(|p| p.display().to_string()).unwrap_or_else(|| "built-in defaults".into()),
-                "configuration loaded");
-            (loaded.config, None)
-        }
-        Err(e) => {
-            let msg = crate::logging::error_chain(&e);
-            tracing::error!(sandbox_id = %opts.sandbox_id, error = %msg, "configuration unusable");
-            (Config::default(), Some(msg))
-        }
-    };
+    // The default configuration of this shim's sandbox. Its Create may name
+    // another file in its options; the choice is made there. A broken
+    // default only fails a Create that relies on it, while the shim still
+    // answers (so containerd can clean up).
+    let base_config = Config::load().map_err(|e| {
+        let msg = crate::logging::error_chain(&e);
+        tracing::error!(sandbox_id = %opts.sandbox_id, error = %msg, "configuration unusable");
+        msg
+    });
+    if let Ok(loaded) = &base_config {
+        tracing::info!(sandbox_id = %opts.sandbox_id, config = %loaded.describe(),
+            "configuration loaded");
+    }
     let events = Arc::new(Publisher::new(
         opts.events_address.clone(),
         opts.namespace.clone(),
     ));
-    let sandbox = Sandbox::new(&opts.sandbox_id, &opts.namespace, config, events);
+    let sandbox = Sandbox::new(&opts.sandbox_id, &opts.namespace, base_config, events);
     let service = Arc::new(TaskService {
         sandbox: sandbox.clone(),
-        config_error,
     });
     let mut services = create_task(service.clone());
     if let Some(v3) = create_task(service).remove(TASK_SERVICE_V3) {

@@ -23,10 +23,9 @@ use crate::stdio::StdioConfig;
 
 /// The Task service of one sandbox.
 pub struct TaskService {
+    /// The pod; its sandbox Create chooses the configuration (the Create
+    /// options' `config_path`, else the shim's default, plus annotations).
     pub sandbox: Arc<Sandbox>,
-    /// Why the configuration could not be loaded: every Create fails with
-    /// it, while the shim still answers (so containerd can clean up).
-    pub config_error: Option<String>,
 }
 
 type R<T> = ttrpc::Result<T>;
@@ -73,11 +72,6 @@ impl Task for TaskService {
 
     async fn create(&self, _: &TtrpcContext, req: CreateTaskRequest) -> R<CreateTaskResponse> {
         let r = async {
-            if let Some(e) = &self.config_error {
-                return Err(Error::FailedPrecondition(format!(
-                    "the kata configuration cannot be used: {e}"
-                )));
-            }
             if req.checkpoint.is_empty() && req.parent_checkpoint.is_empty() {
                 let pid = self.sandbox.create(&req).await?;
                 Ok(CreateTaskResponse {

@@ -129,6 +129,9 @@ pub struct Crio {
     ctrs: BTreeMap<String, Ctr>,
     /// The bundles' `log` FIFO readers; CRI-O keeps them for good.
     logs: Vec<Drain>,
+    /// The Create `options` of every Create, as CRI-O sends its
+    /// `runtime_config_path` (`Any(runtimeoptions.v1.Options)`).
+    pub create_options: Option<protobuf::well_known_types::any::Any>,
 }
 
 impl Crio {
@@ -158,6 +161,7 @@ impl Crio {
             pods: BTreeMap::new(),
             ctrs: BTreeMap::new(),
             logs: Vec::new(),
+            create_options: None,
         }
     }
 
@@ -340,6 +344,20 @@ impl Crio {
     /// CRI-O's RunPodSandbox: namespaces, bundle files, `start`, Create,
     /// Start, a background Wait, State. Returns the sandbox id.
     pub fn run_pod_sandbox(&mut self, cfg: &PodConfig) -> String {
+        let (id, created) = self.try_create_pod_sandbox(cfg);
+        created.unwrap_or_else(|e| panic!("RunPodSandbox {id}: create failed: {e:?}"));
+        let state = self.start_container(&id);
+        assert_eq!(
+            state.status.enum_value(),
+            Ok(api::Status::RUNNING),
+            "sandbox {id} after Start: {state:?}"
+        );
+        id
+    }
+
+    /// RunPodSandbox up to the sandbox's Create: the sandbox id and how
+    /// Create went (a failed one is cleaned up as CRI-O does).
+    pub fn try_create_pod_sandbox(&mut self, cfg: &PodConfig) -> (String, Result<(), CrioError>) {
         let id = hex_id();
         let bundle = self.bundle_dir(&id);
         std::fs::create_dir_all(&bundle).expect("mkdir sandbox bundle");
@@ -417,15 +435,8 @@ impl Crio {
             tty: false,
             stdin: false,
         };
-        self.create_prepared(prepared)
-            .unwrap_or_else(|e| panic!("RunPodSandbox {id}: create failed: {e:?}"));
-        let state = self.start_container(&id);
-        assert_eq!(
-            state.status.enum_value(),
-            Ok(api::Status::RUNNING),
-            "sandbox {id} after Start: {state:?}"
-        );
-        id
+        let created = self.create_prepared(prepared).map(|_| ());
+        (id, created)
     }
 
     /// A container bundle in pod `sandbox_id` with a mounted busybox rootfs
@@ -503,6 +514,7 @@ impl Crio {
         req.rootfs = p.rootfs_mounts.clone();
         req.terminal = p.tty;
         (req.stdin, req.stdout, req.stderr) = io.paths();
+        req.options = self.create_options.clone().into();
         match self.rpc::<_, api::CreateTaskResponse>(&client, "Create", &req) {
             Ok(resp) => {
                 assert!(
