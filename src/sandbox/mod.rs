@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use containerd_shim_protos::api::CreateTaskRequest;
-use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO};
+use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM};
 use kata_agent_protocol::agent;
 use tokio::sync::watch;
 
@@ -478,7 +478,7 @@ impl Sandbox {
             p.io.shutdown().await;
         }
         if p.is_init() {
-            if exit.status == 137 && c.crio && !dead {
+            if exit.status == 137 && !dead {
                 self.note_oom_before_exit(c).await;
             }
             c.release_share();
@@ -498,9 +498,12 @@ impl Sandbox {
     }
 
     /// CRI-O reads `<bundle>/oom` right after Wait returns a non-zero exit,
-    /// but the guest's OOM event may arrive a moment after the exit; a
-    /// SIGKILLed init is checked against its cgroup's `oom_kill` count
-    /// first, so the file is there before the exit is reported.
+    /// and containerd marks a container OOMKilled only for a `/tasks/oom`
+    /// that comes before its `/tasks/exit`; but the guest's OOM event may
+    /// arrive a moment after the exit. So a SIGKILLed init is checked
+    /// against its cgroup's `oom_kill` count first, and the file or the
+    /// event is there before the exit is reported (a second event from the
+    /// OOM watcher changes nothing).
     async fn note_oom_before_exit(&self, c: &Container) {
         let Ok(stats) = self.stats(&c.id).await else {
             return;
@@ -510,8 +513,16 @@ impl Sandbox {
             .as_ref()
             .and_then(|m| m.events.get("oom_kill").copied())
             .unwrap_or(0);
-        if oom_kills > 0 {
+        if oom_kills == 0 {
+            return;
+        }
+        if c.crio {
             monitor::write_oom_file(&self.id, c);
+        } else {
+            self.publish(Event::Oom(TaskOOM {
+                container_id: c.id.clone(),
+                ..Default::default()
+            }));
         }
     }
 
