@@ -8,6 +8,7 @@
 //!   argv, acceleration and vsock choices, supervision, QMP, teardown.
 //! - [`agent_client`]: dialing the agent and the calls the shim makes.
 //! - [`sandbox`]: a VM together with its agent, booted and shut down as one.
+//! - [`metrics`]: each shim's Prometheus metrics on its `metrics.sock`.
 //! - [`boot_check`]: boot a VM without containerd and report what the guest
 //!   says (`kata-ctl boot-check`).
 //!
@@ -30,6 +31,7 @@ pub mod ctl;
 pub mod error;
 pub mod host_cgroup;
 pub mod logging;
+pub mod metrics;
 pub mod mounts;
 pub mod oci;
 pub mod persist;

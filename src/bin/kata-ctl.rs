@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kata_shim::ctl::{check, env::Env};
+use kata_shim::ctl::{check, env::Env, metrics};
 use kata_shim::{boot_check, logging};
 
 #[derive(Parser)]
@@ -50,6 +50,14 @@ enum Verb {
         /// Print JSON instead of TOML.
         #[arg(long)]
         json: bool,
+    },
+    /// Print the Prometheus metrics of one running sandbox's shim, or of
+    /// every one; exits 1 when none runs or a shim does not answer.
+    /// Must run as root.
+    Metrics {
+        /// Only this sandbox (default: every sandbox with a metrics socket).
+        #[arg(long, value_name = "ID")]
+        sandbox: Option<String>,
     },
 }
 
@@ -104,6 +112,18 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             let text = if json { env.to_json()? } else { env.to_toml()? };
             println!("{}", text.trim_end());
             Ok(ExitCode::SUCCESS)
+        }
+        Verb::Metrics { sandbox } => {
+            let gathered = metrics::gather(sandbox.as_deref())?;
+            print!("{}", gathered.text);
+            for e in &gathered.failures {
+                eprintln!("kata-ctl: error: {}", kata_shim::logging::error_chain(e));
+            }
+            Ok(if gathered.failures.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
         }
     }
 }

@@ -9,11 +9,13 @@
 //!
 //! - [`check`]: one line per host requirement, `ok`, `warn` or `fail`.
 //! - [`env`]: the resolved configuration and paths, as TOML or JSON.
+//! - [`metrics`]: the running shims' Prometheus metrics.
 
 pub mod check;
 pub mod env;
 mod host;
 mod image;
+pub mod metrics;
 mod qemu;
 mod toml_out;
 

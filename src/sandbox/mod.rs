@@ -102,6 +102,8 @@ pub struct Sandbox {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     agent: Mutex<Option<AgentClient>>,
     qemu_pid: AtomicU32,
+    /// Boot phases and agent RPC latencies, served by [`crate::metrics`].
+    pub metrics: crate::metrics::Metrics,
     dead_tx: watch::Sender<bool>,
     shutdown_tx: watch::Sender<bool>,
 }
@@ -132,6 +134,7 @@ impl Sandbox {
             containers: Mutex::new(HashMap::new()),
             agent: Mutex::new(None),
             qemu_pid: AtomicU32::new(0),
+            metrics: crate::metrics::Metrics::default(),
             dead_tx: watch::channel(false).0,
             shutdown_tx: watch::channel(false).0,
         })
@@ -421,7 +424,11 @@ impl Sandbox {
         self.persist(lc);
         tracing::info!(sandbox_id = %self.id, vcpus = size.vcpus, memory_mib = size.memory_mib,
             cgroup = cgroups_path, "booting the sandbox VM");
+        let began = std::time::Instant::now();
         let vm = SandboxVm::boot_with(config, &self.id, &opts).await?;
+        self.metrics.guest_memory_mib(size.memory_mib);
+        self.metrics.boot_phase("vm_spawn", vm.vm.spawn_duration);
+        self.metrics.boot_phase("agent_ready", vm.agent_ready);
         self.qemu_pid.store(vm.vm.pid(), Ordering::Relaxed);
         lc.processes = vm
             .vm
@@ -441,11 +448,14 @@ impl Sandbox {
             .and_then(|h| h.as_str())
             .unwrap_or_default()
             .to_string();
+        let created = std::time::Instant::now();
         agent
             .service()
             .create_sandbox(call_context(Some(CALL_TIMEOUT)), &req)
             .await
             .map_err(Error::agent("CreateSandbox", &self.id))?;
+        self.metrics.boot_phase("create_sandbox", created.elapsed());
+        self.metrics.boot_phase("total", began.elapsed());
         Ok(())
     }
 

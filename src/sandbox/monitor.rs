@@ -52,7 +52,13 @@ async fn watch_vm(
         let mut failures = 0;
         loop {
             tokio::time::sleep(HEALTH_PERIOD).await;
-            match agent.check_health(HEALTH_TIMEOUT).await {
+            let began = std::time::Instant::now();
+            let checked = agent.check_health(HEALTH_TIMEOUT).await;
+            sb.metrics.rpc(
+                "Health.Check",
+                checked.as_ref().map(|()| began.elapsed()).map_err(|_| ()),
+            );
+            match checked {
                 Ok(()) => failures = 0,
                 // A guest busy writing output answers its stream reads
                 // while the health check waits behind them: alive.

@@ -81,11 +81,17 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let mut server = server.register_service(services);
     server.start().await.map_err(ServeError::Server)?;
     tracing::info!(sandbox_id = %opts.sandbox_id, socket = %opts.socket_path.display(), "serving the task API");
+    let metrics = crate::metrics::serve(sandbox.clone());
 
     let mut shutdown = sandbox.shutdown_watch();
     let _ = shutdown.wait_for(|s| *s).await;
     tracing::info!(sandbox_id = %opts.sandbox_id, "last container gone; shutting down");
     sandbox.teardown().await;
+    // Teardown removed the shim directory, the socket with it; this only
+    // stops answering.
+    if let Some(m) = metrics {
+        m.remove();
+    }
     if let Err(e) = server.shutdown().await {
         tracing::warn!(sandbox_id = %opts.sandbox_id, error = %e, "ttrpc server shutdown");
     }
