@@ -245,17 +245,7 @@ fn check_containerd_snippet(path: &Path) {
         "{what}: config version"
     );
     let kata = containerd_kata(&v, &what);
-    assert_eq!(
-        kata.get("runtime_type").and_then(toml::Value::as_str),
-        Some("io.containerd.kata.v2"),
-        "{what}"
-    );
-    assert_eq!(
-        kata.get("privileged_without_host_devices")
-            .and_then(toml::Value::as_bool),
-        Some(true),
-        "{what}"
-    );
+    assert_kata_runtime(kata, &what);
     let annotations: Vec<&str> = kata
         .get("pod_annotations")
         .and_then(toml::Value::as_array)
@@ -581,9 +571,9 @@ fn containerd_dump(config: &Path) -> toml::Value {
         .unwrap_or_else(|e| panic!("{what}: the dump is not TOML: {e}\n{stdout}"))
 }
 
-fn assert_dump_has_kata(dump: &toml::Value, how: &str) {
-    let what = format!("containerd config dump ({how})");
-    let kata = containerd_kata(dump, &what);
+/// The `kata` runtime table names the shim's runtime type and keeps the
+/// host's devices out of privileged containers.
+fn assert_kata_runtime(kata: &toml::Value, what: &str) {
     assert_eq!(
         kata.get("runtime_type").and_then(toml::Value::as_str),
         Some("io.containerd.kata.v2"),
@@ -595,6 +585,12 @@ fn assert_dump_has_kata(dump: &toml::Value, how: &str) {
         Some(true),
         "{what}"
     );
+}
+
+fn assert_dump_has_kata(dump: &toml::Value, how: &str) {
+    let what = format!("containerd config dump ({how})");
+    let kata = containerd_kata(dump, &what);
+    assert_kata_runtime(kata, &what);
     assert_eq!(
         kata.get("pod_annotations")
             .and_then(toml::Value::as_array)

@@ -62,7 +62,7 @@ fn refused_annotations_change_nothing_on_the_host() {
             "{name}: {msg:?} should name {key} and say {want:?}"
         );
         assert!(qemu_pids(&sid).is_empty(), "{name}: a QEMU was started");
-        unmount_crio_shm(&crio, &sid);
+        crio.unmount_own_shm(&sid);
         crio.assert_no_leaks(&sid);
     }
 }
@@ -84,17 +84,4 @@ fn an_enabled_annotation_takes_effect() {
     );
     crio.remove_pod(&sid);
     crio.assert_no_leaks(&sid);
-}
-
-/// What the driver itself set up for a pod whose sandbox Create failed and
-/// CRI-O then takes down: the pod's shm tmpfs in the bundle. Asserts that
-/// it is the only mount below the bundle (the shim made none).
-fn unmount_crio_shm(crio: &Crio, sid: &str) {
-    let bundle = crio.bundle(sid);
-    let unmounted = unmount_under(&bundle);
-    assert_eq!(
-        unmounted,
-        vec![bundle.join("shm")],
-        "mounts below the bundle other than CRI-O's shm"
-    );
 }

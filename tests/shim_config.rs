@@ -103,20 +103,7 @@ fn bad_options_config_path_is_refused_and_changes_nothing() {
             "{path}: {msg:?} should name options.config_path and {want:?}"
         );
         assert!(qemu_pids(&sid).is_empty(), "{path}: a QEMU was started");
-        unmount_crio_shm(&crio, &sid);
+        crio.unmount_own_shm(&sid);
         crio.assert_no_leaks(&sid);
     }
-}
-
-/// What the driver itself set up for a pod whose sandbox Create failed and
-/// CRI-O then takes down: the pod's shm tmpfs in the bundle. Asserts that
-/// it is the only mount below the bundle (the shim made none).
-fn unmount_crio_shm(crio: &Crio, sid: &str) {
-    let bundle = crio.bundle(sid);
-    let unmounted = unmount_under(&bundle);
-    assert_eq!(
-        unmounted,
-        vec![bundle.join("shm")],
-        "mounts below the bundle other than CRI-O's shm"
-    );
 }

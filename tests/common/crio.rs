@@ -211,6 +211,20 @@ impl Crio {
         &self.pod(sandbox_id).info
     }
 
+    /// What the driver itself set up for a pod whose sandbox Create failed
+    /// and CRI-O then takes down: the pod's shm tmpfs in the bundle.
+    /// Asserts that it is the only mount below the bundle (the shim made
+    /// none).
+    pub fn unmount_own_shm(&self, sid: &str) {
+        let bundle = self.bundle(sid);
+        let unmounted = unmount_under(&bundle);
+        assert_eq!(
+            unmounted,
+            vec![bundle.join("shm")],
+            "mounts below the bundle other than CRI-O's shm"
+        );
+    }
+
     pub fn bundle(&self, id: &str) -> PathBuf {
         self.bundle_dir(id)
     }
