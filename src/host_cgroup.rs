@@ -26,8 +26,11 @@ mod layout;
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 
 /// How long [`remove_dirs`] keeps retrying a directory the kernel still
-/// reports busy (a process that just exited may linger in `cgroup.procs`).
-const BUSY_RETRIES: u32 = 10;
+/// reports busy (a process that just exited may linger in `cgroup.procs`):
+/// up to 5 s, since a SIGKILLed QEMU with gigabytes of guest memory takes
+/// a while to go (200 ms left a pod's blkio cgroup behind after a failed
+/// RunPodSandbox).
+const BUSY_RETRIES: u32 = 250;
 const BUSY_PAUSE: Duration = Duration::from_millis(20);
 
 /// Failures finding, creating or joining the pod's host cgroup.
