@@ -199,6 +199,7 @@ fn raw_boot(config: &Config, initrd: &Path) -> Result<Duration, String> {
             vcpus: q.default_vcpus,
             debug: false,
             agent_log: config.agent.kata.log_level,
+            debug_console: false,
             share: &share,
             extra: &q.kernel_params,
         }

@@ -102,6 +102,8 @@ pub struct Config {
     pub shared_fs: SharedFsKind,
     /// How long to wait for a device (console, share) to appear.
     pub device_timeout: Duration,
+    /// Serve the debug console (`agent.debug_console`).
+    pub debug_console: bool,
     /// `agent.*` keys the agent does not know, as written (`key` or `key=value`).
     pub unknown_keys: Vec<String>,
 }
@@ -112,6 +114,7 @@ impl Default for Config {
             log_level: LogLevel::default(),
             shared_fs: SharedFsKind::default(),
             device_timeout: Duration::from_secs(DEFAULT_DEVICE_TIMEOUT_SECS),
+            debug_console: false,
             unknown_keys: Vec::new(),
         }
     }
@@ -186,6 +189,20 @@ pub fn parse_cmdline(cmdline_text: &str) -> Result<Config> {
                 }
                 cfg.device_timeout = Duration::from_secs(secs);
             }
+            // A flag; `=1`/`=true` are accepted too, `=0`/`=false` turn it off.
+            cmdline::DEBUG_CONSOLE => {
+                cfg.debug_console = match value {
+                    None | Some("1" | "true" | "on" | "yes") => true,
+                    Some("0" | "false" | "off" | "no") => false,
+                    Some(v) => {
+                        return Err(invalid(
+                            cmdline::DEBUG_CONSOLE,
+                            v,
+                            "no value, or one of 1|true|on|yes|0|false|off|no",
+                        ));
+                    }
+                };
+            }
             _ => cfg.unknown_keys.push(param.clone()),
         }
     }
@@ -209,6 +226,7 @@ mod tests {
             log_level: log,
             shared_fs: fs,
             device_timeout: Duration::from_secs(timeout),
+            debug_console: false,
             unknown_keys: unknown.iter().map(|s| s.to_string()).collect(),
         }
     }
@@ -260,6 +278,34 @@ mod tests {
             let got = parse_cmdline(line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
             assert_eq!(&got, want, "{line:?}");
         }
+    }
+
+    #[test]
+    fn debug_console_flag() {
+        assert!(!parse_cmdline("quiet").expect("ok").debug_console);
+        assert!(
+            parse_cmdline("quiet agent.debug_console")
+                .expect("ok")
+                .debug_console
+        );
+        assert!(
+            parse_cmdline("agent.debug_console=1")
+                .expect("ok")
+                .debug_console
+        );
+        assert!(
+            !parse_cmdline("agent.debug_console agent.debug_console=0")
+                .expect("ok")
+                .debug_console
+        );
+        let e = parse_cmdline("agent.debug_console=maybe").expect_err("bad value");
+        assert!(e.to_string().contains("agent.debug_console"), "{e}");
+        assert!(
+            parse_cmdline("agent.debug_console")
+                .expect("ok")
+                .unknown_keys
+                .is_empty()
+        );
     }
 
     #[test]

@@ -206,6 +206,11 @@ async fn boot_and_serve() -> Result<()> {
         server::start_with_reaper(&addr, paths, server::DestroyAction::PowerOff, Some(reaper))
             .await?;
     tracing::info!(%addr, "serving the agent API");
+    if cfg.debug_console {
+        if let Err(e) = crate::debug_console::start() {
+            tracing::error!(error = %e, "cannot start the debug console");
+        }
+    }
     // Log-level independent: the shim waits for this line before dialing.
     println!("{}", kata_agent_protocol::guest::READY_MARKER);
     // Its own thread at idle priority: under TCG the guest has one slow

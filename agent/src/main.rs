@@ -8,6 +8,7 @@
 
 mod config;
 mod container;
+mod debug_console;
 mod details;
 mod error;
 mod init;

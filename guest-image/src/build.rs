@@ -100,7 +100,14 @@ pub struct Options {
     pub force: bool,
     /// Only report whether a rebuild is needed.
     pub check: bool,
+    /// `--debug`: also pack this busybox as `/bin/busybox` with `/bin/sh`
+    /// linked to it, for the agent's debug console. `None` (the default)
+    /// keeps the image shell-free.
+    pub debug_busybox: Option<PathBuf>,
 }
+
+/// Where a `--debug` image has its busybox, and the shell linked to it.
+pub const DEBUG_BUSYBOX_GUEST: &str = "/bin/busybox";
 
 /// Result of a finished build.
 #[derive(Debug, Clone)]
@@ -280,7 +287,26 @@ fn plan(opts: &Options, warn: &mut dyn FnMut(&str)) -> Result<Plan, BuildError> 
         };
         module_entries.push((source, entry));
     }
-    let libs = elf::closure(&opts.agent, Path::new("/"))?;
+    let mut libs = elf::closure(&opts.agent, Path::new("/"))?;
+    let debug_shell = match &opts.debug_busybox {
+        None => None,
+        Some(bb) => {
+            if !bb.is_file() {
+                return Err(BuildError::BusyboxMissing(bb.clone()));
+            }
+            // A dynamically linked busybox works too, with its libraries.
+            for l in elf::closure(bb, Path::new("/"))? {
+                if !libs.iter().any(|have| have.guest == l.guest) {
+                    libs.push(l);
+                }
+            }
+            Some(LibEntry {
+                guest_path: DEBUG_BUSYBOX_GUEST.to_string(),
+                source_path: bb.clone(),
+                sha256: manifest::sha256_file(bb)?,
+            })
+        }
+    };
     let mut lib_entries = Vec::with_capacity(libs.len());
     for l in &libs {
         lib_entries.push(LibEntry {
@@ -308,6 +334,7 @@ fn plan(opts: &Options, warn: &mut dyn FnMut(&str)) -> Result<Plan, BuildError> 
         builtin_modules: res.builtin,
         modules: module_entries.iter().map(|(_, e)| e.clone()).collect(),
         libs: lib_entries,
+        debug_shell,
         inputs_hash: String::new(),
         initrd: None,
     };
@@ -360,6 +387,15 @@ fn assemble(plan: &Plan, agent: &Path) -> Result<Vec<u8>, BuildError> {
         })
         .collect();
     add_libs(&mut tree, &libs)?;
+    if let Some(bb) = &plan.manifest.debug_shell {
+        tree.dir("/bin", 0o755);
+        tree.file(&bb.guest_path, 0o755, read(&bb.source_path)?);
+        tree.insert(
+            guest::DEBUG_SHELL,
+            0o777,
+            Kind::Symlink("busybox".to_string()),
+        );
+    }
     let bodies = load_modules(&plan.modules)?;
     let mut load_list = String::new();
     for ((_, entry), body) in plan.modules.iter().zip(bodies) {

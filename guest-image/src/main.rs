@@ -66,6 +66,14 @@ struct BuildArgs {
     /// Where images and the kata.kernel/kata.initrd symlinks go.
     #[arg(long, value_name = "DIR", default_value = build::DEFAULT_OUTPUT_DIR)]
     output_dir: PathBuf,
+    /// Debug image: also pack busybox as /bin/busybox with /bin/sh linked
+    /// to it, for the agent's debug console (`kata-ctl exec`). Use a
+    /// separate --output-dir: the default image stays shell-free.
+    #[arg(long)]
+    debug: bool,
+    /// busybox for --debug (Debian busybox-static).
+    #[arg(long, value_name = "PATH", default_value = build::DEFAULT_BUSYBOX, requires = "debug")]
+    busybox: PathBuf,
     #[command(flatten)]
     kernel: KernelArgs,
 }
@@ -95,6 +103,7 @@ fn run_build(args: BuildArgs) -> anyhow::Result<ExitCode> {
         output_dir: args.output_dir,
         force: args.force,
         check: args.check,
+        debug_busybox: args.debug.then_some(args.busybox),
     };
     match build::run(&opts, &mut |m| warn(m))? {
         Outcome::UpToDate { release, initrd } => {

@@ -113,6 +113,11 @@ pub struct Manifest {
     pub modules: Vec<ModuleEntry>,
     /// Packed libraries.
     pub libs: Vec<LibEntry>,
+    /// `--debug` images only: the busybox packed as `/bin/busybox` (with
+    /// `/bin/sh` linked to it) for the agent's debug console. Absent in
+    /// the default, shell-free image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debug_shell: Option<LibEntry>,
     /// sha256 over every input, see [`inputs_hash`].
     pub inputs_hash: String,
     /// The built initrd; `None` in the embedded copy.
@@ -184,6 +189,12 @@ pub fn inputs_hash(m: &Manifest) -> String {
     for l in &m.libs {
         put(&l.guest_path);
         put(&l.sha256);
+    }
+    // Only when present, so default images keep their hash.
+    if let Some(b) = &m.debug_shell {
+        put("debug shell");
+        put(&b.guest_path);
+        put(&b.sha256);
     }
     hex(&h.finalize())
 }
@@ -297,6 +308,7 @@ mod tests {
                 source_path: "/usr/lib/x86_64-linux-gnu/libc.so.6".into(),
                 sha256: sha256_hex(b"libc"),
             }],
+            debug_shell: None,
             inputs_hash: String::new(),
             initrd: None,
         };
@@ -332,6 +344,13 @@ mod tests {
             |m| m.builder_version = "9.9.9".into(),
             |m| m.modules[0].source_sha256 = sha256_hex(b"o2"),
             |m| m.libs[0].sha256 = sha256_hex(b"l2"),
+            |m| {
+                m.debug_shell = Some(LibEntry {
+                    guest_path: "/bin/busybox".into(),
+                    source_path: "/bin/busybox".into(),
+                    sha256: sha256_hex(b"bb"),
+                })
+            },
             |m| m.required_modules.push("virtio_blk".into()),
             |m| m.compression = Compression::Gzip,
             |m| m.kernel_release = "6.12.10".into(),

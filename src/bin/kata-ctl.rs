@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use kata_shim::ctl::{check, env::Env, metrics};
+use kata_shim::ctl::{check, env::Env, exec, metrics};
 use kata_shim::{boot_check, logging};
 
 #[derive(Parser)]
@@ -58,6 +58,16 @@ enum Verb {
         /// Only this sandbox (default: every sandbox with a metrics socket).
         #[arg(long, value_name = "ID")]
         sandbox: Option<String>,
+    },
+    /// Open a root shell in a running sandbox's guest through the agent's
+    /// debug console (vsock port 1026): stdin goes to the shell, its output
+    /// to stdout, until the shell exits. Needs `[agent.kata]
+    /// debug_console_enabled = true` and an image built with
+    /// `kata-guest-image --debug`; exits 1 otherwise. Hybrid vsock only.
+    /// Must run as root.
+    Exec {
+        /// The sandbox id.
+        sandbox_id: String,
     },
 }
 
@@ -124,6 +134,11 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             } else {
                 ExitCode::FAILURE
             })
+        }
+        Verb::Exec { sandbox_id } => {
+            let mut stdout = std::io::stdout();
+            exec::run(&sandbox_id, std::io::stdin(), &mut stdout)?;
+            Ok(ExitCode::SUCCESS)
         }
     }
 }

@@ -238,6 +238,11 @@ pub struct Agent {
     pub dial_timeout: u32,
     /// Agent log level (`agent.log=` on the kernel command line).
     pub log_level: LogLevel,
+    /// Debug console: the agent serves a root shell on vsock port 1026
+    /// (`agent.debug_console` on the kernel command line), reached with
+    /// `kata-ctl exec <sandbox-id>`. Needs an image built with
+    /// `kata-guest-image --debug` (the default image has no shell).
+    pub debug_console_enabled: bool,
 }
 
 impl Default for Agent {
@@ -245,6 +250,7 @@ impl Default for Agent {
         Agent {
             dial_timeout: 30,
             log_level: LogLevel::Info,
+            debug_console_enabled: false,
         }
     }
 }
@@ -530,6 +536,22 @@ impl Config {
                 glob::check(g).map_err(|e| invalid(key, e))?;
             }
         }
+        // The debug console is a root shell: only its own switch turns it on.
+        if self
+            .hypervisor
+            .qemu
+            .kernel_params
+            .split_whitespace()
+            .any(|p| p.split('=').next() == Some(kata_agent_protocol::cmdline::DEBUG_CONSOLE))
+        {
+            return Err(invalid(
+                "hypervisor.qemu.kernel_params",
+                format!(
+                    "must not contain {}: set [agent.kata] debug_console_enabled = true instead",
+                    kata_agent_protocol::cmdline::DEBUG_CONSOLE
+                ),
+            ));
+        }
         if !(1..=600).contains(&self.agent.kata.dial_timeout) {
             return Err(invalid(
                 "agent.kata.dial_timeout",
@@ -592,6 +614,7 @@ mod tests {
             [agent.kata]
             dial_timeout = 5
             log_level = "debug"
+            debug_console_enabled = true
             [runtime]
             enable_debug = true
             "#,
@@ -606,6 +629,8 @@ mod tests {
         assert_eq!(q.default_maxvcpus, 4);
         assert_eq!(q.tcg_tb_size, 0);
         assert_eq!(c.agent.kata.log_level, LogLevel::Debug);
+        assert!(c.agent.kata.debug_console_enabled);
+        assert!(!Agent::default().debug_console_enabled);
         assert!(c.runtime.enable_debug);
     }
 
@@ -672,6 +697,10 @@ mod tests {
                 "[agent.kata]\ndial_timeout = 0\n",
                 "agent.kata.dial_timeout",
             ),
+            (
+                "[hypervisor.qemu]\nkernel_params = \"quiet agent.debug_console\"\n",
+                "hypervisor.qemu.kernel_params",
+            ),
         ];
         for (text, want) in cases {
             match parse(text) {
@@ -691,6 +720,10 @@ mod tests {
                 "default_vcpus",
             ),
             ("[hypervisor.qemu]\ntcg_tb_size = -1\n", "tcg_tb_size"),
+            (
+                "[agent.kata]\ndebug_console_enabled = \"yes\"\n",
+                "debug_console_enabled",
+            ),
         ] {
             match parse(text) {
                 Err(e @ ConfigError::Parse { .. }) => {

@@ -10,9 +10,11 @@
 //! - [`check`]: one line per host requirement, `ok`, `warn` or `fail`.
 //! - [`env`]: the resolved configuration and paths, as TOML or JSON.
 //! - [`metrics`]: the running shims' Prometheus metrics.
+//! - [`exec`]: a shell in a sandbox's guest through the agent's debug console.
 
 pub mod check;
 pub mod env;
+pub mod exec;
 mod host;
 mod image;
 pub mod metrics;

@@ -354,6 +354,7 @@ impl Vm {
             vcpus,
             debug,
             agent_log,
+            debug_console: config.agent.kata.debug_console_enabled,
             share: &share_dev,
             extra: &q.kernel_params,
         }

@@ -30,6 +30,10 @@ pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// vsock port of the agent's ttrpc server.
 pub const AGENT_VSOCK_PORT: u32 = 1024;
 
+/// vsock port of the agent's debug console (a root shell per connection),
+/// served only when the kernel command line has [`cmdline::DEBUG_CONSOLE`].
+pub const DEBUG_CONSOLE_VSOCK_PORT: u32 = 1026;
+
 /// Kernel-command-line keys the shim sets and the agent parses.
 pub mod cmdline {
     /// Agent log level: `error`, `warn`, `info`, `debug` or `trace`.
@@ -38,6 +42,10 @@ pub mod cmdline {
     pub const SHARED_FS: &str = "agent.shared_fs";
     /// Seconds the agent waits for a device (console, share) to appear.
     pub const DEVICE_TIMEOUT: &str = "agent.device_timeout";
+    /// Flag (no value): serve the debug console on
+    /// [`super::DEBUG_CONSOLE_VSOCK_PORT`]. Set only when the configuration
+    /// has `[agent.kata] debug_console_enabled = true`.
+    pub const DEBUG_CONSOLE: &str = "agent.debug_console";
 }
 
 /// Guest-side paths shared by the image builder, the agent and the shim.
@@ -64,6 +72,13 @@ pub mod guest {
     /// its vsock device up can wedge vhost-device-vsock for good. The line
     /// is a hint, not a credential: the dial itself still has to succeed.
     pub const READY_MARKER: &str = "kata-agent: ready for the shim";
+    /// The shell the debug console runs; only images built with
+    /// `kata-guest-image --debug` have it (a symlink to `/bin/busybox`).
+    pub const DEBUG_SHELL: &str = "/bin/sh";
+    /// How the agent's one-line refusal on the debug console port starts
+    /// (for instance when the image has no shell), so that `kata-ctl exec`
+    /// can tell it from shell output.
+    pub const DEBUG_CONSOLE_ERROR_PREFIX: &str = "kata-agent: debug console: ";
 }
 
 /// How the agent and shim name the shared filesystem kinds on the command line.

@@ -208,6 +208,8 @@ pub struct KernelCmdline<'a> {
     pub vcpus: u32,
     pub debug: bool,
     pub agent_log: LogLevel,
+    /// `[agent.kata] debug_console_enabled`: adds `agent.debug_console`.
+    pub debug_console: bool,
     pub share: &'a ShareDevice,
     /// `kernel_params` from the configuration, appended last but before the
     /// agent keys so an operator cannot silently override them.
@@ -259,6 +261,9 @@ impl KernelCmdline<'_> {
         p.extend(extra);
         p.push(format!("{}={}", keys::LOG_LEVEL, self.agent_log.as_str()));
         p.push(format!("{}={}", keys::SHARED_FS, self.share.agent_value()));
+        if self.debug_console {
+            p.push(keys::DEBUG_CONSOLE.to_string());
+        }
         p.join(" ")
     }
 }
@@ -293,6 +298,7 @@ mod tests {
             vcpus: 1,
             debug: false,
             agent_log: LogLevel::Info,
+            debug_console: false,
             share: &share,
             extra: "",
         }
@@ -617,6 +623,7 @@ mod tests {
             vcpus: 2,
             debug: false,
             agent_log: LogLevel::Debug,
+            debug_console: false,
             share: &share,
             extra: " foo=1  bar ",
         }
@@ -633,6 +640,7 @@ mod tests {
             vcpus: 1,
             debug: true,
             agent_log: LogLevel::Info,
+            debug_console: false,
             share: &ShareDevice::None,
             extra: "",
         }
@@ -642,6 +650,27 @@ mod tests {
         // TCG's calibrated TSC drifts on a loaded host: the HPET keeps the
         // wall clock, and the TSC stays reliable for the scheduler clock.
         assert!(d.starts_with("tsc=reliable clocksource=hpet "), "{d}");
+    }
+
+    #[test]
+    fn debug_console_key_only_when_enabled() {
+        let render = |debug_console| {
+            KernelCmdline {
+                accel: Accel::Tcg,
+                vcpus: 1,
+                debug: false,
+                agent_log: LogLevel::Info,
+                debug_console,
+                share: &ShareDevice::None,
+                extra: "",
+            }
+            .render()
+        };
+        let off = render(false);
+        assert!(!off.contains("debug_console"), "{off}");
+        let on = render(true);
+        assert!(on.split(' ').any(|p| p == keys::DEBUG_CONSOLE), "{on}");
+        assert_eq!(keys::DEBUG_CONSOLE, "agent.debug_console");
     }
 
     #[test]

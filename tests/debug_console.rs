@@ -1,0 +1,212 @@
+//! The agent's debug console and `kata-ctl exec`, on real VMs with the test
+//! image: refused when the configuration leaves it off, a working shell
+//! with `debug_console_enabled = true` and an image built with
+//! `kata-guest-image --debug`. Also the image contents: only the debug
+//! image has a shell.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::Once;
+use std::time::Duration;
+
+use common::pod::Pod;
+use common::*;
+use kata_guest_image::cpio::{self, Kind};
+use kata_shim::config::Config;
+use kata_shim::sandbox::SandboxVm;
+
+/// The debug image: the workspace's agent plus busybox, built once per test
+/// process into its own directory (the default test image stays shell-free).
+fn debug_image() -> (PathBuf, PathBuf) {
+    static BUILD: Once = Once::new();
+    let out = tmp_dir().join("debug-console-image");
+    BUILD.call_once(|| {
+        let o = Command::new(bin("kata-guest-image"))
+            .arg("--debug")
+            .arg("--agent")
+            .arg(bin("kata-agent"))
+            .arg("--output-dir")
+            .arg(&out)
+            .output()
+            .expect("run kata-guest-image --debug");
+        assert!(
+            o.status.success(),
+            "building the debug image failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    });
+    (out.join("kata.kernel"), out.join("kata.initrd"))
+}
+
+/// Boots a pod VM from `config` (Pod's Drop shuts it down and checks leaks).
+fn boot(test: &str, config: &Config) -> Pod {
+    require_vm_host();
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_ansi(false)
+        .try_init();
+    let id = sandbox_id(test);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let sandbox = rt
+        .block_on(SandboxVm::boot(config, &id))
+        .expect("boot sandbox");
+    Pod {
+        rt,
+        sandbox: Some(sandbox),
+        id,
+    }
+}
+
+/// `kata-ctl exec <id>` with `input` on stdin, bounded in time.
+fn kata_ctl_exec(id: &str, input: &[u8]) -> Output {
+    let mut child = Command::new(bin("kata-ctl"))
+        .args(["exec", id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kata-ctl exec");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write stdin");
+    drop(stdin);
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(o) => o.expect("kata-ctl exec output"),
+        Err(_) => {
+            kill9(pid);
+            panic!("kata-ctl exec {id} did not finish within 60 s");
+        }
+    }
+}
+
+fn show(o: &Output) -> String {
+    format!(
+        "status {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+#[test]
+fn exec_is_refused_when_the_console_is_disabled() {
+    let (kernel, initrd, _) = test_image();
+    let mut config = Config::default();
+    config.hypervisor.qemu.kernel = kernel;
+    config.hypervisor.qemu.initrd = initrd;
+    config.agent.kata.dial_timeout = 60;
+    assert!(!config.agent.kata.debug_console_enabled);
+    let pod = boot("dbgcons-off", &config);
+    let o = kata_ctl_exec(&pod.id, b"echo DEBUG_MARKER_$((6*7))\nexit\n");
+    println!("{}", show(&o));
+    assert_eq!(o.status.code(), Some(1), "{}", show(&o));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains(&format!(
+            "the debug console is not enabled for sandbox {}",
+            pod.id
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("debug_console_enabled = true") && err.contains("kata-guest-image --debug"),
+        "{err}"
+    );
+    assert!(!String::from_utf8_lossy(&o.stdout).contains("DEBUG_MARKER_42"));
+    drop(pod);
+}
+
+#[test]
+fn exec_runs_a_shell_with_a_debug_image() {
+    let _ = test_image();
+    let (kernel, initrd) = debug_image();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = write_config(
+        dir.path(),
+        &format!(
+            "kernel = {:?}\ninitrd = {:?}\n",
+            kernel.display().to_string(),
+            initrd.display().to_string()
+        ),
+        "debug_console_enabled = true\n",
+    );
+    let config = Config::load_from(Some(path), &[])
+        .expect("load the test configuration")
+        .config;
+    assert!(config.agent.kata.debug_console_enabled);
+    let pod = boot("dbgcons-on", &config);
+    let o = kata_ctl_exec(&pod.id, b"echo DEBUG_MARKER_$((6*7))\nid -u\nexit\n");
+    println!("{}", show(&o));
+    assert_eq!(o.status.code(), Some(0), "{}", show(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains("DEBUG_MARKER_42"), "{}", show(&o));
+    assert!(
+        out.lines().any(|l| l.trim() == "0"),
+        "root in the guest: {}",
+        show(&o)
+    );
+    // The console serves every connection, and the pod is still healthy.
+    let o = kata_ctl_exec(&pod.id, b"echo again_$((1+1))\n");
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("again_2"),
+        "{}",
+        show(&o)
+    );
+    drop(pod);
+}
+
+fn initrd_entries(initrd: &Path) -> Vec<cpio::Entry> {
+    let raw = std::fs::read(initrd).expect("read initrd");
+    let archive = kata_guest_image::compress::decompress_initrd(&raw).expect("decompress initrd");
+    cpio::read_archive(&archive).expect("parse initrd")
+}
+
+#[test]
+fn only_the_debug_image_has_a_shell() {
+    let (_, initrd, _) = test_image();
+    let plain = initrd_entries(&initrd);
+    for p in ["bin/sh", "bin/busybox"] {
+        assert!(
+            !plain.iter().any(|e| e.path == p),
+            "default image must not have /{p}"
+        );
+    }
+    let (_, debug_initrd) = debug_image();
+    let debug = initrd_entries(&debug_initrd);
+    let sh = debug
+        .iter()
+        .find(|e| e.path == "bin/sh")
+        .expect("debug image has /bin/sh");
+    assert_eq!(sh.kind, Kind::Symlink("busybox".into()));
+    let bb = debug
+        .iter()
+        .find(|e| e.path == "bin/busybox")
+        .expect("debug image has /bin/busybox");
+    assert!(matches!(&bb.kind, Kind::File(d) if d.starts_with(b"\x7fELF")));
+    // The manifests say the same.
+    let manifest = |initrd: &Path| {
+        let dir = std::fs::canonicalize(initrd)
+            .expect("resolve initrd")
+            .parent()
+            .expect("kver dir")
+            .join("manifest.json");
+        kata_guest_image::manifest::read(&dir)
+            .expect("read manifest")
+            .expect("manifest exists")
+    };
+    assert!(manifest(&initrd).debug_shell.is_none());
+    let m = manifest(&debug_initrd);
+    let shell = m.debug_shell.expect("debug manifest records busybox");
+    assert_eq!(shell.guest_path, "/bin/busybox");
+}
