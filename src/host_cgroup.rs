@@ -246,6 +246,10 @@ pub fn remove_dirs(dirs: &[PathBuf]) {
             match fs::remove_dir(dir) {
                 Ok(()) => break,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => break,
+                // A parent the shim made may hold other pods' cgroups now:
+                // busy for good, so it stays. Only a directory without
+                // children is waited on (its processes are still leaving).
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && has_children(dir) => break,
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < BUSY_RETRIES => {
                     std::thread::sleep(BUSY_PAUSE);
                 }
@@ -256,6 +260,17 @@ pub fn remove_dirs(dirs: &[PathBuf]) {
             }
         }
     }
+}
+
+/// Whether a cgroup directory has child cgroups.
+fn has_children(dir: &Path) -> bool {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        })
+        .unwrap_or(false)
 }
 
 /// Whether `pid` is a member of the cgroup directory `dir`, in whichever
