@@ -213,19 +213,11 @@ async fn boot_and_serve() -> Result<()> {
     }
     // Log-level independent: the shim waits for this line before dialing.
     println!("{}", kata_agent_protocol::guest::READY_MARKER);
-    // Its own thread at idle priority: under TCG the guest has one slow
-    // vCPU, and loading these competed with the pod's first containers
-    // (the first CreateContainer took three times as long as the next).
-    // Not a blocking-pool thread: the policy would stick to it.
-    let spawned = std::thread::Builder::new()
-        .name("modules".into())
-        .spawn(move || {
-            lower_to_idle_priority();
-            modules.load_rest();
-        });
-    if let Err(e) = spawned {
-        tracing::error!(error = %e, "cannot start the module loading thread");
-    }
+    // At normal priority: a lowered one (SCHED_IDLE, then nice 19) left
+    // the thread preempted while it held the log writer, and container
+    // creations stalled for 30-120 s (libcontainer forks while another
+    // thread may hold that lock).
+    tokio::task::spawn_blocking(move || modules.load_rest());
     running.wait_destroy().await;
     tracing::info!("DestroySandbox: powering off");
     tokio::time::sleep(DESTROY_GRACE).await;
@@ -337,18 +329,6 @@ impl ModulePlan {
     fn load_rest(self) {
         let (loaded, present, failed) = load_all(self.paths.iter(), tracing::Level::ERROR);
         tracing::info!(loaded, already_loaded = present, failed, "kernel modules");
-    }
-}
-
-/// SCHED_IDLE for the calling thread: it runs only when nothing else wants
-/// the CPU.
-fn lower_to_idle_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: sched_setscheduler reads `param` during the call only; pid 0
-    // is the calling thread.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the module thread's priority");
     }
 }
 
