@@ -16,7 +16,6 @@ use common::pod::Pod;
 use common::*;
 use kata_guest_image::cpio::{self, Kind};
 use kata_shim::config::Config;
-use kata_shim::sandbox::SandboxVm;
 
 /// The debug image: the workspace's agent plus busybox, built once per test
 /// process into its own directory (the default test image stays shell-free).
@@ -39,29 +38,6 @@ fn debug_image() -> (PathBuf, PathBuf) {
         );
     });
     (out.join("kata.kernel"), out.join("kata.initrd"))
-}
-
-/// Boots a pod VM from `config` (Pod's Drop shuts it down and checks leaks).
-fn boot(test: &str, config: &Config) -> Pod {
-    require_vm_host();
-    let _ = tracing_subscriber::fmt()
-        .with_test_writer()
-        .with_ansi(false)
-        .try_init();
-    let id = sandbox_id(test);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    let sandbox = rt
-        .block_on(SandboxVm::boot(config, &id))
-        .expect("boot sandbox");
-    Pod {
-        rt,
-        sandbox: Some(sandbox),
-        id,
-    }
 }
 
 /// `kata-ctl exec <id>` with `input` on stdin, bounded in time.
@@ -107,7 +83,7 @@ fn exec_is_refused_when_the_console_is_disabled() {
     config.hypervisor.qemu.initrd = initrd;
     config.agent.kata.dial_timeout = 60;
     assert!(!config.agent.kata.debug_console_enabled);
-    let pod = boot("dbgcons-off", &config);
+    let pod = Pod::boot_config("dbgcons-off", &config);
     let o = kata_ctl_exec(&pod.id, b"echo DEBUG_MARKER_$((6*7))\nexit\n");
     println!("{}", show(&o));
     assert_eq!(o.status.code(), Some(1), "{}", show(&o));
@@ -145,7 +121,7 @@ fn exec_runs_a_shell_with_a_debug_image() {
         .expect("load the test configuration")
         .config;
     assert!(config.agent.kata.debug_console_enabled);
-    let pod = boot("dbgcons-on", &config);
+    let pod = Pod::boot_config("dbgcons-on", &config);
     let o = kata_ctl_exec(&pod.id, b"echo DEBUG_MARKER_$((6*7))\nid -u\nexit\n");
     println!("{}", show(&o));
     assert_eq!(o.status.code(), Some(0), "{}", show(&o));

@@ -31,17 +31,23 @@ impl Pod {
     /// Boots the VM and waits for the agent, without CreateSandbox (for
     /// tests that send their own).
     pub fn boot_vm(test: &str) -> Pod {
+        let (kernel, initrd, _) = test_image();
+        let mut config = Config::default();
+        config.hypervisor.qemu.kernel = kernel;
+        config.hypervisor.qemu.initrd = initrd;
+        config.agent.kata.dial_timeout = 60;
+        Pod::boot_config(test, &config)
+    }
+
+    /// Boots the VM of `config` and waits for the agent, without
+    /// CreateSandbox.
+    pub fn boot_config(test: &str, config: &Config) -> Pod {
         require_vm_host();
         // Shim and guest log lines go to the test's captured output.
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_ansi(false)
             .try_init();
-        let (kernel, initrd, _) = test_image();
-        let mut config = Config::default();
-        config.hypervisor.qemu.kernel = kernel;
-        config.hypervisor.qemu.initrd = initrd;
-        config.agent.kata.dial_timeout = 60;
         let id = sandbox_id(test);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -49,7 +55,7 @@ impl Pod {
             .build()
             .expect("runtime");
         let sandbox = rt
-            .block_on(SandboxVm::boot(&config, &id))
+            .block_on(SandboxVm::boot(config, &id))
             .expect("boot sandbox");
         Pod {
             rt,
