@@ -22,7 +22,7 @@ pub use generated::{agent, agent_ttrpc, health, health_ttrpc};
 
 /// Wire-protocol version. Bump it on any change that an older peer would
 /// misread; the shim refuses an agent that reports another number.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Version of the agent crate, reported by `Health.Version` and guest details.
 pub const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
