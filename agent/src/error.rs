@@ -22,6 +22,17 @@ pub enum AgentError {
         reason: String,
     },
 
+    /// Like [`Self::InvalidArgument`], for a field whose name is only known
+    /// at run time because it sits in a repeated element
+    /// (`routes[2].device`), so the caller can tell which entry is wrong.
+    #[error("invalid argument `{field}`: {reason}")]
+    InvalidField {
+        /// Path of the offending request field, with element indexes.
+        field: String,
+        /// Why the value is refused.
+        reason: String,
+    },
+
     /// A known `agent.*` kernel-command-line key has a value the agent cannot use.
     #[error("invalid value {value:?} for kernel command-line key `{key}`: expected {expected}")]
     InvalidConfig {
@@ -121,7 +132,9 @@ impl AgentError {
     /// The ttrpc status code this error is reported with.
     pub fn code(&self) -> Code {
         match self {
-            Self::InvalidArgument { .. } | Self::InvalidConfig { .. } => Code::INVALID_ARGUMENT,
+            Self::InvalidArgument { .. }
+            | Self::InvalidField { .. }
+            | Self::InvalidConfig { .. } => Code::INVALID_ARGUMENT,
             Self::NotFound(_) => Code::NOT_FOUND,
             Self::AlreadyExists(_) => Code::ALREADY_EXISTS,
             Self::Unimplemented(_) => Code::UNIMPLEMENTED,
@@ -157,6 +170,13 @@ mod tests {
                 AgentError::InvalidArgument {
                     field: "shared_fs_probe",
                     reason: "contains '/'".into(),
+                },
+                Code::INVALID_ARGUMENT,
+            ),
+            (
+                AgentError::InvalidField {
+                    field: "routes[2].device".into(),
+                    reason: "no interface named eth9".into(),
                 },
                 Code::INVALID_ARGUMENT,
             ),

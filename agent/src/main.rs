@@ -13,6 +13,7 @@ mod details;
 mod error;
 mod init;
 mod logging;
+mod network;
 mod oom;
 mod process;
 mod reaper;

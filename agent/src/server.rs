@@ -1,5 +1,5 @@
 //! The ttrpc server and thin adapters from the generated service traits to
-//! the domain code (`details.rs`, `sandbox.rs`). Errors are mapped with
+//! the domain code (`details.rs`, `sandbox.rs`, `network/`). Errors are mapped with
 //! [`AgentError::to_ttrpc`]. `DestroySandbox` only replies and signals the
 //! owner of the server ([`Running::wait_destroy`]); powering off or exiting
 //! is the owner's decision.
@@ -8,12 +8,13 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use kata_agent_protocol::agent::{
-    ContainerRequest, CreateContainerRequest, CreateSandboxRequest, DestroySandboxRequest, Empty,
-    ExecProcessRequest, GuestDetailsRequest, GuestDetailsResponse, ListProcessesRequest,
-    ListProcessesResponse, OomEvent, ProcessRequest, ReadStreamRequest, ReadStreamResponse,
-    RemoveContainerRequest, SetGuestDateTimeRequest, SignalProcessRequest, StatsContainerResponse,
-    TtyWinResizeRequest, UpdateContainerRequest, WaitProcessResponse, WriteStreamRequest,
-    WriteStreamResponse,
+    AddArpNeighborsRequest, ContainerRequest, CreateContainerRequest, CreateSandboxRequest,
+    DestroySandboxRequest, Empty, ExecProcessRequest, GuestDetailsRequest, GuestDetailsResponse,
+    Interface, Interfaces, ListProcessesRequest, ListProcessesResponse, OomEvent, ProcessRequest,
+    ReadStreamRequest, ReadStreamResponse, RemoveContainerRequest, Route, Routes,
+    SetGuestDateTimeRequest, SignalProcessRequest, StatsContainerResponse, TtyWinResizeRequest,
+    UpdateContainerRequest, UpdateInterfaceRequest, UpdateRoutesRequest, WaitProcessResponse,
+    WriteStreamRequest, WriteStreamResponse,
 };
 use kata_agent_protocol::health::{
     CheckRequest, HealthCheckResponse, VersionCheckResponse, health_check_response::ServingStatus,
@@ -24,6 +25,7 @@ use ttrpc::r#async::{Server, TtrpcContext};
 
 use crate::details::{self, GuestPaths};
 use crate::error::{AgentError, Result};
+use crate::network;
 use crate::reaper::Reaper;
 use crate::sandbox::Sandbox;
 
@@ -56,6 +58,13 @@ fn set_time(sec: i64, usec: i64) -> Result<()> {
         return Err(AgentError::sys("clock_settime", nix::errno::Errno::last()));
     }
     Ok(())
+}
+
+/// Wraps a route list into the `Routes` reply.
+fn routes(list: Vec<Route>) -> Routes {
+    let mut r = Routes::new();
+    r.routes = list;
+    r
 }
 
 /// What the owner does once `DestroySandbox` was answered (for the logs).
@@ -397,6 +406,57 @@ impl agent_ttrpc::AgentService for AgentService {
             "SetGuestDateTime",
             set_time(req.sec, req.usec).map(|()| Empty::new()),
         )
+    }
+
+    async fn update_interface(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateInterfaceRequest,
+    ) -> ttrpc::Result<Interface> {
+        tracing::info!(
+            name = %req.interface.name,
+            hw_addr = %req.interface.hw_addr,
+            "UpdateInterface"
+        );
+        reply(
+            "UpdateInterface",
+            network::update_interface(&req, network::NIC_WAIT).await,
+        )
+    }
+
+    async fn update_routes(
+        &self,
+        _ctx: &TtrpcContext,
+        req: UpdateRoutesRequest,
+    ) -> ttrpc::Result<Routes> {
+        tracing::info!(count = req.routes.routes.len(), "UpdateRoutes");
+        let res = network::update_routes(&req).await;
+        reply("UpdateRoutes", res.map(routes))
+    }
+
+    async fn add_arp_neighbors(
+        &self,
+        _ctx: &TtrpcContext,
+        req: AddArpNeighborsRequest,
+    ) -> ttrpc::Result<Empty> {
+        tracing::info!(count = req.neighbors.len(), "AddArpNeighbors");
+        let res = network::add_arp_neighbors(&req).await;
+        reply("AddArpNeighbors", res.map(|()| Empty::new()))
+    }
+
+    async fn list_interfaces(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<Interfaces> {
+        tracing::debug!("ListInterfaces");
+        let res = network::list_interfaces().await.map(|list| {
+            let mut r = Interfaces::new();
+            r.interfaces = list;
+            r
+        });
+        reply("ListInterfaces", res)
+    }
+
+    async fn list_routes(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<Routes> {
+        tracing::debug!("ListRoutes");
+        reply("ListRoutes", network::list_routes().await.map(routes))
     }
 }
 
