@@ -33,6 +33,7 @@ pub mod host_cgroup;
 pub mod logging;
 pub mod metrics;
 pub mod mounts;
+pub mod network;
 pub mod oci;
 pub mod persist;
 pub mod sandbox;
