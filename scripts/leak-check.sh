@@ -36,6 +36,17 @@ fi
 if ip -o link show 2>/dev/null | grep -qE '^[0-9]+: kt[0-9a-f]{8}[:@]'; then
     echo "leak: test CNI bridges:"; ip -o link show | grep -E '^[0-9]+: kt[0-9a-f]{8}[:@]'; fail=1
 fi
+# The CRI-O driver's host veths are kv<13 hex digits>; the shim's taps are
+# tap<N>_kata in a pod's netns (or anywhere, if one escaped).
+if ip -o link show 2>/dev/null | grep -qE '^[0-9]+: kv[0-9a-f]{13}[:@]'; then
+    echo "leak: veths of the CRI-O driver:"; ip -o link show | grep -E '^[0-9]+: kv[0-9a-f]{13}[:@]'; fail=1
+fi
+for ns in "" $(ip netns list 2>/dev/null | awk '{print $1}'); do
+    taps=$(ip ${ns:+-n "$ns"} -o link show 2>/dev/null | grep -E '^[0-9]+: tap[0-9]+_kata[:@]' || true)
+    if [ -n "$taps" ]; then
+        echo "leak: taps of ours in netns '${ns:-root}':"; echo "$taps"; fail=1
+    fi
+done
 pod_cgroups=$(find /sys/fs/cgroup/*/k8s.io -mindepth 1 -type d 2>/dev/null)
 if [ -n "$pod_cgroups" ]; then
     echo "leak: host cgroups of CRI pods:"; echo "$pod_cgroups"; fail=1

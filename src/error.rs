@@ -50,6 +50,8 @@ pub enum Error {
     Annotation(#[from] crate::annotations::AnnotationError),
     #[error("persisting the sandbox state")]
     Persist(#[from] crate::persist::PersistError),
+    #[error("the pod network")]
+    Network(#[from] crate::network::NetworkError),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -72,6 +74,7 @@ impl Error {
             Error::Cgroup(e) => e.code(),
             Error::Annotation(e) => e.code(),
             Error::Persist(_) => Code::INTERNAL,
+            Error::Network(e) => network_code(e),
         }
     }
 
@@ -85,6 +88,18 @@ impl Error {
     pub fn agent(call: &'static str, id: &str) -> impl FnOnce(ttrpc::Error) -> Error {
         let id = id.to_string();
         move |source| Error::Agent { call, id, source }
+    }
+}
+
+/// A network namespace path that is not one is the spec's fault; a
+/// namespace CNI left unusable (no interface, a name we need taken) is the
+/// node's state; anything else is a host failure.
+fn network_code(e: &crate::network::NetworkError) -> Code {
+    use crate::network::NetworkError as N;
+    match e {
+        N::NetnsMissing { .. } | N::NotANetns { .. } => Code::INVALID_ARGUMENT,
+        e if e.is_bad_input() => Code::FAILED_PRECONDITION,
+        _ => Code::INTERNAL,
     }
 }
 

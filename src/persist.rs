@@ -77,6 +77,9 @@ pub struct SandboxState {
     /// Host cgroup directories the shim created, deepest last.
     pub host_cgroups: Vec<PathBuf>,
     pub containers: BTreeMap<String, ContainerRecord>,
+    /// The tc plumbing and taps made in the pod's network namespace.
+    #[serde(default)]
+    pub network: Option<crate::network::NetworkRecord>,
 }
 
 /// The shim directory of a sandbox.

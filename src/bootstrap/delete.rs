@@ -185,6 +185,9 @@ fn teardown(sid: &str, id: &str, state: Option<SandboxState>, bundle: Option<&Pa
             );
         }
     }
+    if let Some(net) = state.as_ref().and_then(|s| s.network.as_ref()) {
+        crate::network::detach(net);
+    }
     let paths = SandboxPaths::new(sid);
     let share_clear = unmount_all(sid, &paths.share_dir);
     if share_clear {

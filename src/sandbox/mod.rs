@@ -20,6 +20,7 @@
 mod boot;
 pub mod container;
 mod monitor;
+pub mod network;
 pub mod ops;
 pub mod process;
 pub mod stats;
@@ -84,6 +85,8 @@ struct Lifecycle {
     vm: Option<SandboxVm>,
     host_cgroup: Option<HostCgroup>,
     processes: Vec<ProcessRecord>,
+    /// The taps and tc plumbing made in the pod's network namespace.
+    network: Option<crate::network::NetworkRecord>,
 }
 
 /// The configuration the serving shim found at start (`KATA_CONF_FILE` or
@@ -235,7 +238,8 @@ impl Sandbox {
         let is_sandbox = matches!(identity.kind, ContainerKind::Sandbox);
         // Chosen before anything is created, so a refusal changes nothing.
         let config = if is_sandbox {
-            Some(self.sandbox_config(req, &annotations)?)
+            let netns = network::pod_netns(&spec, &annotations)?;
+            Some((self.sandbox_config(req, &annotations)?, netns))
         } else {
             None
         };
@@ -252,8 +256,9 @@ impl Sandbox {
             &self.namespace,
         )?;
         let mut lc = self.lifecycle.lock().await;
-        if let Some(config) = &config {
-            self.boot(&mut lc, &spec, &annotations, config).await?;
+        if let Some((config, netns)) = &config {
+            self.boot(&mut lc, &spec, &annotations, config, netns)
+                .await?;
         }
         let agent = self.agent()?;
         let share_dir = crate::vm::SandboxPaths::new(&self.id).share_dir;
@@ -374,9 +379,10 @@ impl Sandbox {
         spec: &serde_json::Value,
         annotations: &BTreeMap<String, String>,
         config: &Config,
+        netns: &network::PodNetns,
     ) -> Result<()> {
         lock(&self.state).begin_boot()?;
-        match self.boot_inner(lc, spec, annotations, config).await {
+        match self.boot_inner(lc, spec, annotations, config, netns).await {
             Ok(()) => {
                 lock(&self.state).booted()?;
                 monitor::spawn(self.clone(), lc);
@@ -397,6 +403,7 @@ impl Sandbox {
         spec: &serde_json::Value,
         annotations: &BTreeMap<String, String>,
         config: &Config,
+        netns: &network::PodNetns,
     ) -> Result<()> {
         let (size, warnings) =
             sizing::vm_size(annotations, &config.hypervisor.qemu, &HostSize::probe())?;
@@ -410,7 +417,7 @@ impl Sandbox {
         let mut opts = VmOptions {
             vcpus: Some(size.vcpus),
             memory_mib: Some(size.memory_mib),
-            cgroup_procs: Vec::new(),
+            ..VmOptions::default()
         };
         if let Some(mut cg) = HostCgroup::for_sandbox(cgroups_path, &self.id)? {
             let created = cg.create();
@@ -421,6 +428,30 @@ impl Sandbox {
                 opts.cgroup_procs = cg.procs_files()?;
             }
         }
+        let pod_network = match netns {
+            network::PodNetns::Path(path) => {
+                // Opened before the attach, so QEMU joins the namespace the
+                // taps were made in even if the path is re-pointed meanwhile.
+                let file = std::fs::File::open(path).map_err(|e| Error::InvalidArgument {
+                    field: "linux.namespaces",
+                    reason: match e.kind() {
+                        std::io::ErrorKind::NotFound => {
+                            format!("the network namespace {} does not exist", path.display())
+                        }
+                        _ => format!("cannot open the network namespace {}: {e}", path.display()),
+                    },
+                })?;
+                let (net, nics) = network::attach(&self.id, path).await?;
+                lc.network = Some(net.record());
+                opts.nics = nics;
+                opts.netns = Some(file);
+                Some(net)
+            }
+            network::PodNetns::Private => {
+                tracing::info!(sandbox_id = %self.id, "the pod has a network namespace of its own without interfaces; the guest gets only lo");
+                None
+            }
+        };
         self.persist(lc);
         tracing::info!(sandbox_id = %self.id, vcpus = size.vcpus, memory_mib = size.memory_mib,
             cgroup = cgroups_path, "booting the sandbox VM");
@@ -440,6 +471,14 @@ impl Sandbox {
         lc.vm = Some(vm);
         *lock(&self.agent) = Some(agent.clone());
         self.persist(lc);
+        // The VM holds the taps now; the shim's copies are closed so that
+        // each tap goes away with QEMU.
+        drop(opts);
+        if let Some(net) = &pod_network {
+            let began = std::time::Instant::now();
+            network::configure_guest(&self.id, &agent, net).await?;
+            self.metrics.boot_phase("network", began.elapsed());
+        }
 
         let mut req = agent::CreateSandboxRequest::new();
         req.sandbox_id = self.id.clone();
@@ -472,6 +511,16 @@ impl Sandbox {
             tracing::info!(sandbox_id = %self.id, how = report.how, ms = report.duration.as_millis() as u64, "VM stopped");
         }
         lc.processes.clear();
+        if let Some(record) = lc.network.take() {
+            let sid = self.id.clone();
+            // The taps went with QEMU; what is left is the tc plumbing on
+            // CNI's veths (or nothing, if CNI already removed them).
+            if let Err(e) =
+                tokio::task::spawn_blocking(move || crate::network::detach(&record)).await
+            {
+                tracing::warn!(sandbox_id = %sid, error = %e, "the network detach thread failed");
+            }
+        }
     }
 
     /// Reports `exit` for `p` once its output is drained and, for an init,
@@ -648,6 +697,7 @@ impl Sandbox {
         let mut s = persist::SandboxState::new(&self.id);
         s.shim = ProcessRecord::capture("shim", std::process::id());
         s.processes = lc.processes.clone();
+        s.network = lc.network.clone();
         s.host_cgroups = lc
             .host_cgroup
             .as_ref()

@@ -150,6 +150,12 @@ pub struct VmOptions {
     /// join them before exec, so the pod's limits bound them from their
     /// first allocation.
     pub cgroup_procs: Vec<std::fs::File>,
+    /// The pod's NICs (taps in its network namespace); QEMU inherits them.
+    pub nics: Vec<crate::network::Nic>,
+    /// The pod's network namespace: QEMU runs in it, as under Kata, so
+    /// `/proc/<task pid>/ns/net` (what containerd gives the pod's other
+    /// containers) is the pod's network.
+    pub netns: Option<std::fs::File>,
 }
 
 /// A running pod VM.
@@ -321,8 +327,6 @@ impl Vm {
                 // Binds made under the share later (container rootfs and
                 // volumes) must reach virtiofsd's own mount namespace.
                 crate::storage::prepare_share(&self.paths.share_dir)?;
-                // Binds made under the share later (container rootfs and
-                // volumes) must reach virtiofsd's own mount namespace.
                 let sock = self.paths.virtiofsd();
                 let mut cmd = Command::new(&bin);
                 cmd.arg(format!("--socket-path={}", sock.display()))
@@ -374,18 +378,43 @@ impl Vm {
             vsock: Some(vsock_dev),
             share: share_dev,
         };
+        let nics: Vec<cmdline::NicDevice> = opts
+            .nics
+            .iter()
+            .map(|n| cmdline::NicDevice {
+                tap_fd: n.tap.as_raw_fd(),
+                vhost_fd: n.vhost.as_ref().map(|f| f.as_raw_fd()),
+                mac: n.mac.clone(),
+            })
+            .collect();
         let mut cmd = Command::new(qemu_bin);
         cmd.args(spec.to_args());
+        cmd.args(cmdline::nic_args(&nics));
         join_cgroup(&mut cmd);
+        let mut inherited: Vec<i32> = nics
+            .iter()
+            .flat_map(|n| std::iter::once(n.tap_fd).chain(n.vhost_fd))
+            .collect();
         if let Some(held) = &self.vhost {
-            let fd = held.file.as_raw_fd();
+            inherited.push(held.file.as_raw_fd());
+        }
+        let netns = opts.netns.as_ref().map(|f| f.as_raw_fd());
+        if !inherited.is_empty() || netns.is_some() {
             // SAFETY: the closure runs in the forked child before exec and
-            // only calls fcntl, which is async-signal-safe; `fd` is open for
-            // the parent's whole spawn call because `self.vhost` owns it.
+            // only calls fcntl(2) and setns(2), which are async-signal-safe;
+            // every fd is open for the parent's whole spawn call because
+            // `opts` and `self.vhost` own them.
             unsafe {
                 cmd.pre_exec(move || {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
-                        return Err(std::io::Error::last_os_error());
+                    for &fd in &inherited {
+                        if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    if let Some(fd) = netns {
+                        if libc::setns(fd, libc::CLONE_NEWNET) == -1 {
+                            return Err(std::io::Error::last_os_error());
+                        }
                     }
                     Ok(())
                 });

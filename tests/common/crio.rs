@@ -49,6 +49,28 @@ pub struct PodConfig {
     /// `{"cpu_period":100000,"cpu_quota":200000,"memory_limit_in_bytes":536870912}`.
     pub resources: Option<Value>,
     pub annotations: BTreeMap<String, String>,
+    /// What CNI puts into the pod's network namespace before the sandbox
+    /// is created.
+    pub network: PodNetwork,
+}
+
+/// The pod network the driver plays CNI for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum PodNetwork {
+    /// A veth pair: `eth0` in the pod (10.213.0.2/24, default route via
+    /// 10.213.0.1), its peer `kv<hex>` on the host, as the bridge plugin
+    /// makes it (without the bridge).
+    #[default]
+    Veth,
+    /// Only `lo`: a CNI that configured nothing.
+    LoopbackOnly,
+    /// The spec names a network namespace that does not exist.
+    Missing,
+    /// `eth0` as for `Veth`, plus `eth1` (10.214.0.2/24) whose tap cannot
+    /// be made: a link named `tap1_kata` is already in the namespace.
+    SecondBroken,
+    /// `hostNetwork: true`: no network namespace, as CRI-O writes it.
+    Host,
 }
 
 impl PodConfig {
@@ -111,6 +133,8 @@ struct Ctr {
 struct Pod {
     info: PodInfo,
     netns_name: String,
+    /// The host sides of the pod's veths.
+    host_veths: Vec<String>,
     apps: Vec<String>,
     /// Every rootfs handed to the shim for this pod, for the leak check.
     rootfs: Vec<PathBuf>,
@@ -376,6 +400,11 @@ impl Crio {
         let bundle = self.bundle_dir(&id);
         std::fs::create_dir_all(&bundle).expect("mkdir sandbox bundle");
         let netns_name = format!("kata-test-{}", &hex_id()[..16]);
+        let host_veths: Vec<String> = match cfg.network {
+            PodNetwork::Veth => vec![format!("kv{}", &hex_id()[..13])],
+            PodNetwork::SecondBroken => (0..2).map(|_| format!("kv{}", &hex_id()[..13])).collect(),
+            PodNetwork::LoopbackOnly | PodNetwork::Missing | PodNetwork::Host => Vec::new(),
+        };
         let ns_uuid = hex_id()[..32].to_string();
         let (ipcns, utsns) = (
             self.dir.join("ns/ipcns").join(&ns_uuid),
@@ -392,7 +421,8 @@ impl Crio {
             name: cfg.name.clone(),
             namespace: "default".into(),
             bundle: bundle.clone(),
-            netns: Path::new("/var/run/netns").join(&netns_name),
+            netns: (cfg.network != PodNetwork::Host)
+                .then(|| Path::new("/var/run/netns").join(&netns_name)),
             ipcns: ipcns.clone(),
             utsns: utsns.clone(),
             cgroup_parent: format!("/{}/pod{uid}", self.cgroup_root),
@@ -406,6 +436,7 @@ impl Crio {
             Pod {
                 info: info.clone(),
                 netns_name: netns_name.clone(),
+                host_veths: host_veths.clone(),
                 apps: Vec::new(),
                 rootfs: vec![rootfs.clone()],
                 stopped: false,
@@ -414,7 +445,15 @@ impl Crio {
         // The kubelet makes the pod's cgroup; the shim only adds its own.
         make_cgroup_dirs(&info.cgroup_parent);
         // Pinned namespaces, as CRI-O (and CNI) set them up before `start`.
-        run_ok(Command::new("ip").args(["netns", "add", &netns_name]));
+        if !matches!(cfg.network, PodNetwork::Missing | PodNetwork::Host) {
+            run_ok(Command::new("ip").args(["netns", "add", &netns_name]));
+        }
+        if let Some(veth) = host_veths.first() {
+            cni_add(&netns_name, veth);
+        }
+        if cfg.network == PodNetwork::SecondBroken {
+            cni_add_broken_second(&netns_name, &host_veths[1]);
+        }
         run_ok(
             Command::new("unshare")
                 .arg(format!("--ipc={}", ipcns.display()))
@@ -666,6 +705,20 @@ impl Crio {
     /// CRI-O's StopPodSandbox: (network first; none here) app containers,
     /// then the infra container, then the shm and namespaces.
     pub fn stop_pod(&mut self, sandbox_id: &str, timeout: Duration) {
+        // CRI-O tears the network down before it stops any container
+        // (`server/sandbox_stop_linux.go`): CNI DEL, then the netns goes.
+        self.cni_del(sandbox_id);
+        self.stop_pod_containers(sandbox_id, timeout);
+    }
+
+    /// StopPodSandbox in containerd's order instead: the containers stop
+    /// while the pod's network is still there (the test removes it), so
+    /// what the shim leaves in the netns can be looked at.
+    pub fn stop_pod_network_last(&mut self, sandbox_id: &str, timeout: Duration) {
+        self.stop_pod_containers(sandbox_id, timeout);
+    }
+
+    fn stop_pod_containers(&mut self, sandbox_id: &str, timeout: Duration) {
         let apps = self.pod(sandbox_id).apps.clone();
         for id in apps.iter().chain(std::iter::once(&sandbox_id.to_string())) {
             if self.init_exit(id, Duration::ZERO).is_some() {
@@ -679,16 +732,35 @@ impl Crio {
                 );
             }
         }
-        self.release_pod_resources(sandbox_id);
+        self.release_pod_namespaces(sandbox_id);
         self.pods.get_mut(sandbox_id).expect("pod").stopped = true;
     }
 
-    fn release_pod_resources(&self, sandbox_id: &str) {
+    /// CNI DEL and the netns unpinned, as CRI-O does at StopPodSandbox.
+    pub fn cni_del(&self, sandbox_id: &str) {
         let pod = self.pod(sandbox_id);
-        unmount_under(&pod.info.shm());
+        for veth in &pod.host_veths {
+            let _ = Command::new("ip").args(["link", "del", veth]).output();
+        }
         let _ = Command::new("ip")
             .args(["netns", "del", &pod.netns_name])
             .output();
+    }
+
+    /// The name CNI gave the pod's network namespace (`ip netns` name).
+    pub fn netns_name(&self, sandbox_id: &str) -> String {
+        self.pod(sandbox_id).netns_name.clone()
+    }
+
+    fn release_pod_resources(&self, sandbox_id: &str) {
+        self.cni_del(sandbox_id);
+        self.release_pod_namespaces(sandbox_id);
+    }
+
+    /// The pod's shm, ipc and uts pins (the network is CNI's).
+    fn release_pod_namespaces(&self, sandbox_id: &str) {
+        let pod = self.pod(sandbox_id);
+        unmount_under(&pod.info.shm());
         unmount_under(&pod.info.ipcns);
         unmount_under(&pod.info.utsns);
     }
@@ -713,5 +785,69 @@ impl Crio {
         assert_no_leaks_under(sandbox_id, &pod.rootfs);
         let cgroups = pod_cgroup_dirs(&pod.info);
         assert!(cgroups.is_empty(), "host cgroups left: {cgroups:?}");
+    }
+}
+
+/// The MAC of the gateway's permanent neighbour entry in a driver pod.
+pub const CNI_GATEWAY_MAC: &str = "02:00:0a:d5:00:01";
+
+/// What the bridge plugin would do for the pod, minus the bridge: a veth
+/// with `eth0` in the pod's netns, an address, a default route and a
+/// permanent neighbour for the gateway.
+fn cni_add(netns: &str, host_veth: &str) {
+    run_ok(Command::new("ip").args([
+        "link", "add", host_veth, "type", "veth", "peer", "name", "eth0", "netns", netns,
+    ]));
+    run_ok(Command::new("ip").args(["link", "set", host_veth, "up"]));
+    for args in [
+        &["addr", "add", "10.213.0.2/24", "dev", "eth0"][..],
+        &["link", "set", "eth0", "up"],
+        &[
+            "route",
+            "add",
+            "default",
+            "via",
+            "10.213.0.1",
+            "dev",
+            "eth0",
+        ],
+        &[
+            "neigh",
+            "add",
+            "10.213.0.1",
+            "lladdr",
+            CNI_GATEWAY_MAC,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    ] {
+        run_ok(Command::new("ip").args(["-n", netns]).args(args));
+    }
+}
+
+/// A second interface whose tap name is taken.
+fn cni_add_broken_second(netns: &str, host_veth: &str) {
+    run_ok(Command::new("ip").args([
+        "link", "add", host_veth, "type", "veth", "peer", "name", "eth1", "netns", netns,
+    ]));
+    for args in [
+        &["addr", "add", "10.214.0.2/24", "dev", "eth1"][..],
+        &["link", "set", "eth1", "up"],
+        // No `dummy` driver in this kernel: a veth pair inside the netns,
+        // without addresses, takes the name.
+        &[
+            "link",
+            "add",
+            "tap1_kata",
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "kx1",
+        ],
+    ] {
+        run_ok(Command::new("ip").args(["-n", netns]).args(args));
     }
 }

@@ -40,7 +40,8 @@ pub struct PodInfo {
     pub namespace: String,
     /// The infra container's bundle (holds hostname, resolv.conf, shm/).
     pub bundle: PathBuf,
-    pub netns: PathBuf,
+    /// `None`: hostNetwork (no network namespace in the specs).
+    pub netns: Option<PathBuf>,
     pub ipcns: PathBuf,
     pub utsns: PathBuf,
     pub cgroup_parent: String,
@@ -125,13 +126,16 @@ fn masked_and_readonly() -> (Value, Value) {
 }
 
 fn namespaces(pod: &PodInfo) -> Value {
-    json!([
-        {"type": "pid"},
-        {"type": "network", "path": pod.netns.display().to_string()},
-        {"type": "ipc", "path": pod.ipcns.display().to_string()},
-        {"type": "uts", "path": pod.utsns.display().to_string()},
-        {"type": "mount"}
-    ])
+    let mut ns = vec![json!({"type": "pid"})];
+    if let Some(netns) = &pod.netns {
+        ns.push(json!({"type": "network", "path": netns.display().to_string()}));
+    }
+    ns.extend([
+        json!({"type": "ipc", "path": pod.ipcns.display().to_string()}),
+        json!({"type": "uts", "path": pod.utsns.display().to_string()}),
+        json!({"type": "mount"}),
+    ]);
+    Value::Array(ns)
 }
 
 /// The infra (pause) container's spec; `rootfs` is its mounted root.
@@ -174,7 +178,7 @@ pub fn infra_spec(pod: &PodInfo, rootfs: &Path) -> Value {
         ("io.kubernetes.container.name".into(), "POD".into()),
         (crio("RuntimeHandler"), "kata".into()),
         (crio("PodLinuxOverhead"), "null".into()),
-        (crio("HostNetwork"), "false".into()),
+        (crio("HostNetwork"), pod.netns.is_none().to_string()),
         (crio("NamespaceOptions"), "{}".into()),
         (crio("SeccompProfilePath"), "RuntimeDefault".into()),
         (crio("ShmPath"), pod.shm().display().to_string()),
