@@ -228,26 +228,37 @@ fn raw_boot(config: &Config, initrd: &Path) -> Result<Duration, String> {
     Ok(took)
 }
 
-/// The kata-against-runc rows: ExecSync, memory, stdout throughput.
+/// The kata-against-runc rows: ExecSync, memory, stdout throughput, TCP
+/// between the host and the pod.
 fn pods_table(p: &pods::Samples, tb_size: u32) -> String {
     let ms = |v: &[Duration]| -> Vec<f64> { v.iter().map(|d| d.as_secs_f64() * 1000.0).collect() };
     let kib_to_mib = |f: fn(&pods::PodMemory) -> u64| -> Vec<f64> {
         p.kata_memory.iter().map(|m| f(m) as f64 / 1024.0).collect()
     };
-    let row = |name: &str, unit: &str, v: &[f64], vs: Option<&[f64]>, goal: &str| {
+    let row_with = |digits: usize,
+                    name: &str,
+                    unit: &str,
+                    v: &[f64],
+                    vs: Option<&[f64]>,
+                    goal: &str| {
         let versus = vs
             .map(|b| format!("{:.2}", fmedian(v) / fmedian(b)))
             .unwrap_or_default();
         format!(
-            "| {name} | {:.1} {unit} | {:.1} {unit} | {:.1} {unit} | {versus} | {goal} |",
+            "| {name} | {:.digits$} {unit} | {:.digits$} {unit} | {:.digits$} {unit} | {versus} | {goal} |",
             fmedian(v),
             fmin(v),
             fmax(v)
         )
     };
+    let row = |name: &str, unit: &str, v: &[f64], vs: Option<&[f64]>, goal: &str| {
+        row_with(1, name, unit, v, vs, goal)
+    };
     let (ke, re) = (ms(&p.kata_exec), ms(&p.runc_exec));
     let ours = kib_to_mib(pods::PodMemory::ours_kib);
     let ours_ok = fmedian(&ours) <= 20.0;
+    let net_mib = pods::net::BYTES >> 20;
+    let (rtt_bytes, rtts) = (pods::net::RTT_MESSAGE, pods::net::ROUND_TRIPS);
     [
         "| kata pod against runc pod (same run) | median | min | max | kata / runc | goal |".to_string(),
         "|---|---|---|---|---|---|".into(),
@@ -255,6 +266,13 @@ fn pods_table(p: &pods::Samples, tb_size: u32) -> String {
         row("ExecSync `true` round trip, runc", "ms", &re, None, ""),
         row("stdout to the CRI log (64 MiB of 1 KiB lines), kata", "MiB/s", &p.kata_stdout, Some(&p.runc_stdout), ""),
         row("stdout to the CRI log (64 MiB of 1 KiB lines), runc", "MiB/s", &p.runc_stdout, None, ""),
+        row(&format!("TCP host → pod ({net_mib} MiB, connect → the pod's byte count), kata"), "MiB/s", &p.kata_net_up, Some(&p.runc_net_up), ""),
+        row(&format!("TCP host → pod ({net_mib} MiB, connect → the pod's byte count), runc"), "MiB/s", &p.runc_net_up, None, ""),
+        row(&format!("TCP pod → host ({net_mib} MiB, connect → EOF), kata"), "MiB/s", &p.kata_net_down, Some(&p.runc_net_down), ""),
+        row(&format!("TCP pod → host ({net_mib} MiB, connect → EOF), runc"), "MiB/s", &p.runc_net_down, None, ""),
+        // A runc round trip is tens of microseconds: three decimals.
+        row_with(3, &format!("TCP round trip host ↔ pod ({rtt_bytes} B echo, {rtts} per pod on one connection), kata"), "ms", &p.kata_rtt, Some(&p.runc_rtt), ""),
+        row_with(3, &format!("TCP round trip host ↔ pod ({rtt_bytes} B echo, {rtts} per pod on one connection), runc"), "ms", &p.runc_rtt, None, ""),
         row("idle kata pod: guest memory (shared memfd, counted once)", "MiB", &kib_to_mib(|m| m.guest_kib), None, ""),
         row(
             &format!("idle kata pod: QEMU private memory (TCG translation cache tb-size {tb_size} MiB included)"),
@@ -273,6 +291,8 @@ fn pods_table(p: &pods::Samples, tb_size: u32) -> String {
             fmedian(&ours),
             if ours_ok { "met" } else { "not met" }
         ),
+        String::new(),
+        "TCP rows: the host reaches each pod at the IP CRI reports over the CNI bridge (a kata pod through the veth, tc mirred, the tap and QEMU's virtio-net); busybox `nc` servers in the pod count the bytes (`wc -c`), send them (`head -c`) or echo them (`cat`).".into(),
         String::new(),
     ]
     .join("\n")

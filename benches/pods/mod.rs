@@ -6,7 +6,9 @@
 //! - ExecSync round trip of `true`;
 //! - host memory of an idle kata pod (see `memory`);
 //! - stdout throughput: 64 MiB of 1 KiB lines written to the CRI log,
-//!   StartContainer → the container has exited.
+//!   StartContainer → the container has exited;
+//! - TCP between the host and the pod: throughput both ways and the round
+//!   trip of a small echo (see `net`).
 //!
 //! Kata and runc alternate within each iteration so machine noise hits
 //! both alike.
@@ -14,6 +16,7 @@
 // Its unit tests run from tests/cri.rs, which includes the same file.
 #[allow(dead_code, unused_imports)]
 mod memory;
+pub mod net;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -44,6 +47,14 @@ pub struct Samples {
     /// MiB/s.
     pub kata_stdout: Vec<f64>,
     pub runc_stdout: Vec<f64>,
+    /// TCP host → pod and pod → host, MiB/s.
+    pub kata_net_up: Vec<f64>,
+    pub runc_net_up: Vec<f64>,
+    pub kata_net_down: Vec<f64>,
+    pub runc_net_down: Vec<f64>,
+    /// TCP round trips, ms (every sample).
+    pub kata_rtt: Vec<f64>,
+    pub runc_rtt: Vec<f64>,
 }
 
 pub fn measure(iterations: usize) -> Result<Samples, String> {
@@ -61,15 +72,26 @@ pub fn measure(iterations: usize) -> Result<Samples, String> {
             start.push(one.start);
             exec.extend(one.execs.iter().copied());
             stdout.push(one.stdout_mib_s);
+            let (up, down, rtt) = match handler {
+                KATA => (&mut s.kata_net_up, &mut s.kata_net_down, &mut s.kata_rtt),
+                _ => (&mut s.runc_net_up, &mut s.runc_net_down, &mut s.runc_rtt),
+            };
+            up.push(one.net.up_mib_s);
+            down.push(one.net.down_mib_s);
+            rtt.extend(one.net.rtt_ms.iter().copied());
             if let Some(m) = one.memory {
                 s.kata_memory.push(m);
             }
             eprintln!(
-                "bench: iteration {}/{iterations} {handler}: pod start {:.2} s, exec {:.0} ms, stdout {:.1} MiB/s",
+                "bench: iteration {}/{iterations} {handler}: pod start {:.2} s, exec {:.0} ms, stdout {:.1} MiB/s, \
+                 TCP up {:.1} MiB/s, down {:.1} MiB/s, round trip {:.3} ms",
                 i + 1,
                 one.start.as_secs_f64(),
                 one.execs[0].as_secs_f64() * 1000.0,
-                one.stdout_mib_s
+                one.stdout_mib_s,
+                one.net.up_mib_s,
+                one.net.down_mib_s,
+                net_median(&one.net.rtt_ms)
             );
         }
     }
@@ -81,6 +103,7 @@ struct OnePod {
     execs: Vec<Duration>,
     memory: Option<PodMemory>,
     stdout_mib_s: f64,
+    net: net::NetSample,
 }
 
 fn pod_once(c: &Containerd, cri: &Cri, name: &str, handler: &str) -> Result<OnePod, String> {
@@ -122,11 +145,13 @@ fn pod_once(c: &Containerd, cri: &Cri, name: &str, handler: &str) -> Result<OneP
             None
         };
         let stdout_mib_s = throughput(cri, &pod, &config)?;
+        let net = net::measure(cri, &pod, &config).map_err(|e| format!("TCP in {name}: {e}"))?;
         Ok(OnePod {
             start,
             execs,
             memory,
             stdout_mib_s,
+            net,
         })
     })();
     let stopped = cri
@@ -135,6 +160,10 @@ fn pod_once(c: &Containerd, cri: &Cri, name: &str, handler: &str) -> Result<OneP
         .map_err(|e| format!("removing {name}: {e}"));
     let one = result?;
     stopped?;
+    if handler == KATA {
+        // Nothing of the sandbox outlives its removal (panics otherwise).
+        crate::common::assert_no_leaks(&pod);
+    }
     Ok(one)
 }
 
@@ -179,6 +208,12 @@ fn throughput(cri: &Cri, pod: &str, config: &PodSandboxConfig) -> Result<f64, St
     cri.remove_container(&id)
         .map_err(|e| format!("RemoveContainer stdout: {e}"))?;
     Ok((THROUGHPUT_BYTES as f64 / (1 << 20) as f64) / took.as_secs_f64())
+}
+
+fn net_median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 fn wait_for(mut ready: impl FnMut() -> bool, what: &Path) -> Result<(), String> {

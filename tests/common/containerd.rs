@@ -151,6 +151,37 @@ impl Containerd {
         format!("kt{:08x}", std::process::id())
     }
 
+    /// The CNI network's IPv4 subnet (only with `cri`): one /24 per
+    /// containerd instance, derived from the pid so that concurrent test
+    /// processes do not share a subnet.
+    pub fn cni_subnet(&self) -> String {
+        let pid = std::process::id();
+        format!("10.{}.{}.0/24", 200 + (pid >> 8) % 50, pid % 256)
+    }
+
+    /// The CNI bridge's own address (only with `cri`): host-local's
+    /// gateway, the subnet's first address, which the bridge plugin
+    /// (`isGateway`) puts on the bridge and the pods route through.
+    pub fn cni_gateway(&self) -> std::net::Ipv4Addr {
+        let subnet = self.cni_subnet();
+        let net: std::net::Ipv4Addr = subnet
+            .split('/')
+            .next()
+            .and_then(|a| a.parse().ok())
+            .expect("cni_subnet is an IPv4 prefix");
+        std::net::Ipv4Addr::from(u32::from(net) + 1)
+    }
+
+    /// The CRI plugin's directory of a pod sandbox (only with `cri`):
+    /// containerd keeps the pod's `hosts`, `hostname` and `resolv.conf`
+    /// there and bind-mounts them into the pod's containers.
+    pub fn cri_sandbox_dir(&self, pod: &str) -> PathBuf {
+        self.root
+            .join("io.containerd.grpc.v1.cri")
+            .join("sandboxes")
+            .join(pod)
+    }
+
     /// `ctr --address <sock> -n <ns> <args>`, bounded by [`CTR_TIMEOUT`].
     pub fn ctr(&self, args: &[&str]) -> Output {
         self.ctr_within(args, CTR_TIMEOUT).unwrap_or_else(|| {
@@ -255,10 +286,7 @@ disabled_plugins = [{disabled}]
     fn cri_config(&self) -> String {
         let cni_dir = self.state.join("cni/net.d");
         std::fs::create_dir_all(&cni_dir).expect("mkdir cni conf dir");
-        // One /24 per containerd instance, derived from the pid so that
-        // concurrent test processes do not share a subnet.
-        let pid = std::process::id();
-        let subnet = format!("10.{}.{}.0/24", 200 + (pid >> 8) % 50, pid % 256);
+        let subnet = self.cni_subnet();
         let conflist = serde_json::json!({
             "cniVersion": "0.4.0",
             "name": "kata-test",

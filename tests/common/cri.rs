@@ -114,6 +114,61 @@ impl Cri {
             .ok_or_else(|| Status::internal("PodSandboxStatus without a status"))
     }
 
+    /// PodSandboxStatus with `verbose`: the status and containerd's
+    /// `info` JSON (the sandbox's runtime spec, CNI result and more).
+    pub fn pod_status_verbose(
+        &self,
+        pod: &str,
+    ) -> Result<(PodSandboxStatus, serde_json::Value), Status> {
+        let mut c = self.runtime.clone();
+        let req = PodSandboxStatusRequest {
+            pod_sandbox_id: pod.into(),
+            verbose: true,
+        };
+        let r = self.call("PodSandboxStatus", c.pod_sandbox_status(req))?;
+        let status = r
+            .status
+            .ok_or_else(|| Status::internal("PodSandboxStatus without a status"))?;
+        let info = r
+            .info
+            .get("info")
+            .and_then(|i| serde_json::from_str(i).ok())
+            .unwrap_or(serde_json::Value::Null);
+        Ok((status, info))
+    }
+
+    /// The pod's IP as CRI reports it (PodSandboxStatus network.ip).
+    pub fn pod_ip(&self, pod: &str) -> Result<String, Status> {
+        let ip = self
+            .pod_status(pod)?
+            .network
+            .map(|n| n.ip)
+            .unwrap_or_default();
+        if ip.is_empty() {
+            return Err(Status::internal(format!("pod {pod} has no IP")));
+        }
+        Ok(ip)
+    }
+
+    /// The host path of the pod's network namespace (containerd's
+    /// `/var/run/netns/cni-<uuid>`), from the sandbox's runtime spec.
+    pub fn pod_netns(&self, pod: &str) -> Result<PathBuf, Status> {
+        let (_, info) = self.pod_status_verbose(pod)?;
+        info.pointer("/runtimeSpec/linux/namespaces")
+            .and_then(|n| n.as_array())
+            .into_iter()
+            .flatten()
+            .find(|n| n.get("type").and_then(|t| t.as_str()) == Some("network"))
+            .and_then(|n| n.get("path").and_then(|p| p.as_str()))
+            .filter(|p| !p.is_empty())
+            .map(PathBuf::from)
+            .ok_or_else(|| {
+                Status::internal(format!(
+                    "pod {pod}: no network namespace path in the verbose status: {info}"
+                ))
+            })
+    }
+
     pub fn stop_pod(&self, pod: &str) -> Result<(), Status> {
         let mut c = self.runtime.clone();
         let req = StopPodSandboxRequest {
