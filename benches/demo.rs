@@ -4,8 +4,10 @@
 //! guest image built from this node's kernel). The same image and command
 //! run once as a regular pod (runc) and once as a kata pod; what each
 //! container sees is printed side by side, with the host's QEMU process of
-//! the kata pod. Everything is removed at the end; any failed step exits
-//! non-zero.
+//! the kata pod. Each pod serves a page over HTTP on the pod network and
+//! fetches the other's, so the kata pod is shown to be an ordinary pod on
+//! the CNI network. Everything is removed at the end; any failed step
+//! exits non-zero.
 //!
 //! It is a bench target (`cargo bench --bench demo`) so that it shares the
 //! test harness (private containerd, CRI client, local images) and, unlike
@@ -51,14 +53,15 @@ fn run() {
     println!("== starting a private containerd (CRI: runc default, RuntimeClass handler `kata`)");
     let c = Containerd::start_cri("demo", true);
     let cri = c.cri();
-    let cmd = ["/bin/sh", "-c", "echo ready; while :; do sleep 1; done"];
     let mut pods = Vec::new();
     for handler in [RUNC, KATA] {
-        let name = format!("demo-{handler}");
-        println!(
-            "== crictl runp ({name}, handler {handler}); create; start `{}`",
-            cmd[2]
+        let script = format!(
+            "mkdir -p /www && echo hello from the {handler} pod > /www/index.html && \
+             httpd -p 8080 -h /www && echo ready; while :; do sleep 1; done"
         );
+        let cmd = ["/bin/sh", "-c", script.as_str()];
+        let name = format!("demo-{handler}");
+        println!("== crictl runp ({name}, handler {handler}); create; start an httpd on :8080");
         let config = pod_config(&name, &c.pod_log_dir(&name));
         let started = std::time::Instant::now();
         let id = cri
@@ -87,10 +90,14 @@ fn run() {
         assert_eq!(r.exit_code, 0, "crictl exec {} {cmd:?}", pod.handler);
         String::from_utf8_lossy(&r.stdout).trim().to_string()
     };
-    let rows: [(&str, &[&str]); 4] = [
+    let rows: [(&str, &[&str]); 5] = [
         ("uname -r", &["uname", "-r"]),
         ("nproc", &["nproc"]),
         ("/proc/uptime", &["cat", "/proc/uptime"]),
+        (
+            "eth0",
+            &["sh", "-c", "ip -4 -o addr show eth0 | awk '{print $4}'"],
+        ),
         ("/proc/cmdline", &["cat", "/proc/cmdline"]),
     ];
     let answers: Vec<Vec<String>> = rows
@@ -107,7 +114,51 @@ fn run() {
         }
         println!("{label:<14} | {:<40} | {}", a[0], a[1]);
     }
-    let cmdlines = &answers[3];
+    let pod_ips: Vec<String> = pods
+        .iter()
+        .map(|p| {
+            cri.pod_status(&p.id)
+                .unwrap_or_else(|e| panic!("PodSandboxStatus {}: {e}", p.handler))
+                .network
+                .map(|n| n.ip)
+                .unwrap_or_default()
+        })
+        .collect();
+    println!(
+        "{:<14} | {:<40} | {}",
+        "pod IP (CRI)", pod_ips[0], pod_ips[1]
+    );
+    for (i, p) in pods.iter().enumerate() {
+        assert!(
+            answers[3][i].starts_with(&format!("{}/", pod_ips[i])),
+            "the {} pod's eth0 ({}) has the IP CRI reports ({})",
+            p.handler,
+            answers[3][i],
+            pod_ips[i]
+        );
+    }
+    let fetched: Vec<String> = pods
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let other = &pod_ips[1 - i];
+            let url = format!("http://{other}:8080/");
+            ask(p, &["wget", "-q", "-T", "20", "-O", "-", &url])
+        })
+        .collect();
+    println!(
+        "{:<14} | {:<40} | {}",
+        "wget the other", fetched[0], fetched[1]
+    );
+    assert_eq!(
+        fetched[0], "hello from the kata pod",
+        "runc pod fetching from the kata pod"
+    );
+    assert_eq!(
+        fetched[1], "hello from the runc pod",
+        "kata pod fetching from the runc pod"
+    );
+    let cmdlines = &answers[4];
     println!("/proc/cmdline:");
     println!("  runc: {}", cmdlines[0]);
     println!("  kata: {}", cmdlines[1]);
