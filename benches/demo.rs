@@ -4,8 +4,8 @@
 //! guest image built from this node's kernel). The same image and command
 //! run once as a regular pod (runc) and once as a kata pod; what each
 //! container sees is printed side by side, with the host's QEMU process of
-//! the kata pod. Each pod serves a page over HTTP on the pod network and
-//! fetches the other's, so the kata pod is shown to be an ordinary pod on
+//! the kata pod. Each pod serves a greeting over TCP on the pod network
+//! and fetches the other's, so the kata pod is shown to be an ordinary pod on
 //! the CNI network. Everything is removed at the end; any failed step
 //! exits non-zero.
 //!
@@ -55,13 +55,15 @@ fn run() {
     let cri = c.cri();
     let mut pods = Vec::new();
     for handler in [RUNC, KATA] {
+        // busybox's `nc -ll -e` serves every connection; its static wget
+        // crashes in glibc's resolver, so nc is the client too.
         let script = format!(
-            "mkdir -p /www && echo hello from the {handler} pod > /www/index.html && \
-             httpd -p 8080 -h /www && echo ready; while :; do sleep 1; done"
+            "nc -ll -p 8080 -e echo hello from the {handler} pod & \
+             echo ready; while :; do sleep 1; done"
         );
         let cmd = ["/bin/sh", "-c", script.as_str()];
         let name = format!("demo-{handler}");
-        println!("== crictl runp ({name}, handler {handler}); create; start an httpd on :8080");
+        println!("== crictl runp ({name}, handler {handler}); create; serve a greeting on :8080");
         let config = pod_config(&name, &c.pod_log_dir(&name));
         let started = std::time::Instant::now();
         let id = cri
@@ -142,13 +144,13 @@ fn run() {
         .enumerate()
         .map(|(i, p)| {
             let other = &pod_ips[1 - i];
-            let url = format!("http://{other}:8080/");
-            ask(p, &["wget", "-q", "-T", "20", "-O", "-", &url])
+            let fetch = format!("nc -w 20 {other} 8080 </dev/null");
+            ask(p, &["sh", "-c", &fetch])
         })
         .collect();
     println!(
         "{:<14} | {:<40} | {}",
-        "wget the other", fetched[0], fetched[1]
+        "nc the other", fetched[0], fetched[1]
     );
     assert_eq!(
         fetched[0], "hello from the kata pod",
