@@ -11,6 +11,7 @@ mod container;
 mod debug_console;
 mod details;
 mod error;
+mod forksafe;
 mod init;
 mod logging;
 mod network;
@@ -82,6 +83,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
 }
 
 fn main() -> ExitCode {
+    forksafe::init();
     if nix::unistd::getpid().as_raw() == 1 {
         init::pid1_main();
     }

@@ -7,8 +7,8 @@
 //! intermediate process (a child of the agent) which clones the container
 //! init with `CLONE_PARENT`, so the init is a child of the agent too and
 //! the reaper collects it: exits flow reaper → [`Process`] (see
-//! `process.rs`). libcontainer's fork runs on a blocking thread, one at a
-//! time (the sandbox serializes them). The agent's own [`ContainerState`]
+//! `process.rs`). libcontainer's clone runs on a fresh thread, one at a
+//! time (the sandbox serializes them; see `forksafe.rs` for why fresh). The agent's own [`ContainerState`]
 //! is the authority over the lifecycle; libcontainer's status file is only
 //! used by libcontainer itself.
 
@@ -407,46 +407,46 @@ impl Container {
         // Subscribe before the fork: the init may die before we learn its pid.
         let exits = reaper.subscribe();
         let (lc_id, lc_dir, checked) = (id.clone(), dir.clone(), spec.clone());
-        let res = tokio::task::spawn_blocking(move || -> Result<(i32, Stdio)> {
-            let b = ContainerBuilder::new(lc_id, SyscallType::default())
-                .validate_id()
-                .map_err(|e| AgentError::InvalidArgument {
-                    field: "container_id",
-                    reason: e.to_string(),
-                })?
-                .with_root_path(Self::lc_root(&lc_dir))
-                .map_err(|e| lc_err("libcontainer root", e))?;
-            let (b, stdio) = stdio.attach(b)?;
-            let b = b
-                .as_init(&lc_dir)
-                .with_systemd(false)
-                .with_no_pivot(root_is_initramfs())
-                .with_detach(true);
-            let mut c = keeping_own_oom_score_adj(|| b.build())
-                .map_err(|e| lc_build_err("creating the container", e))?;
-            let pid = c
-                .pid()
-                .map(|p| p.as_raw())
-                .ok_or_else(|| AgentError::Internal("libcontainer reported no init pid".into()))?;
-            if let Err(e) = verify_kernel_fs_mounts(&checked, pid) {
-                // Never started: kill the init, let the reaper collect it,
-                // and remove what libcontainer made.
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
-                let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-                let deadline = std::time::Instant::now() + Duration::from_secs(5);
-                while proc_dir.exists() && std::time::Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(10));
+        let res =
+            crate::forksafe::run("creating the container", move || -> Result<(i32, Stdio)> {
+                let b = ContainerBuilder::new(lc_id, SyscallType::default())
+                    .validate_id()
+                    .map_err(|e| AgentError::InvalidArgument {
+                        field: "container_id",
+                        reason: e.to_string(),
+                    })?
+                    .with_root_path(Self::lc_root(&lc_dir))
+                    .map_err(|e| lc_err("libcontainer root", e))?;
+                let (b, stdio) = stdio.attach(b)?;
+                let b = b
+                    .as_init(&lc_dir)
+                    .with_systemd(false)
+                    .with_no_pivot(root_is_initramfs())
+                    .with_detach(true);
+                let mut c = keeping_own_oom_score_adj(|| b.build())
+                    .map_err(|e| lc_build_err("creating the container", e))?;
+                let pid = c.pid().map(|p| p.as_raw()).ok_or_else(|| {
+                    AgentError::Internal("libcontainer reported no init pid".into())
+                })?;
+                if let Err(e) = verify_kernel_fs_mounts(&checked, pid) {
+                    // Never started: kill the init, let the reaper collect it,
+                    // and remove what libcontainer made.
+                    let _ =
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), Signal::SIGKILL);
+                    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+                    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                    while proc_dir.exists() && std::time::Instant::now() < deadline {
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    if let Err(de) = c.delete(true) {
+                        tracing::warn!(error = %de, "cannot delete a refused container");
+                    }
+                    return Err(e);
                 }
-                if let Err(de) = c.delete(true) {
-                    tracing::warn!(error = %de, "cannot delete a refused container");
-                }
-                return Err(e);
-            }
-            let stdio = stdio.received()?;
-            Ok((pid, stdio))
-        })
-        .await
-        .map_err(|e| AgentError::Internal(format!("create task: {e}")))?;
+                let stdio = stdio.received()?;
+                Ok((pid, stdio))
+            })
+            .await;
         let (pid, io) = match res.and_then(|(pid, stdio)| Ok((pid, stdio.into_io()?))) {
             Ok(r) => r,
             Err(e) => {
@@ -559,7 +559,7 @@ impl Container {
 
         let exits = reaper.subscribe();
         let (id, root, pf) = (self.id.clone(), Self::lc_root(&self.dir), pfile.clone());
-        let res = tokio::task::spawn_blocking(move || -> Result<(i32, Stdio)> {
+        let res = crate::forksafe::run("exec", move || -> Result<(i32, Stdio)> {
             let b = ContainerBuilder::new(id, SyscallType::default())
                 .with_root_path(root)
                 .map_err(|e| lc_err("libcontainer root", e))?;
@@ -569,8 +569,7 @@ impl Container {
                 keeping_own_oom_score_adj(|| b.build()).map_err(|e| lc_build_err("exec", e))?;
             Ok((pid.as_raw(), stdio.received()?))
         })
-        .await
-        .map_err(|e| AgentError::Internal(format!("exec task: {e}")))?;
+        .await;
         let _ = std::fs::remove_file(&pfile);
         let (pid, stdio) = res?;
         let io = stdio.into_io()?;
