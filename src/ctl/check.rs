@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use super::host::{CgroupLayout, Host, VHOST_NET_DEVICE};
+use super::host::{CgroupLayout, Host, TUN_DEVICE, VHOST_NET_DEVICE};
 use super::image::{self, ImageFacts};
 use super::qemu;
 use super::{Check, Report, Resolved, load_config, path_list, vsock_name};
@@ -42,6 +42,7 @@ pub fn run(explicit: Option<&Path>) -> Report {
         config_check(&loaded),
         accel_check(q.accel, host.virt),
         vsock_check(q, &host, &resolved),
+        tun_check(host.tun),
         vhost_net_check(host.vhost_net),
         virtiofsd_check(q, resolved.virtiofsd.as_deref()),
         qemu::binary_check(resolved.qemu.as_deref(), &q.path, probe.as_ref()),
@@ -185,6 +186,23 @@ pub fn vsock_check(q: &Qemu, host: &Host, r: &Resolved) -> Check {
     }
 }
 
+/// Every pod with a CNI network needs a tap; without the device no such
+/// pod can start.
+pub fn tun_check(present: bool) -> Check {
+    if present {
+        Check::ok(
+            "tun",
+            format!("{TUN_DEVICE} present: pod interfaces get taps"),
+        )
+    } else {
+        Check::fail(
+            "tun",
+            format!("no {TUN_DEVICE}: pods with a CNI network cannot start"),
+            "modprobe tun (CONFIG_TUN), or create the node: mknod /dev/net/tun c 10 200",
+        )
+    }
+}
+
 pub fn vhost_net_check(present: bool) -> Check {
     if present {
         Check::ok("vhost-net", format!("{VHOST_NET_DEVICE} present"))
@@ -301,6 +319,7 @@ mod tests {
             vhost_vsock,
             vhost_vsock_opens: vhost_vsock,
             vhost_net: false,
+            tun: true,
             kernel_release: "6.18".into(),
             running_kernel_on_disk: false,
             cgroup: CgroupLayout::V1 { hierarchies: 9 },
@@ -365,6 +384,10 @@ mod tests {
 
     #[test]
     fn fallbacks_warn_and_explicit_choices_do_not() {
+        assert_eq!(tun_check(true).status, Status::Ok);
+        let c = tun_check(false);
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.message.contains("/dev/net/tun"), "{c:?}");
         assert_eq!(vhost_net_check(true).status, Status::Ok);
         let c = vhost_net_check(false);
         assert_eq!(c.status, Status::Warn);

@@ -11,6 +11,8 @@ use crate::vm::vsock::VHOST_VSOCK_DEVICE;
 
 /// Where the kernel's vhost-net device lives.
 pub const VHOST_NET_DEVICE: &str = "/dev/vhost-net";
+/// The tun/tap clone device the shim makes a pod's taps with.
+pub const TUN_DEVICE: &str = "/dev/net/tun";
 
 /// Everything gathered from the host in one pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +23,8 @@ pub struct Host {
     /// ... and opens read-write (what reserving a CID needs).
     pub vhost_vsock_opens: bool,
     pub vhost_net: bool,
+    /// `/dev/net/tun` exists.
+    pub tun: bool,
     /// `uname -r`.
     pub kernel_release: String,
     /// The running kernel's image is installed where the image builder
@@ -42,6 +46,7 @@ impl Host {
             vhost_vsock: Path::new(VHOST_VSOCK_DEVICE).exists(),
             vhost_vsock_opens: opens_rw(VHOST_VSOCK_DEVICE),
             vhost_net: Path::new(VHOST_NET_DEVICE).exists(),
+            tun: Path::new(TUN_DEVICE).exists(),
             running_kernel_on_disk: kernel_image_installed(&kernel_release),
             kernel_release,
             cgroup: cgroup_layout(&mountinfo, unified),
