@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use futures_util::TryStreamExt;
 use kata_agent_protocol::agent::{
-    AddArpNeighborsRequest, ArpNeighbor, Interface, IpAddress, Route, Routes,
-    UpdateInterfaceRequest, UpdateRoutesRequest,
+    AddArpNeighborsRequest, ArpNeighbor, Interface, Route, Routes, UpdateInterfaceRequest,
+    UpdateRoutesRequest,
 };
 use nix::sched::CloneFlags;
 use protobuf::MessageField;
@@ -80,21 +80,8 @@ async fn set_up(name: &str) {
 }
 
 fn iface_req(name: &str, hw: &str, mtu: u32, addrs: &[(&str, u32)]) -> UpdateInterfaceRequest {
-    let mut i = Interface::new();
-    i.name = name.into();
-    i.hw_addr = hw.into();
-    i.mtu = mtu;
-    i.addresses = addrs
-        .iter()
-        .map(|(a, l)| {
-            let mut ip = IpAddress::new();
-            ip.address = (*a).into();
-            ip.prefix_len = *l;
-            ip
-        })
-        .collect();
     let mut req = UpdateInterfaceRequest::new();
-    req.interface = MessageField::some(i);
+    req.interface = MessageField::some(super::parse::tests::iface(name, hw, mtu, addrs));
     req
 }
 

@@ -339,4 +339,4 @@ pub fn parse_neighbors(neighbors: &[ArpNeighbor]) -> Result<Vec<NeighborSpec>> {
 
 #[cfg(test)]
 #[path = "parse_tests.rs"]
-mod tests;
+pub(super) mod tests;

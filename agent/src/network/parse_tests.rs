@@ -89,7 +89,13 @@ fn cidrs() {
     assert!(!net("10.0.0.1/8").is_ipv6_link_local());
 }
 
-fn iface(name: &str, mac: &str, mtu: u32, addrs: &[(&str, u32)]) -> Interface {
+/// An `Interface` request body (also used by the netns tests).
+pub(in crate::network) fn iface(
+    name: &str,
+    mac: &str,
+    mtu: u32,
+    addrs: &[(&str, u32)],
+) -> Interface {
     let mut i = Interface::new();
     i.name = name.into();
     i.hw_addr = mac.into();
