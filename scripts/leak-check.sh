@@ -4,9 +4,30 @@
 # of ours may be left anywhere on the host.
 set -uo pipefail
 fail=0
+# A helper that exits after its parent (virtiofsd's sandboxed child, once
+# the shim is gone) is reaped by init, which may take a moment: a zombie
+# gets up to 10 s. Prints the pids among $1 that live, or stay zombies.
+leaked_pids() {
+    local live="" zombies=""
+    for p in $1; do
+        case "$(ps -o stat= -p "$p" 2>/dev/null)" in
+            "") ;;
+            Z*) zombies="$zombies $p" ;;
+            *) live="$live $p" ;;
+        esac
+    done
+    for _ in $(seq 100); do
+        [ -z "${zombies// /}" ] && break
+        sleep 0.1
+        zombies=$(for p in $zombies; do
+            ps -o stat= -p "$p" 2>/dev/null | grep -q '^Z' && echo "$p"; done)
+    done
+    echo $live $zombies
+}
 for pat in 'qemu-system' 'virtiofsd' 'vhost-device-vsock' 'kata-ctl boot-check' \
     '^(\S*/)?containerd-shim-kata-v2( |$)' 'containerd --config /run/kata-test/'; do
     pids=$(pgrep -f -- "$pat" | grep -v "^$$\$" || true)
+    pids=$(leaked_pids "$pids")
     if [ -n "$pids" ]; then
         echo "leak: processes matching '$pat':"; ps -o pid,args -p $pids; fail=1
     fi
