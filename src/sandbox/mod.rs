@@ -430,8 +430,8 @@ impl Sandbox {
         }
         let pod_network = match netns {
             network::PodNetns::Path(path) => {
-                // Opened before the attach, so QEMU joins the namespace the
-                // taps were made in even if the path is re-pointed meanwhile.
+                // QEMU joins the netns through this fd (setns before exec);
+                // a path that is not there is the spec's error, named so.
                 let file = std::fs::File::open(path).map_err(|e| Error::InvalidArgument {
                     field: "linux.namespaces",
                     reason: match e.kind() {
