@@ -22,21 +22,7 @@ use kata_shim::config::Config;
 fn debug_image() -> (PathBuf, PathBuf) {
     static BUILD: Once = Once::new();
     let out = tmp_dir().join("debug-console-image");
-    BUILD.call_once(|| {
-        let o = Command::new(bin("kata-guest-image"))
-            .arg("--debug")
-            .arg("--agent")
-            .arg(bin("kata-agent"))
-            .arg("--output-dir")
-            .arg(&out)
-            .output()
-            .expect("run kata-guest-image --debug");
-        assert!(
-            o.status.success(),
-            "building the debug image failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    });
+    BUILD.call_once(|| build_guest_image(&out, &["--debug"]));
     (out.join("kata.kernel"), out.join("kata.initrd"))
 }
 

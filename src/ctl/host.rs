@@ -9,10 +9,7 @@ use crate::host_cgroup::CGROUP_ROOT;
 use crate::vm::accel::HostVirt;
 use crate::vm::vsock::VHOST_VSOCK_DEVICE;
 
-/// Where the kernel's vhost-net device lives.
-pub const VHOST_NET_DEVICE: &str = "/dev/vhost-net";
-/// The tun/tap clone device the shim makes a pod's taps with.
-pub const TUN_DEVICE: &str = "/dev/net/tun";
+pub use crate::network::{TUN_DEVICE, VHOST_NET_DEVICE};
 
 /// Everything gathered from the host in one pass.
 #[derive(Debug, Clone, PartialEq, Eq)]

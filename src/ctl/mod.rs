@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::config::{Config, ConfigError, Loaded, Qemu, SharedFs};
+use crate::config::{Config, ConfigError, Loaded, Qemu};
 use crate::vm::accel::{self, HostVirt};
 use crate::vm::child::resolve_binary;
 use crate::vm::{ShareKind, vsock};
@@ -71,13 +71,7 @@ impl Resolved {
     pub fn new(q: &Qemu, virt: HostVirt, vhost_vsock_exists: bool) -> Resolved {
         let found = |list: &[PathBuf]| resolve_binary(list, "binary", "").ok();
         let virtiofsd = found(&q.virtio_fs_daemon);
-        // Mirrors Vm::start_with: a missing virtiofsd falls back to 9p.
-        let share = match q.shared_fs {
-            SharedFs::None => ShareKind::None,
-            SharedFs::Virtio9p => ShareKind::NineP,
-            SharedFs::VirtioFs if virtiofsd.is_some() => ShareKind::VirtioFs,
-            SharedFs::VirtioFs => ShareKind::NineP,
-        };
+        let share = crate::vm::choose_share(q.shared_fs, virtiofsd.is_some());
         Resolved {
             accel: accel::choose(q.accel, virt),
             vsock: vsock::choose(q.vsock, vhost_vsock_exists),

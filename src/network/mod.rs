@@ -41,6 +41,7 @@ use kata_agent_protocol::agent;
 use rtnetlink::Handle;
 
 pub use self::error::NetworkError;
+pub use self::tap::{TUN_DEVICE, VHOST_NET_DEVICE};
 use crate::logging::error_chain;
 
 /// What the shim persisted about the plumbing it made, for teardown after a

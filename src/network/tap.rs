@@ -13,9 +13,9 @@ use rtnetlink::{Handle, LinkUnspec};
 use super::NetworkError;
 
 /// The tun/tap clone device.
-const TUN_DEVICE: &str = "/dev/net/tun";
+pub const TUN_DEVICE: &str = "/dev/net/tun";
 /// The vhost-net device.
-const VHOST_NET_DEVICE: &str = "/dev/vhost-net";
+pub const VHOST_NET_DEVICE: &str = "/dev/vhost-net";
 
 nix::ioctl_readwrite_bad!(
     /// `TUNSETIFF`: attach the fd to a new tun/tap named in the `ifreq`; the

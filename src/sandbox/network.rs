@@ -72,7 +72,7 @@ pub fn pod_netns(
 /// it enters the namespace on a thread of its own).
 pub async fn attach(sandbox_id: &str, netns: &Path) -> Result<(PodNetwork, Vec<Nic>)> {
     let path = netns.to_path_buf();
-    let vhost_net = Path::new("/dev/vhost-net").exists();
+    let vhost_net = Path::new(crate::network::VHOST_NET_DEVICE).exists();
     let (net, nics) = tokio::task::spawn_blocking(move || PodNetwork::attach(&path, vhost_net))
         .await
         .map_err(|e| Error::Internal(format!("the network attach thread failed: {e}")))??;

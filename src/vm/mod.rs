@@ -140,6 +140,17 @@ pub enum ShareKind {
     None,
 }
 
+/// The share a VM gets: virtio-fs needs virtiofsd, and falls back to 9p
+/// without it. `kata-ctl check` and `env` report the same choice.
+pub fn choose_share(wanted: SharedFs, virtiofsd_found: bool) -> ShareKind {
+    match wanted {
+        SharedFs::None => ShareKind::None,
+        SharedFs::Virtio9p => ShareKind::NineP,
+        SharedFs::VirtioFs if virtiofsd_found => ShareKind::VirtioFs,
+        SharedFs::VirtioFs => ShareKind::NineP,
+    }
+}
+
 /// Per-sandbox choices on top of the configuration.
 #[derive(Debug, Default)]
 pub struct VmOptions {
@@ -218,21 +229,18 @@ impl Vm {
             )?),
             vsock::Mode::Vhost => None,
         };
-        let (share, fs_bin) = match q.shared_fs {
-            SharedFs::None => (ShareKind::None, None),
-            SharedFs::Virtio9p => (ShareKind::NineP, None),
-            SharedFs::VirtioFs => match resolve_binary(&q.virtio_fs_daemon, "virtiofsd", "") {
-                Ok(p) => (ShareKind::VirtioFs, Some(p)),
-                Err(_) => {
-                    tracing::warn!(
-                        sandbox_id,
-                        tried = ?q.virtio_fs_daemon,
-                        "virtiofsd not found, sharing with virtio-9p instead"
-                    );
-                    (ShareKind::NineP, None)
-                }
-            },
+        let fs_bin = match q.shared_fs {
+            SharedFs::VirtioFs => resolve_binary(&q.virtio_fs_daemon, "virtiofsd", "").ok(),
+            SharedFs::Virtio9p | SharedFs::None => None,
         };
+        let share = choose_share(q.shared_fs, fs_bin.is_some());
+        if q.shared_fs == SharedFs::VirtioFs && fs_bin.is_none() {
+            tracing::warn!(
+                sandbox_id,
+                tried = ?q.virtio_fs_daemon,
+                "virtiofsd not found, sharing with virtio-9p instead"
+            );
+        }
 
         let paths = SandboxPaths::new(sandbox_id);
         let mut vm = Vm {
@@ -615,6 +623,22 @@ pub fn remove_sandbox_dirs(sandbox_id: &str, paths: &SandboxPaths) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn virtio_fs_falls_back_to_9p_without_virtiofsd() {
+        for (wanted, found, share) in [
+            (SharedFs::VirtioFs, true, ShareKind::VirtioFs),
+            (SharedFs::VirtioFs, false, ShareKind::NineP),
+            (SharedFs::Virtio9p, true, ShareKind::NineP),
+            (SharedFs::None, true, ShareKind::None),
+        ] {
+            assert_eq!(
+                choose_share(wanted, found),
+                share,
+                "{wanted:?}, found {found}"
+            );
+        }
+    }
 
     #[test]
     fn sandbox_ids() {

@@ -77,26 +77,31 @@ pub fn require_vm_host() {
     }
 }
 
+/// Runs the workspace's `kata-guest-image` with its agent into `out`, plus
+/// `extra` arguments (e.g. `--debug`); panics with its stderr on failure.
+pub fn build_guest_image(out: &Path, extra: &[&str]) {
+    let o = Command::new(bin("kata-guest-image"))
+        .args(extra)
+        .arg("--agent")
+        .arg(bin("kata-agent"))
+        .arg("--output-dir")
+        .arg(out)
+        .output()
+        .expect("run kata-guest-image");
+    assert!(
+        o.status.success(),
+        "building the guest image {extra:?} failed (is linux-image-amd64 installed? make deps): {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
 /// The test guest image: built from the workspace's agent into
 /// target/test-images once per test process (the builder is a no-op when
 /// up to date and takes a lock, so parallel test processes are safe).
 pub fn test_image() -> (PathBuf, PathBuf, String) {
     static BUILD: Once = Once::new();
     let out = bin_dir().parent().expect("target dir").join("test-images");
-    BUILD.call_once(|| {
-        let o = Command::new(bin("kata-guest-image"))
-            .arg("--agent")
-            .arg(bin("kata-agent"))
-            .arg("--output-dir")
-            .arg(&out)
-            .output()
-            .expect("run kata-guest-image");
-        assert!(
-            o.status.success(),
-            "building the test image failed (is linux-image-amd64 installed? make deps): {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-    });
+    BUILD.call_once(|| build_guest_image(&out, &[]));
     let initrd = out.join("kata.initrd");
     let kernel = out.join("kata.kernel");
     let kver_dir = std::fs::read_link(&initrd).expect("kata.initrd is a symlink");
