@@ -125,6 +125,55 @@ impl Process {
     }
 }
 
+/// Stop signals that a container init may never receive: as PID 1 of its
+/// own pid namespace, the kernel drops a signal it has no handler for.
+const STOP_SIGNALS: [Signal; 3] = [Signal::SIGTERM, Signal::SIGINT, Signal::SIGQUIT];
+
+/// What a container's init gets for a stop signal `sig`. An init that is
+/// PID 1 of its pid namespace and neither catches nor ignores `sig` would
+/// never see it (a shell's `sleep`, a created container's init, a pause
+/// process before its handler is in place): under runc the caller waits
+/// out its whole grace period and then kills. Such a signal becomes
+/// SIGKILL at once, as Kata's agent does; an init with a handler gets the
+/// signal itself and runs its handler.
+pub fn init_stop_signal(pid: i32, sig: Signal) -> Signal {
+    if !STOP_SIGNALS.contains(&sig) {
+        return sig;
+    }
+    let status = match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(s) => s,
+        // Gone already: the signal finds nothing either way.
+        Err(_) => return sig,
+    };
+    if unreceivable(&status, sig) {
+        tracing::info!(pid, signal = ?sig, "the init cannot receive the stop signal (PID 1 of its namespace, no handler): SIGKILL");
+        Signal::SIGKILL
+    } else {
+        sig
+    }
+}
+
+/// Whether a `/proc/<pid>/status` text shows PID 1 of its innermost pid
+/// namespace with no handler for `sig` and `sig` not ignored.
+fn unreceivable(status: &str, sig: Signal) -> bool {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+    };
+    let ns_pid_1 = field("NSpid:")
+        .and_then(|v| v.split_whitespace().last())
+        .is_some_and(|last| last == "1");
+    let mask = |name: &str| field(name).and_then(|v| u64::from_str_radix(v, 16).ok());
+    let bit = 1u64 << (sig as i32 - 1);
+    match (mask("SigCgt:"), mask("SigIgn:")) {
+        (Some(caught), Some(ignored)) => ns_pid_1 && caught & bit == 0 && ignored & bit == 0,
+        // Unreadable masks: leave the signal as asked.
+        _ => false,
+    }
+}
+
 /// Converts a request's signal number; 0 (a liveness probe, which only
 /// checks that the process exists) is `None`.
 pub fn parse_signal(sig: u32) -> Result<Option<Signal>> {
@@ -144,6 +193,32 @@ pub fn parse_signal(sig: u32) -> Result<Option<Signal>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn status(nspid: &str, cgt: &str, ign: &str) -> String {
+        format!(
+            "Name:\tsleep\nPid:\t42\nNSpid:\t{nspid}\nSigQ:\t0/1\nSigPnd:\t0000000000000000\n\
+             SigBlk:\t0000000000000000\nSigIgn:\t{ign}\nSigCgt:\t{cgt}\n"
+        )
+    }
+
+    #[test]
+    fn stop_signals_an_init_cannot_receive_become_sigkill() {
+        let none = "0000000000000000";
+        // SIGTERM is bit 14 (1 << 14 = 0x4000); SIGINT bit 1.
+        let term = "0000000000004000";
+        // PID 1 of its namespace, no handler: unreceivable.
+        assert!(unreceivable(&status("42\t1", none, none), Signal::SIGTERM));
+        assert!(unreceivable(&status("42\t1", term, none), Signal::SIGINT));
+        // A handler, or an explicit ignore, is respected.
+        assert!(!unreceivable(&status("42\t1", term, none), Signal::SIGTERM));
+        assert!(!unreceivable(&status("42\t1", none, term), Signal::SIGTERM));
+        // Not PID 1 (a shared pid namespace): the default action kills it.
+        assert!(!unreceivable(&status("42\t7", none, none), Signal::SIGTERM));
+        // Malformed masks change nothing.
+        assert!(!unreceivable("NSpid:\t1\nSigCgt:\tzz\n", Signal::SIGTERM));
+        // Only stop signals are ever turned into SIGKILL.
+        assert_eq!(init_stop_signal(std::process::id() as i32, Signal::SIGUSR1), Signal::SIGUSR1);
+    }
 
     #[test]
     fn signals_parse() {

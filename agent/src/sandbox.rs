@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 
 use kata_agent_protocol::agent::{StatsContainerResponse, Storage};
 use nix::mount::{MsFlags, mount};
+use oci_spec::runtime::LinuxNamespaceType;
 use tokio::sync::Mutex;
 
 use crate::container::{self, Container, cgroup, spec};
@@ -26,8 +27,63 @@ struct SandboxInfo {
     sandbox_pidns: bool,
     /// Mount points of the sandbox storages.
     storages: Vec<PathBuf>,
-    /// The first container's init pid, whose pid namespace the others join.
-    pidns_pid: Option<i32>,
+    /// The sandbox container's init pid: the first container of the pod,
+    /// whose namespaces the others join where the pod shares them.
+    sandbox_init: Option<i32>,
+}
+
+/// The namespace types a container may join from the sandbox container.
+fn shared_namespace(name: &str) -> Result<LinuxNamespaceType> {
+    match name {
+        "pid" => Ok(LinuxNamespaceType::Pid),
+        "ipc" => Ok(LinuxNamespaceType::Ipc),
+        "uts" => Ok(LinuxNamespaceType::Uts),
+        other => Err(AgentError::InvalidArgument {
+            field: "sandbox_namespaces",
+            reason: format!("{other:?} cannot be shared with the sandbox (pid, ipc, uts)"),
+        }),
+    }
+}
+
+/// `/proc/<pid>/ns/<type>` of the sandbox container's init, for each
+/// namespace `container_id` joins.
+fn sandbox_joins(
+    container_id: &str,
+    sandbox_init: Option<i32>,
+    requested: &[String],
+    sandbox_pidns: bool,
+) -> Result<Vec<(LinuxNamespaceType, PathBuf)>> {
+    let mut types = requested
+        .iter()
+        .map(|n| shared_namespace(n))
+        .collect::<Result<Vec<_>>>()?;
+    if sandbox_pidns && !types.contains(&LinuxNamespaceType::Pid) {
+        types.push(LinuxNamespaceType::Pid);
+    }
+    let Some(pid) = sandbox_init else {
+        // The first container is the sandbox's own: there is nothing to
+        // join yet, it makes the namespaces the others will join.
+        return Ok(Vec::new());
+    };
+    types
+        .into_iter()
+        .map(|t| {
+            let name = match t {
+                LinuxNamespaceType::Pid => "pid",
+                LinuxNamespaceType::Ipc => "ipc",
+                _ => "uts",
+            };
+            let path = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
+            if path.exists() {
+                Ok((t, path))
+            } else {
+                Err(AgentError::FailedPrecondition(format!(
+                    "container {container_id:?} joins the pod's {name} namespace, \
+                     but the sandbox container's init (pid {pid}) has exited"
+                )))
+            }
+        })
+        .collect()
 }
 
 /// The pod.
@@ -161,7 +217,7 @@ impl Sandbox {
             id,
             sandbox_pidns,
             storages: mounted,
-            pidns_pid: None,
+            sandbox_init: None,
         });
         Ok(())
     }
@@ -181,22 +237,30 @@ impl Sandbox {
         id: String,
         spec_json: &[u8],
         storages: &[Storage],
+        sandbox_namespaces: &[String],
     ) -> Result<()> {
         container::validate_id(&id, "container_id")?;
         let mut spec = spec::parse_spec(spec_json)?;
         require_mount_namespace(&spec)?;
+        if let Some(r) = spec
+            .linux_mut()
+            .as_mut()
+            .and_then(|l| l.resources_mut().as_mut())
+        {
+            container::resources::normalize(r, "oci_spec_json")?;
+        }
         let _serial = self.create_lock.lock().await;
         if self.containers.lock().await.contains_key(&id) {
             return Err(AgentError::AlreadyExists(format!("container {id:?}")));
         }
-        let (sandbox_id, mut roots, pidns_pid, shared_pidns) = {
+        let (sandbox_id, mut roots, sandbox_init, shared_pidns) = {
             let info = self.info.lock().await;
             let info = info.as_ref().ok_or_else(|| {
                 AgentError::FailedPrecondition("CreateSandbox must come first".into())
             })?;
             let mut roots = vec![self.share.clone(), PathBuf::from(SANDBOX_SHM)];
             roots.extend(info.storages.iter().cloned());
-            (info.id.clone(), roots, info.pidns_pid, info.sandbox_pidns)
+            (info.id.clone(), roots, info.sandbox_init, info.sandbox_pidns)
         };
         // The container's storages are its own: when the create fails they
         // must not stay mounted (a retry would stack another mount on them).
@@ -208,14 +272,14 @@ impl Sandbox {
                 roots.push(st.mount_point.clone());
                 mounted.push(st.mount_point);
             }
-            let pidns = pidns_pid.map(|p| PathBuf::from(format!("/proc/{p}/ns/pid")));
+            let joins = sandbox_joins(&id, sandbox_init, sandbox_namespaces, shared_pidns)?;
             let terminal = spec::rewrite(
                 &mut spec,
                 &spec::PodContext {
                     sandbox_id: &sandbox_id,
                     container_id: &id,
                     allowed_roots: &roots,
-                    pidns,
+                    joins,
                 },
             )?;
             Container::create(id.clone(), spec, terminal, mounted.clone(), self.reaper()?).await
@@ -232,10 +296,10 @@ impl Sandbox {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some(self.oom.watch(id.clone(), c.cgroup_dir()));
-        if shared_pidns {
+        {
             let mut info = self.info.lock().await;
-            if let Some(info) = info.as_mut().filter(|i| i.pidns_pid.is_none()) {
-                info.pidns_pid = Some(c.init.pid);
+            if let Some(info) = info.as_mut().filter(|i| i.sandbox_init.is_none()) {
+                info.sandbox_init = Some(c.init.pid);
             }
         }
         self.containers.lock().await.insert(id, c);
@@ -269,11 +333,12 @@ impl Sandbox {
     pub async fn update_container(&self, id: &str, resources_json: &[u8]) -> Result<()> {
         let c = self.get(id).await?;
         let mut de = serde_json::Deserializer::from_slice(resources_json);
-        let res: oci_spec::runtime::LinuxResources = serde_path_to_error::deserialize(&mut de)
+        let mut res: oci_spec::runtime::LinuxResources = serde_path_to_error::deserialize(&mut de)
             .map_err(|e| AgentError::InvalidArgument {
                 field: "resources_json",
                 reason: format!("at `{}`: {}", e.path(), e.inner()),
             })?;
+        container::resources::normalize(&mut res, "resources_json")?;
         tokio::task::spawn_blocking(move || c.update(&res))
             .await
             .map_err(|e| AgentError::Internal(format!("update task: {e}")))?

@@ -170,7 +170,12 @@ impl agent_ttrpc::AgentService for AgentService {
         tracing::info!(container_id = %req.container_id, "CreateContainer");
         let res = self
             .sandbox
-            .create_container(req.container_id, &req.oci_spec_json, &req.storages)
+            .create_container(
+                req.container_id,
+                &req.oci_spec_json,
+                &req.storages,
+                &req.sandbox_namespaces,
+            )
             .await;
         reply("CreateContainer", res.map(|()| Empty::new()))
     }

@@ -20,6 +20,7 @@
 mod boot;
 pub mod container;
 mod monitor;
+pub mod namespaces;
 pub mod network;
 pub mod ops;
 pub mod process;
@@ -105,6 +106,9 @@ pub struct Sandbox {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     agent: Mutex<Option<AgentClient>>,
     qemu_pid: AtomicU32,
+    /// The sandbox container's namespace paths, which app containers name
+    /// to share them.
+    pod_namespaces: Mutex<namespaces::PodNamespaces>,
     /// Boot phases and agent RPC latencies, served by [`crate::metrics`].
     pub metrics: crate::metrics::Metrics,
     dead_tx: watch::Sender<bool>,
@@ -137,6 +141,7 @@ impl Sandbox {
             containers: Mutex::new(HashMap::new()),
             agent: Mutex::new(None),
             qemu_pid: AtomicU32::new(0),
+            pod_namespaces: Mutex::default(),
             metrics: crate::metrics::Metrics::default(),
             dead_tx: watch::channel(false).0,
             shutdown_tx: watch::channel(false).0,
@@ -239,9 +244,15 @@ impl Sandbox {
         // Chosen before anything is created, so a refusal changes nothing.
         let config = if is_sandbox {
             let netns = network::pod_netns(&spec, &annotations)?;
+            *lock(&self.pod_namespaces) = namespaces::of_sandbox(&spec)?;
             Some((self.sandbox_config(req, &annotations)?, netns))
         } else {
             None
+        };
+        let sandbox_namespaces = if is_sandbox {
+            Vec::new()
+        } else {
+            namespaces::app_joins(&spec, &lock(&self.pod_namespaces), self.pid())?
         };
 
         let io = ProcessIo::new(
@@ -274,6 +285,7 @@ impl Sandbox {
         let mut creq = agent::CreateContainerRequest::new();
         creq.container_id = req.id.clone();
         creq.oci_spec_json = prepared.guest_spec_json;
+        creq.sandbox_namespaces = sandbox_namespaces;
         if let Err(e) = agent
             .service()
             .create_container(call_context(Some(CREATE_TIMEOUT)), &creq)

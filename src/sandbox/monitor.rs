@@ -132,8 +132,11 @@ pub(super) fn write_oom_file(sandbox_id: &str, c: &Container) {
 }
 
 /// Waits for `p` to exit in the guest (or the sandbox to die) and reports
-/// the exit.
+/// the exit. One watcher per process: a second call does nothing.
 pub(super) fn watch_exit(sb: Arc<Sandbox>, c: Arc<Container>, p: Arc<Process>, agent: AgentClient) {
+    if !p.claim_watch() {
+        return;
+    }
     tokio::spawn(async move {
         let mut dead = sb.dead_watch();
         let mut req = agent::ProcessRequest::new();

@@ -63,7 +63,12 @@ impl Sandbox {
                 .map_err(Error::agent("ExecProcess", &p.exec_id))?;
             p.io.start(Arc::new(agent.clone()));
         }
-        p.transition(ProcessState::start)?;
+        match p.transition(ProcessState::start) {
+            // A signal sent while it was created already ended it, and its
+            // watcher reported the exit: the start itself succeeded.
+            Err(_) if p.state().is_stopped() => {}
+            r => r?,
+        }
         monitor::watch_exit(self.clone(), c.clone(), p.clone(), agent);
         tracing::info!(sandbox_id = %self.id, container_id, exec_id, "process started");
         if p.is_init() {
@@ -149,7 +154,7 @@ impl Sandbox {
     /// Kill. SIGTERM and SIGKILL to a stopped process succeed; signal 0
     /// probes liveness.
     pub async fn kill(
-        &self,
+        self: &Arc<Self>,
         container_id: &str,
         exec_id: &str,
         signal: u32,
@@ -192,6 +197,13 @@ impl Sandbox {
             Err(_) if is_term_or_kill(signal) => return Ok(()),
             Err(e) => return Err(e),
         };
+        if p.is_init() && signal != 0 && matches!(p.state(), ProcessState::Created) {
+            // A created, never started init has no watcher yet (Start
+            // begins it). CRI-O stops and removes such a container with
+            // Kill then Wait: its exit must be reported, or the stop waits
+            // out its deadline and the pod can never be removed.
+            monitor::watch_exit(self.clone(), c.clone(), p.clone(), agent.clone());
+        }
         let mut req = agent::SignalProcessRequest::new();
         req.container_id = c.id.clone();
         req.exec_id = p.exec_id.clone();

@@ -6,6 +6,7 @@
 //! STOPPED with the exit status and time.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::watch;
 
@@ -23,6 +24,9 @@ pub struct Process {
     pub exec_spec: Option<Vec<u8>>,
     state: Mutex<ProcessState>,
     exit_tx: watch::Sender<Option<Exit>>,
+    /// An exit watcher (WaitProcess on the agent) was started: at Start, or
+    /// earlier when a created, never started init is signalled.
+    watched: AtomicBool,
 }
 
 impl Process {
@@ -41,6 +45,7 @@ impl Process {
             exec_spec,
             state: Mutex::new(ProcessState::Created),
             exit_tx: watch::channel(None).0,
+            watched: AtomicBool::new(false),
         }
     }
 
@@ -55,6 +60,12 @@ impl Process {
         } else {
             &self.exec_id
         }
+    }
+
+    /// Claims the one exit watcher of this process: true for the first
+    /// caller only.
+    pub fn claim_watch(&self) -> bool {
+        !self.watched.swap(true, Ordering::AcqRel)
     }
 
     pub fn state(&self) -> ProcessState {

@@ -14,6 +14,7 @@
 
 pub mod cgroup;
 mod console;
+pub mod resources;
 pub mod spec;
 #[cfg(test)]
 mod spec_fuzz;
@@ -521,9 +522,19 @@ impl Container {
     }
 
     /// Signals one process, or with `all` every process in the cgroup.
+    /// A stop signal sent to the init alone that it cannot receive becomes
+    /// SIGKILL (see [`crate::process::init_stop_signal`]). With `all`
+    /// every process gets the signal as asked: the others die of it, and
+    /// an init waiting on them exits by itself.
     pub fn signal(&self, exec_id: &str, sig: Option<Signal>, all: bool) -> Result<()> {
         let p = self.process(exec_id)?;
         if !all {
+            let sig = match sig {
+                Some(s) if exec_id.is_empty() && p.exit_status().is_none() => {
+                    Some(crate::process::init_stop_signal(p.pid, s))
+                }
+                other => other,
+            };
             return p.signal(sig);
         }
         self.state().can_signal()?;

@@ -5,7 +5,8 @@
 //! host-side spec to the guest: the rootfs and bind sources must resolve,
 //! symlink-safely, inside the share or a storage; the cgroup goes under the
 //! pod's cgroup; the network namespace is dropped (the guest has one netns,
-//! the pod's); with a shared pid namespace the sandbox's is joined. A
+//! the pod's); namespaces the pod shares are joined from the sandbox
+//! container's init. A
 //! terminal stays in the spec: libcontainer opens it inside the container.
 
 use std::path::{Path, PathBuf};
@@ -40,9 +41,20 @@ pub fn parse_spec(bytes: &[u8]) -> Result<Spec> {
     Ok(spec)
 }
 
+/// `noNewPrivileges: false` is the OCI default, the same as leaving it
+/// out (CRI-O and containerd omit it). libcontainer 0.7 reads an explicit
+/// `false` as "set": it then loads the seccomp filter after dropping
+/// capabilities, which fails without CAP_SYS_ADMIN. Spell it the common way.
+fn normalize_process(p: &mut Process) {
+    if p.no_new_privileges() == Some(false) {
+        p.set_no_new_privileges(None);
+    }
+}
+
 /// Parses `process_json` of ExecProcess.
 pub fn parse_process(bytes: &[u8]) -> Result<Process> {
-    let p: Process = parse_json(bytes, "process_json")?;
+    let mut p: Process = parse_json(bytes, "process_json")?;
+    normalize_process(&mut p);
     if p.args().as_ref().is_none_or(|a| a.is_empty()) {
         return Err(AgentError::InvalidArgument {
             field: "process_json",
@@ -62,8 +74,9 @@ pub struct PodContext<'a> {
     /// Directories whose content a spec may name: the share, storage mount
     /// points, the pod's shm.
     pub allowed_roots: &'a [PathBuf],
-    /// `/proc/<pid>/ns/pid` of the sandbox's first container, when shared.
-    pub pidns: Option<PathBuf>,
+    /// Namespaces joined from the sandbox container's init
+    /// (`/proc/<pid>/ns/<type>`) instead of made new.
+    pub joins: Vec<(LinuxNamespaceType, PathBuf)>,
 }
 
 fn invalid(field: &'static str, reason: String) -> AgentError {
@@ -185,18 +198,28 @@ pub fn rewrite(spec: &mut Spec, ctx: &PodContext<'_>) -> Result<bool> {
     if let Some(nss) = linux.namespaces_mut().as_mut() {
         // One netns in the guest: the pod's, which is the VM's.
         nss.retain(|ns| ns.typ() != LinuxNamespaceType::Network);
-        if let Some(pidns) = &ctx.pidns {
-            for ns in nss.iter_mut() {
-                if ns.typ() == LinuxNamespaceType::Pid {
-                    ns.set_path(Some(pidns.clone()));
+        for (typ, path) in &ctx.joins {
+            match nss.iter_mut().find(|ns| ns.typ() == *typ) {
+                Some(ns) => {
+                    ns.set_path(Some(path.clone()));
                 }
+                None => nss.push(
+                    oci_spec::runtime::LinuxNamespaceBuilder::default()
+                        .typ(*typ)
+                        .path(path.clone())
+                        .build()
+                        .map_err(|e| invalid("linux.namespaces", e.to_string()))?,
+                ),
             }
         }
     }
 
-    Ok(terminal(spec.process().as_ref().ok_or_else(|| {
-        invalid("oci_spec_json", "at `process`: missing".into())
-    })?))
+    let process = spec
+        .process_mut()
+        .as_mut()
+        .ok_or_else(|| invalid("oci_spec_json", "at `process`: missing".into()))?;
+    normalize_process(process);
+    Ok(terminal(process))
 }
 
 /// Whether the process asked for a terminal. libcontainer opens it inside
@@ -214,7 +237,7 @@ mod tests {
     fn spec_json(root: &Path, mounts: serde_json::Value) -> Vec<u8> {
         serde_json::to_vec(&json!({
             "ociVersion": "1.0.2",
-            "process": {"terminal": true, "user": {"uid": 0, "gid": 0}, "args": ["/bin/true"], "cwd": "/"},
+            "process": {"terminal": true, "user": {"uid": 0, "gid": 0}, "args": ["/bin/true"], "cwd": "/", "noNewPrivileges": false},
             "root": {"path": root},
             "mounts": mounts,
             "linux": {"namespaces": [{"type": "pid"}, {"type": "network", "path": "/proc/1/ns/net"}, {"type": "mount"}]}
@@ -227,7 +250,9 @@ mod tests {
             sandbox_id: "sb",
             container_id: "c1",
             allowed_roots: roots,
-            pidns,
+            joins: pidns
+                .map(|p| vec![(LinuxNamespaceType::Pid, p)])
+                .unwrap_or_default(),
         }
     }
 
@@ -260,6 +285,7 @@ mod tests {
         assert!(terminal);
         let p = spec.process().as_ref().expect("process");
         assert_eq!(p.terminal(), Some(true), "libcontainer opens the terminal");
+        assert_eq!(p.no_new_privileges(), None, "an explicit false is the default");
         let linux = spec.linux().as_ref().expect("linux");
         assert_eq!(
             linux.cgroups_path().as_deref(),

@@ -90,7 +90,7 @@ fn spec_and_process_decoding_survive_mutations() {
                 sandbox_id: "s",
                 container_id: "c",
                 allowed_roots: &roots,
-                pidns: None,
+                joins: Vec::new(),
             };
             // Refusal is fine; the rewrite must not panic on odd specs.
             let _ = rewrite(&mut spec, &ctx);
