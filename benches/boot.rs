@@ -262,6 +262,10 @@ fn pods_table(p: &pods::Samples, tb_size: u32) -> String {
     [
         "| kata pod against runc pod (same run) | median | min | max | kata / runc | goal |".to_string(),
         "|---|---|---|---|---|---|".into(),
+        // What `crictl stopp` + `crictl rmp` ask of a runtime; containerd's
+        // StopPodSandbox gives the containers no grace period.
+        row("pod stop + remove (StopPodSandbox + RemovePodSandbox of a running pod), kata", "ms", &ms(&p.kata_stop), Some(&ms(&p.runc_stop)), ""),
+        row("pod stop + remove (StopPodSandbox + RemovePodSandbox of a running pod), runc", "ms", &ms(&p.runc_stop), None, ""),
         row("ExecSync `true` round trip, kata", "ms", &ke, Some(&re), ""),
         row("ExecSync `true` round trip, runc", "ms", &re, None, ""),
         row("stdout to the CRI log (64 MiB of 1 KiB lines), kata", "MiB/s", &p.kata_stdout, Some(&p.runc_stdout), ""),

@@ -426,3 +426,124 @@ fn cri_large_stdout_reaches_the_log_whole() {
     cri.remove_container(&id).expect("RemoveContainer");
     remove_pod(&c, &cri, &pod);
 }
+
+/// The same `/proc/self/status` lines for a process and its confinement.
+const CONFINEMENT: &str = "grep -E '^(Seccomp|NoNewPrivs|Cap(Inh|Prm|Eff|Bnd|Amb)):' /proc/self/status; \
+     echo masked=$(head -c 16 /proc/timer_list | wc -c)";
+
+/// `config` with the container's pid namespace in `mode`.
+fn with_pid_mode(
+    mut config: k8s_cri::v1::ContainerConfig,
+    mode: k8s_cri::v1::NamespaceMode,
+) -> k8s_cri::v1::ContainerConfig {
+    let linux = config.linux.get_or_insert_with(Default::default);
+    let sc = linux.security_context.get_or_insert_with(Default::default);
+    let ns = sc.namespace_options.get_or_insert_with(Default::default);
+    ns.pid = mode as i32;
+    config
+}
+
+#[test]
+fn cri_pod_pid_namespace_is_shared_on_request_and_stop_ends_by_sigterm() {
+    use k8s_cri::v1::NamespaceMode;
+    let (c, cri, pod) = kata_pod("pidns");
+    let pod_cfg = |name: &str, cmd: &[&str], mode| {
+        with_pid_mode(container_config(name, BUSYBOX_REF, cmd), mode)
+    };
+    let a = start_with(
+        &c,
+        &cri,
+        &pod,
+        pod_cfg("a", &["sleep", "1001"], NamespaceMode::Pod),
+    );
+    let b = start_with(
+        &c,
+        &cri,
+        &pod,
+        pod_cfg("b", &["sleep", "1002"], NamespaceMode::Pod),
+    );
+    let own = start_with(
+        &c,
+        &cri,
+        &pod,
+        pod_cfg("own", &["sleep", "1003"], NamespaceMode::Container),
+    );
+
+    // POD mode (containerd names /proc/<task pid>/ns/pid): b sees a and
+    // signals it; a's sleep is not PID 1, so it dies of SIGTERM.
+    let a_pid = exec_ok(&cri, &b, &["sh", "-c", &pids_of_script("sleep 1001")]);
+    let a_pid = a_pid.trim();
+    assert!(a_pid.parse::<u32>().is_ok_and(|p| p > 1), "{a_pid:?}");
+    // CONTAINER mode: nothing of the others is visible.
+    let r = exec_ok(&cri, &own, &["sh", "-c", &pids_of_script("sleep 1002")]);
+    assert_eq!(r, "", "b is visible from another pid namespace");
+    exec_ok(&cri, &b, &["kill", "-TERM", a_pid]);
+    let st = wait_exited(&cri, &a, Duration::from_secs(60));
+    assert_eq!(st.exit_code, 143, "{st:?}");
+
+    // StopContainer with a grace period: b ends by its SIGTERM (143), long
+    // before the grace period's SIGKILL; `own` is PID 1 of its namespace
+    // without a handler, so the agent sends SIGKILL at once.
+    for (id, code) in [(&b, 143), (&own, 137)] {
+        let began = Instant::now();
+        cri.stop_container(id, 60).expect("StopContainer");
+        let took = began.elapsed();
+        assert!(took < Duration::from_secs(40), "{id}: stop took {took:?}");
+        let st = cri.container_status(id).expect("ContainerStatus");
+        assert_eq!(st.exit_code, code, "{st:?}");
+    }
+    remove_pod(&c, &cri, &pod);
+}
+
+#[test]
+fn cri_created_container_is_removed_and_exec_keeps_the_confinement() {
+    use k8s_cri::v1::{LinuxContainerSecurityContext, SecurityProfile, security_profile};
+    let (c, cri, pod) = kata_pod("confine");
+    // The runtime/default seccomp profile, as kubelet asks for it.
+    let mut cfg = container_config(
+        "app",
+        BUSYBOX_REF,
+        &["/bin/sh", "-c", &format!("{CONFINEMENT}; exec sleep 1000")],
+    );
+    cfg.linux = Some(k8s_cri::v1::LinuxContainerConfig {
+        security_context: Some(LinuxContainerSecurityContext {
+            seccomp: Some(SecurityProfile {
+                profile_type: security_profile::ProfileType::RuntimeDefault as i32,
+                ..Default::default()
+            }),
+            // kubelet sends its default masked paths (containerd masks
+            // nothing when the list is empty).
+            masked_paths: ["/proc/kcore", "/proc/timer_list", "/proc/sched_debug"]
+                .map(String::from)
+                .to_vec(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    });
+    let app = start_with(&c, &cri, &pod, cfg);
+    let init = wait_log(&pod, "app", "masked=", Duration::from_secs(60));
+    assert!(init.contains("Seccomp:\t2"), "{init}");
+    assert!(init.contains("masked=0"), "{init}");
+    let exec = exec_ok(&cri, &app, &["/bin/sh", "-c", CONFINEMENT]);
+    assert_eq!(exec, init, "the exec's confinement differs from the init's");
+
+    // kubelet's resources for a container with a memory limit and no CPU
+    // limit, in a container that is created and never started: it is
+    // removed, and the pod with it.
+    let mut cfg = container_config("never", BUSYBOX_REF, &["sleep", "1000"]);
+    cfg.linux.get_or_insert_with(Default::default).resources = Some(LinuxContainerResources {
+        cpu_period: 100_000,
+        cpu_quota: 0,
+        cpu_shares: 2,
+        memory_limit_in_bytes: 128 << 20,
+        ..Default::default()
+    });
+    let never = cri
+        .create_container(&pod.id, cfg, &pod.config)
+        .unwrap_or_else(|e| panic!("CreateContainer never: {e}\n{}", c.log_tail()));
+    cri.stop_container(&never, 10)
+        .expect("StopContainer of a created container");
+    cri.remove_container(&never)
+        .expect("RemoveContainer of a created container");
+    remove_pod(&c, &cri, &pod);
+}

@@ -41,6 +41,9 @@ const WAIT: Duration = Duration::from_secs(300);
 pub struct Samples {
     pub kata_start: Vec<Duration>,
     pub runc_start: Vec<Duration>,
+    /// StopPodSandbox + RemovePodSandbox of a running pod.
+    pub kata_stop: Vec<Duration>,
+    pub runc_stop: Vec<Duration>,
     pub kata_exec: Vec<Duration>,
     pub runc_exec: Vec<Duration>,
     pub kata_memory: Vec<PodMemory>,
@@ -70,6 +73,10 @@ pub fn measure(iterations: usize) -> Result<Samples, String> {
                 _ => (&mut s.runc_start, &mut s.runc_exec, &mut s.runc_stdout),
             };
             start.push(one.start);
+            match handler {
+                KATA => s.kata_stop.push(one.stop),
+                _ => s.runc_stop.push(one.stop),
+            }
             exec.extend(one.execs.iter().copied());
             stdout.push(one.stdout_mib_s);
             let (up, down, rtt) = match handler {
@@ -83,10 +90,11 @@ pub fn measure(iterations: usize) -> Result<Samples, String> {
                 s.kata_memory.push(m);
             }
             eprintln!(
-                "bench: iteration {}/{iterations} {handler}: pod start {:.2} s, exec {:.0} ms, stdout {:.1} MiB/s, \
+                "bench: iteration {}/{iterations} {handler}: pod start {:.2} s, stop+remove {:.2} s, exec {:.0} ms, stdout {:.1} MiB/s, \
                  TCP up {:.1} MiB/s, down {:.1} MiB/s, round trip {:.3} ms",
                 i + 1,
                 one.start.as_secs_f64(),
+                one.stop.as_secs_f64(),
                 one.execs[0].as_secs_f64() * 1000.0,
                 one.stdout_mib_s,
                 one.net.up_mib_s,
@@ -100,6 +108,7 @@ pub fn measure(iterations: usize) -> Result<Samples, String> {
 
 struct OnePod {
     start: Duration,
+    stop: Duration,
     execs: Vec<Duration>,
     memory: Option<PodMemory>,
     stdout_mib_s: f64,
@@ -148,18 +157,24 @@ fn pod_once(c: &Containerd, cri: &Cri, name: &str, handler: &str) -> Result<OneP
         let net = net::measure(cri, &pod, &config).map_err(|e| format!("TCP in {name}: {e}"))?;
         Ok(OnePod {
             start,
+            stop: Duration::ZERO,
             execs,
             memory,
             stdout_mib_s,
             net,
         })
     })();
+    // `crictl stopp` then `rmp`: the pod's containers are stopped, the
+    // sandbox stopped and removed.
+    let began = Instant::now();
     let stopped = cri
         .stop_pod(&pod)
         .and_then(|()| cri.remove_pod(&pod))
         .map_err(|e| format!("removing {name}: {e}"));
-    let one = result?;
+    let stop = began.elapsed();
+    let mut one = result?;
     stopped?;
+    one.stop = stop;
     if handler == KATA {
         // Nothing of the sandbox outlives its removal (panics otherwise).
         crate::common::assert_no_leaks(&pod);

@@ -25,6 +25,7 @@ use ttrpc::asynchronous::Client;
 use super::*;
 use cleanup::{make_cgroup_dirs, pod_cgroup_dirs, users_of};
 pub use io::{Drain, ExecIo, WaitOutcome, Waiter};
+pub use ops::StopReport;
 pub use rpc::*;
 pub use spec::{PodInfo, container_spec, infra_spec};
 
@@ -52,6 +53,9 @@ pub struct PodConfig {
     /// What CNI puts into the pod's network namespace before the sandbox
     /// is created.
     pub network: PodNetwork,
+    /// CRI's pid NamespaceMode CONTAINER: each container has its own pid
+    /// namespace. The default (false) is POD, crictl's default.
+    pub private_pid: bool,
 }
 
 /// The pod network the driver plays CNI for.
@@ -95,6 +99,14 @@ pub struct Prepared {
     pub rootfs_mounts: Vec<api::Mount>,
     pub tty: bool,
     pub stdin: bool,
+}
+
+impl Prepared {
+    /// CRI-O's memory shape for a limit: `swap` equal to the limit (no swap).
+    pub fn with_memory_limit(&mut self, bytes: i64) {
+        self.spec["linux"]["resources"]["memory"] =
+            serde_json::json!({"limit": bytes, "swap": bytes});
+    }
 }
 
 /// ExecSync's answer.
@@ -429,6 +441,8 @@ impl Crio {
             log_dir: Path::new("/var/log/pods").join(format!("default_{}_{uid}", cfg.name)),
             resources: cfg.resources.clone(),
             annotations: cfg.annotations.clone(),
+            share_pid: !cfg.private_pid,
+            infra_pid: None,
         };
         let rootfs = self.mount_rootfs();
         self.pods.insert(
@@ -591,8 +605,10 @@ impl Crio {
                         create_pid: resp.pid,
                     },
                 );
-                if !sandbox {
-                    if let Some(pod) = self.pods.get_mut(&p.sandbox_id) {
+                if let Some(pod) = self.pods.get_mut(&p.sandbox_id) {
+                    if sandbox {
+                        pod.info.infra_pid = Some(resp.pid);
+                    } else {
                         pod.apps.push(p.id.clone());
                     }
                 }
@@ -704,11 +720,12 @@ impl Crio {
 
     /// CRI-O's StopPodSandbox: (network first; none here) app containers,
     /// then the infra container, then the shm and namespaces.
-    pub fn stop_pod(&mut self, sandbox_id: &str, timeout: Duration) {
+    /// Returns how each container that was still running stopped.
+    pub fn stop_pod(&mut self, sandbox_id: &str, timeout: Duration) -> Vec<(String, StopReport)> {
         // CRI-O tears the network down before it stops any container
         // (`server/sandbox_stop_linux.go`): CNI DEL, then the netns goes.
         self.cni_del(sandbox_id);
-        self.stop_pod_containers(sandbox_id, timeout);
+        self.stop_pod_containers(sandbox_id, timeout)
     }
 
     /// StopPodSandbox in containerd's order instead: the containers stop
@@ -718,22 +735,29 @@ impl Crio {
         self.stop_pod_containers(sandbox_id, timeout);
     }
 
-    fn stop_pod_containers(&mut self, sandbox_id: &str, timeout: Duration) {
+    fn stop_pod_containers(
+        &mut self,
+        sandbox_id: &str,
+        timeout: Duration,
+    ) -> Vec<(String, StopReport)> {
         let apps = self.pod(sandbox_id).apps.clone();
+        let mut reports = Vec::new();
         for id in apps.iter().chain(std::iter::once(&sandbox_id.to_string())) {
             if self.init_exit(id, Duration::ZERO).is_some() {
                 self.unmount_rootfs(id);
             } else {
-                let state = self.stop_container(id, timeout);
+                let (state, report) = self.stop_container_report(id, timeout);
                 assert_eq!(
                     state.status.enum_value(),
                     Ok(api::Status::STOPPED),
                     "{id} after StopContainer: {state:?}"
                 );
+                reports.push((id.clone(), report));
             }
         }
         self.release_pod_namespaces(sandbox_id);
         self.pods.get_mut(sandbox_id).expect("pod").stopped = true;
+        reports
     }
 
     /// CNI DEL and the netns unpinned, as CRI-O does at StopPodSandbox.

@@ -479,3 +479,11 @@ pub fn wait_gone(pid: u32, within: Duration) -> bool {
     }
     false
 }
+
+/// A shell script printing the pids whose command line is exactly `cmd`
+/// (busybox here has no pgrep); the script's own line never matches.
+pub fn pids_of_script(cmd: &str) -> String {
+    format!(
+        "for p in /proc/[0-9]*; do [ \"$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)\" = '{cmd} ' ] && echo ${{p#/proc/}}; done; true"
+    )
+}

@@ -10,6 +10,16 @@ use serde_json::{Value, json};
 
 use super::*;
 
+/// How a StopContainer went.
+#[derive(Debug, Clone, Copy)]
+pub struct StopReport {
+    /// The stop signal did not end it within the timeout: SIGKILL did.
+    pub sigkill: bool,
+    /// Wait's exit status (None when Wait failed with NotFound).
+    pub exit_status: Option<u32>,
+    pub elapsed: Duration,
+}
+
 impl Crio {
     pub fn kill(&self, id: &str, exec_id: &str, signal: u32, all: bool) -> ttrpc::Result<()> {
         let mut req = api::KillRequest::new();
@@ -118,6 +128,18 @@ impl Crio {
     /// Kill(SIGKILL), up to 2 min, then the rootfs is unmounted at once
     /// (postStopCleanup), then State.
     pub fn stop_container(&mut self, id: &str, timeout: Duration) -> api::StateResponse {
+        self.stop_container_report(id, timeout).0
+    }
+
+    /// [`Crio::stop_container`], also telling how the stop went: CRI-O's
+    /// `runtimeVM.StopContainer` sends the stop signal, waits for Wait up to
+    /// the timeout, and only then sends SIGKILL.
+    pub fn stop_container_report(
+        &mut self,
+        id: &str,
+        timeout: Duration,
+    ) -> (api::StateResponse, StopReport) {
+        let began = std::time::Instant::now();
         let waiter = self.spawn_wait(id, "", false);
         let mut done = None;
         if !timeout.is_zero() {
@@ -125,6 +147,7 @@ impl Crio {
                 .unwrap_or_else(|e| panic!("Kill(SIGTERM) {id}: {e:?}"));
             done = waiter.wait(&self.rt, timeout);
         }
+        let sigkill = done.is_none();
         let outcome = match done {
             Some(o) => o,
             None => {
@@ -135,6 +158,11 @@ impl Crio {
                     .unwrap_or_else(|| panic!("{id} did not stop within 2 min of SIGKILL"))
             }
         };
+        let report = StopReport {
+            sigkill,
+            exit_status: outcome.wait.as_ref().ok().map(|w| w.exit_status),
+            elapsed: began.elapsed(),
+        };
         if let Err(e) = &outcome.wait {
             // CRI-O counts NotFound from Wait as stopped.
             assert_eq!(
@@ -144,7 +172,7 @@ impl Crio {
             );
         }
         self.unmount_rootfs(id);
-        self.state(id)
+        (self.state(id), report)
     }
 
     /// postStopCleanup: CRI-O's storage unmounts the rootfs right after the

@@ -50,6 +50,13 @@ pub struct PodInfo {
     pub resources: Option<Value>,
     /// Pod annotations, copied verbatim into the infra spec.
     pub annotations: BTreeMap<String, String>,
+    /// CRI's pid NamespaceMode POD (crictl's default; Kubernetes
+    /// `shareProcessNamespace: true`): app containers name the infra's
+    /// pid namespace. false: CONTAINER, each has its own.
+    pub share_pid: bool,
+    /// The infra container's pid as the shim reported it at Create: CRI-O
+    /// names `/proc/<it>/ns/pid` in app specs (`nsPathGivenInfraPid`).
+    pub infra_pid: Option<u32>,
 }
 
 impl PodInfo {
@@ -74,8 +81,7 @@ fn process(args: &[&str], env: Value, tty: bool) -> Value {
         "args": args,
         "env": env,
         "cwd": "/",
-        "capabilities": {"bounding": CAPS, "effective": CAPS, "permitted": CAPS},
-        "noNewPrivileges": false
+        "capabilities": {"bounding": CAPS, "effective": CAPS, "permitted": CAPS}
     })
 }
 
@@ -125,8 +131,14 @@ fn masked_and_readonly() -> (Value, Value) {
     )
 }
 
-fn namespaces(pod: &PodInfo) -> Value {
-    let mut ns = vec![json!({"type": "pid"})];
+fn namespaces(pod: &PodInfo, app: bool) -> Value {
+    let pid = match pod.infra_pid {
+        Some(p) if app && pod.share_pid => {
+            json!({"type": "pid", "path": format!("/proc/{p}/ns/pid")})
+        }
+        _ => json!({"type": "pid"}),
+    };
+    let mut ns = vec![pid];
     if let Some(netns) = &pod.netns {
         ns.push(json!({"type": "network", "path": netns.display().to_string()}));
     }
@@ -227,10 +239,21 @@ pub fn infra_spec(pod: &PodInfo, rootfs: &Path) -> Value {
         "linux": {
             "resources": {"devices": [{"allow": false, "access": "rwm"}], "cpu": {"shares": 2}},
             "cgroupsPath": format!("{}/crio-{}", pod.cgroup_parent, pod.id),
-            "namespaces": namespaces(pod),
+            "namespaces": namespaces(pod, false),
             "maskedPaths": masked,
             "readonlyPaths": readonly
         }
+    })
+}
+
+/// The resources CRI-O 1.32 writes for a container without limits
+/// (`SpecSetLinuxContainerResources`): every CPU field is set, 0 where the
+/// CRI request had none (crictl's default; kubelet sends period 100000),
+/// cpuset strings empty; memory only with a limit (`Prepared::with_memory_limit`).
+fn app_resources() -> Value {
+    json!({
+        "devices": [{"allow": false, "access": "rwm"}],
+        "cpu": {"shares": 2, "quota": 0, "period": 0, "cpus": "", "mems": ""}
     })
 }
 
@@ -313,9 +336,9 @@ pub fn container_spec(
         "mounts": mounts,
         "annotations": ann,
         "linux": {
-            "resources": {"devices": [{"allow": false, "access": "rwm"}], "cpu": {"shares": 2}},
+            "resources": app_resources(),
             "cgroupsPath": format!("{}/crio-{id}", pod.cgroup_parent),
-            "namespaces": namespaces(pod),
+            "namespaces": namespaces(pod, true),
             "maskedPaths": masked,
             "readonlyPaths": readonly
         }
