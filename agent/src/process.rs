@@ -217,7 +217,10 @@ mod tests {
         // Malformed masks change nothing.
         assert!(!unreceivable("NSpid:\t1\nSigCgt:\tzz\n", Signal::SIGTERM));
         // Only stop signals are ever turned into SIGKILL.
-        assert_eq!(init_stop_signal(std::process::id() as i32, Signal::SIGUSR1), Signal::SIGUSR1);
+        assert_eq!(
+            init_stop_signal(std::process::id() as i32, Signal::SIGUSR1),
+            Signal::SIGUSR1
+        );
     }
 
     #[test]

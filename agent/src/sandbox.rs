@@ -260,7 +260,12 @@ impl Sandbox {
             })?;
             let mut roots = vec![self.share.clone(), PathBuf::from(SANDBOX_SHM)];
             roots.extend(info.storages.iter().cloned());
-            (info.id.clone(), roots, info.sandbox_init, info.sandbox_pidns)
+            (
+                info.id.clone(),
+                roots,
+                info.sandbox_init,
+                info.sandbox_pidns,
+            )
         };
         // The container's storages are its own: when the create fails they
         // must not stay mounted (a retry would stack another mount on them).

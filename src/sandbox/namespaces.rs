@@ -44,13 +44,13 @@ fn entries(spec: &Value) -> Result<Vec<(String, Option<PathBuf>)>> {
     nss.iter()
         .enumerate()
         .map(|(i, ns)| {
-            let typ = ns
-                .get("type")
-                .and_then(Value::as_str)
-                .ok_or_else(|| Error::InvalidArgument {
-                    field: "linux.namespaces",
-                    reason: format!("entry {i} has no type"),
-                })?;
+            let typ =
+                ns.get("type")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| Error::InvalidArgument {
+                        field: "linux.namespaces",
+                        reason: format!("entry {i} has no type"),
+                    })?;
             let path = match ns.get("path") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(p)) if p.is_empty() => None,
@@ -201,7 +201,10 @@ mod tests {
             {"type": "network", "path": "/proc/77/ns/net"},
             {"type": "mount"}
         ]));
-        assert_eq!(app_joins(&app, &pod, 77).expect("app"), ["pid", "ipc", "uts"]);
+        assert_eq!(
+            app_joins(&app, &pod, 77).expect("app"),
+            ["pid", "ipc", "uts"]
+        );
     }
 
     #[test]
@@ -220,19 +223,34 @@ mod tests {
             ),
             // A mount namespace path is never shared.
             (
-                spec(json!([{"type": "pid"}, {"type": "ipc"}, {"type": "mount", "path": "/proc/4242/ns/mnt"}])),
+                spec(
+                    json!([{"type": "pid"}, {"type": "ipc"}, {"type": "mount", "path": "/proc/4242/ns/mnt"}]),
+                ),
                 "mount",
             ),
             // hostPID and hostIPC.
             (spec(json!([{"type": "ipc"}])), "hostPID"),
             (spec(json!([{"type": "pid"}])), "hostIPC"),
-            (spec(json!([{"type": "pid", "path": "relative"}, {"type": "ipc"}])), "absolute"),
+            (
+                spec(json!([{"type": "pid", "path": "relative"}, {"type": "ipc"}])),
+                "absolute",
+            ),
         ] {
             let e = app_joins(&app, &pod, 4242).expect_err(what);
-            assert!(matches!(e, Error::InvalidArgument { field: "linux.namespaces", .. }), "{e}");
+            assert!(
+                matches!(
+                    e,
+                    Error::InvalidArgument {
+                        field: "linux.namespaces",
+                        ..
+                    }
+                ),
+                "{e}"
+            );
             assert!(e.to_string().contains(what), "{what}: {e}");
         }
-        let e = of_sandbox(&spec(json!([{"type": "ipc"}, {"type": "network"}]))).expect_err("hostPID");
+        let e =
+            of_sandbox(&spec(json!([{"type": "ipc"}, {"type": "network"}]))).expect_err("hostPID");
         assert!(e.to_string().contains("hostPID"), "{e}");
     }
 }

@@ -148,10 +148,14 @@ mod tests {
     #[test]
     fn kubelet_shapes_are_normalized() {
         // No CPU limit: what kubelet sends for most containers.
-        let mut r = res(json!({"cpu": {"shares": 2, "quota": 0, "period": 0, "cpus": "", "mems": ""}}));
+        let mut r =
+            res(json!({"cpu": {"shares": 2, "quota": 0, "period": 0, "cpus": "", "mems": ""}}));
         normalize(&mut r, "oci_spec_json").expect("no limit");
         let cpu = r.cpu().as_ref().expect("cpu");
-        assert_eq!((cpu.shares(), cpu.quota(), cpu.period()), (Some(2), None, None));
+        assert_eq!(
+            (cpu.shares(), cpu.quota(), cpu.period()),
+            (Some(2), None, None)
+        );
         assert_eq!((cpu.cpus(), cpu.mems()), (&None, &None));
 
         // No CPU limit but a memory limit, swap equal to memory.
@@ -161,7 +165,10 @@ mod tests {
         let cpu = r.cpu().as_ref().expect("cpu");
         assert_eq!((cpu.quota(), cpu.period()), (None, Some(100_000)));
         let mem = r.memory().as_ref().expect("memory");
-        assert_eq!((mem.limit(), mem.swap()), (Some(268_435_456), Some(268_435_456)));
+        assert_eq!(
+            (mem.limit(), mem.swap()),
+            (Some(268_435_456), Some(268_435_456))
+        );
 
         // A limit, and -1 as unlimited.
         let mut r = res(json!({"cpu": {"quota": 50000, "period": 100000}}));
@@ -189,15 +196,24 @@ mod tests {
             (json!({"cpu": {"period": 2_000_000}}), "cpu.period"),
             (json!({"cpu": {"shares": 1}}), "cpu.shares"),
             (json!({"memory": {"limit": -2}}), "memory.limit"),
-            (json!({"memory": {"limit": 1048576, "swap": -7}}), "memory.swap"),
-            (json!({"memory": {"limit": 2097152, "swap": 1048576}}), "memory.swap"),
+            (
+                json!({"memory": {"limit": 1048576, "swap": -7}}),
+                "memory.swap",
+            ),
+            (
+                json!({"memory": {"limit": 2097152, "swap": 1048576}}),
+                "memory.swap",
+            ),
             (json!({"memory": {"swap": 1048576}}), "memory.swap"),
         ] {
             let mut r = res(v.clone());
             let e = normalize(&mut r, "resources_json").expect_err(what);
             assert_eq!(e.code(), ttrpc::Code::INVALID_ARGUMENT, "{v}");
             let msg = e.to_string();
-            assert!(msg.contains(what) && msg.contains("resources_json"), "{v}: {msg}");
+            assert!(
+                msg.contains(what) && msg.contains("resources_json"),
+                "{v}: {msg}"
+            );
         }
     }
 }

@@ -285,7 +285,11 @@ mod tests {
         assert!(terminal);
         let p = spec.process().as_ref().expect("process");
         assert_eq!(p.terminal(), Some(true), "libcontainer opens the terminal");
-        assert_eq!(p.no_new_privileges(), None, "an explicit false is the default");
+        assert_eq!(
+            p.no_new_privileges(),
+            None,
+            "an explicit false is the default"
+        );
         let linux = spec.linux().as_ref().expect("linux");
         assert_eq!(
             linux.cgroups_path().as_deref(),
