@@ -30,7 +30,7 @@ pub fn normalize(r: &mut LinuxResources, field: &'static str) -> Result<()> {
     if let Some(cpu) = r.cpu().clone() {
         r.set_cpu(Some(normalize_cpu(cpu, field)?));
     }
-    if let Some(mem) = r.memory().clone() {
+    if let Some(mem) = *r.memory() {
         r.set_memory(Some(normalize_memory(mem, field)?));
     }
     Ok(())
