@@ -2,11 +2,13 @@
 //! (`runtime_type = "vm"`) drive it: the Go-style command line, `start`
 //! (one serving shim per sandbox, a plain `unix://` address on stdout),
 //! `delete` (post-mortem clean-up, a bare `DeleteResponse` on stdout),
-//! `-v`, `-info` (a bare `RuntimeInfo`), `features` (declined) and the
+//! `-v`, `-info` (a bare `RuntimeInfo`), `features` (the OCI features
+//! document of the guest's runtime) and the
 //! internal `serve` that runs the task service.
 
 pub mod args;
 pub mod delete;
+pub mod features;
 pub mod serve;
 pub mod start;
 
@@ -62,13 +64,7 @@ where
             eprintln!("{BIN}: no action given\n{USAGE}");
             ExitCode::from(USAGE_EXIT)
         }
-        Some(Action::Features) => {
-            eprintln!(
-                "{BIN}: features: a VM runtime publishes no OCI runtime features \
-                 (containers run inside the guest)"
-            );
-            ExitCode::FAILURE
-        }
+        Some(Action::Features) => print_stdout(format!("{:#}\n", features::document()).as_bytes()),
         Some(Action::Start) => match start::run(&flags) {
             Ok(address) => print_stdout(address.as_bytes()),
             Err(e) => {

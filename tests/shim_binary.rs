@@ -42,7 +42,18 @@ fn version_info_and_features_answer_at_once() {
         "features took {:?}",
         began.elapsed()
     );
-    assert!(out.stdout.is_empty(), "features printed {:?}", out.stdout);
+    // CRI-O reads it as the OCI features document: versions, and `rro`
+    // among the mount options turns on recursive read-only mounts.
+    assert!(out.status.success(), "features: {out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).expect("features JSON");
+    assert_eq!(doc["ociVersionMin"], "1.0.0", "{doc}");
+    assert!(doc["ociVersionMax"].is_string(), "{doc}");
+    assert!(
+        doc["mountOptions"]
+            .as_array()
+            .is_some_and(|o| o.iter().any(|v| v == "rro")),
+        "{doc}"
+    );
 }
 
 #[test]
