@@ -51,6 +51,9 @@ pub struct Volume {
     pub source: PathBuf,
     /// The last `ro`/`rw` option says `ro`.
     pub readonly: bool,
+    /// `rro` (CRI's recursiveReadOnly): the submounts are read-only too.
+    /// A plain `ro` bind leaves them as they are, as runc does.
+    pub readonly_recursive: bool,
     /// `rbind`: submounts of the source come along.
     pub recursive: bool,
     /// Entry name under `<share>/<cid>/volumes/`.
@@ -224,6 +227,7 @@ fn classify(i: usize, m: &Value) -> Result<MountClass, OciError> {
     Ok(MountClass::Volume(Volume {
         index: i,
         name: volume_name(i, &source),
+        readonly_recursive: readonly && options.contains(&"rro"),
         readonly,
         recursive: options.contains(&"rbind"),
         source,
@@ -356,6 +360,7 @@ mod tests {
             index: i,
             source: PathBuf::from(src),
             readonly: ro,
+            readonly_recursive: false,
             recursive: rec,
             name: volume_name(i, Path::new(src)),
         })
@@ -391,6 +396,17 @@ mod tests {
             (
                 bind("/var/run/secrets/x", "/s", &["rbind", "rw", "ro"]),
                 vol(0, "/run/secrets/x", true, true),
+            ),
+            // CRI-O's recursiveReadOnly.
+            (
+                bind("/srv/rro", "/r", &["rbind", "ro", "rro"]),
+                MountClass::Volume(Volume {
+                    readonly_recursive: true,
+                    ..match vol(0, "/srv/rro", true, true) {
+                        MountClass::Volume(v) => v,
+                        _ => unreachable!("vol makes a volume"),
+                    }
+                }),
             ),
             (
                 bind("/proc/sys/kernel", "/k", &["rbind"]),

@@ -72,12 +72,14 @@ fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
 /// mount API: the copy is made detached, made read-only there when asked,
 /// and only then attached. A bind remounted read-only after attaching is
 /// not read-only in mount namespaces it already propagated to, and
-/// virtiofsd serves the guest from such a namespace.
+/// virtiofsd serves the guest from such a namespace. `readonly` is the top
+/// mount's; `readonly_recursive` extends it to the submounts (`rro`).
 pub(super) fn clone_mount(
     src: &OwnedFd,
     target: &OwnedFd,
     recursive: bool,
     readonly: bool,
+    readonly_recursive: bool,
 ) -> io::Result<()> {
     let rec = if recursive {
         libc::AT_RECURSIVE as libc::c_uint
@@ -108,7 +110,7 @@ pub(super) fn clone_mount(
                 libc::SYS_mount_setattr,
                 tree.as_raw_fd(),
                 EMPTY.as_ptr(),
-                libc::AT_EMPTY_PATH as libc::c_uint | rec,
+                libc::AT_EMPTY_PATH as libc::c_uint | if readonly_recursive { rec } else { 0 },
                 &attr as *const libc::mount_attr,
                 std::mem::size_of::<libc::mount_attr>(),
             )
