@@ -28,10 +28,14 @@ pub const REQUIRED: &[&str] = &[
 /// Packed when the kernel has them, skipped silently when it does not.
 ///
 /// `virtio_rng` seeds the guest CRNG from the host so early `getrandom`
-/// never stalls. `virtio_scsi`/`sd_mod` are deliberately absent: the shim
+/// never stalls. `bridge` lets a container given CAP_NET_ADMIN make a
+/// bridge (`brctl addbr`, as critest's capability and privileged specs
+/// do, and as CNI-in-a-pod setups need); the guest has no modprobe, so a
+/// module that is not packed can never be loaded on demand. It loads in
+/// the agent's background pass, off the boot path. `virtio_scsi`/`sd_mod` are deliberately absent: the shim
 /// attaches block volumes with virtio-blk, and `scsi_mod` would add ~1 MiB
 /// and a slow module load to every boot for a path nobody uses.
-pub const OPTIONAL: &[&str] = &["virtio_rng"];
+pub const OPTIONAL: &[&str] = &["virtio_rng", "bridge"];
 
 /// Resolution failures.
 #[derive(Debug, Error)]
