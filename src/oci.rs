@@ -42,6 +42,17 @@ const HOST_ONLY: [&str; 3] = ["/proc", "/sys", "/dev"];
 /// Longest basename kept in a volume's share name (a name is at most 255 bytes).
 const VOLUME_BASENAME_MAX: usize = 200;
 
+/// How much of a volume is read-only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadOnly {
+    /// The last `ro`/`rw` option says `rw`.
+    No,
+    /// `ro`: the bind itself; its submounts stay as they are, as in runc.
+    Top,
+    /// `ro` with `rro` (CRI's recursiveReadOnly): the submounts too.
+    Recursive,
+}
+
 /// A bind mount whose host source is shared with the guest.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Volume {
@@ -49,11 +60,7 @@ pub struct Volume {
     pub index: usize,
     /// The host source, `/var/run/...` spelled `/run/...`.
     pub source: PathBuf,
-    /// The last `ro`/`rw` option says `ro`.
-    pub readonly: bool,
-    /// `rro` (CRI's recursiveReadOnly): the submounts are read-only too.
-    /// A plain `ro` bind leaves them as they are, as runc does.
-    pub readonly_recursive: bool,
+    pub readonly: ReadOnly,
     /// `rbind`: submounts of the source come along.
     pub recursive: bool,
     /// Entry name under `<share>/<cid>/volumes/`.
@@ -219,15 +226,19 @@ fn classify(i: usize, m: &Value) -> Result<MountClass, OciError> {
     if HOST_ONLY.iter().any(|h| source.starts_with(h)) {
         return Ok(MountClass::HostOnly { source });
     }
-    let readonly = options
+    let ro = options
         .iter()
         .rev()
         .find(|o| **o == "ro" || **o == "rw")
         .is_some_and(|o| *o == "ro");
+    let readonly = match (ro, options.contains(&"rro")) {
+        (false, _) => ReadOnly::No,
+        (true, false) => ReadOnly::Top,
+        (true, true) => ReadOnly::Recursive,
+    };
     Ok(MountClass::Volume(Volume {
         index: i,
         name: volume_name(i, &source),
-        readonly_recursive: readonly && options.contains(&"rro"),
         readonly,
         recursive: options.contains(&"rbind"),
         source,
@@ -359,8 +370,7 @@ mod tests {
         MountClass::Volume(Volume {
             index: i,
             source: PathBuf::from(src),
-            readonly: ro,
-            readonly_recursive: false,
+            readonly: if ro { ReadOnly::Top } else { ReadOnly::No },
             recursive: rec,
             name: volume_name(i, Path::new(src)),
         })
@@ -401,11 +411,11 @@ mod tests {
             (
                 bind("/srv/rro", "/r", &["rbind", "ro", "rro"]),
                 MountClass::Volume(Volume {
-                    readonly_recursive: true,
-                    ..match vol(0, "/srv/rro", true, true) {
-                        MountClass::Volume(v) => v,
-                        _ => unreachable!("vol makes a volume"),
-                    }
+                    index: 0,
+                    source: PathBuf::from("/srv/rro"),
+                    readonly: ReadOnly::Recursive,
+                    recursive: true,
+                    name: volume_name(0, Path::new("/srv/rro")),
                 }),
             ),
             (

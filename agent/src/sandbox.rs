@@ -32,56 +32,48 @@ struct SandboxInfo {
     sandbox_init: Option<i32>,
 }
 
-/// The namespace types a container may join from the sandbox container.
-fn shared_namespace(name: &str) -> Result<LinuxNamespaceType> {
-    match name {
-        "pid" => Ok(LinuxNamespaceType::Pid),
-        "ipc" => Ok(LinuxNamespaceType::Ipc),
-        "uts" => Ok(LinuxNamespaceType::Uts),
-        other => Err(AgentError::InvalidArgument {
-            field: "sandbox_namespaces",
-            reason: format!("{other:?} cannot be shared with the sandbox (pid, ipc, uts)"),
-        }),
-    }
-}
+/// The namespace types a container may join from the sandbox container,
+/// with their names under `/proc/<pid>/ns/`.
+const SHAREABLE: [(&str, LinuxNamespaceType); 3] = [
+    ("pid", LinuxNamespaceType::Pid),
+    ("ipc", LinuxNamespaceType::Ipc),
+    ("uts", LinuxNamespaceType::Uts),
+];
 
 /// `/proc/<pid>/ns/<type>` of the sandbox container's init, for each
-/// namespace `container_id` joins.
+/// namespace `container_id` joins (`sandbox_pidns`: the pod asked for one
+/// pid namespace for all).
 fn sandbox_joins(
     container_id: &str,
     sandbox_init: Option<i32>,
     requested: &[String],
     sandbox_pidns: bool,
 ) -> Result<Vec<(LinuxNamespaceType, PathBuf)>> {
-    let mut types = requested
-        .iter()
-        .map(|n| shared_namespace(n))
-        .collect::<Result<Vec<_>>>()?;
-    if sandbox_pidns && !types.contains(&LinuxNamespaceType::Pid) {
-        types.push(LinuxNamespaceType::Pid);
+    let mut names: Vec<&str> = requested.iter().map(String::as_str).collect();
+    if sandbox_pidns && !names.contains(&"pid") {
+        names.push("pid");
     }
-    let Some(pid) = sandbox_init else {
-        // The first container is the sandbox's own: there is nothing to
-        // join yet, it makes the namespaces the others will join.
-        return Ok(Vec::new());
-    };
-    types
+    names
         .into_iter()
-        .map(|t| {
-            let name = match t {
-                LinuxNamespaceType::Pid => "pid",
-                LinuxNamespaceType::Ipc => "ipc",
-                _ => "uts",
+        .filter_map(|name| {
+            let Some(&(_, typ)) = SHAREABLE.iter().find(|(n, _)| *n == name) else {
+                return Some(Err(AgentError::InvalidArgument {
+                    field: "sandbox_namespaces",
+                    reason: format!("{name:?} cannot be shared with the sandbox (pid, ipc, uts)"),
+                }));
             };
+            // The first container is the sandbox's own: there is nothing
+            // to join yet, it makes the namespaces the others will join.
+            let pid = sandbox_init?;
             let path = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
-            if path.exists() {
-                Ok((t, path))
+            Some(if path.exists() {
+                Ok((typ, path))
             } else {
                 Err(AgentError::FailedPrecondition(format!(
                     "container {container_id:?} joins the pod's {name} namespace, \
                      but the sandbox container's init (pid {pid}) has exited"
                 )))
-            }
+            })
         })
         .collect()
 }
@@ -399,5 +391,35 @@ impl Sandbox {
     /// GetOOMEvent.
     pub async fn next_oom(&self) -> Result<String> {
         self.oom.next().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn joins_name_the_sandbox_inits_namespaces() {
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // The sandbox container itself joins nothing.
+        let j = sandbox_joins("sb", None, &names(&["pid", "ipc"]), true).expect("first");
+        assert!(j.is_empty());
+        let me = i32::try_from(std::process::id()).expect("pid");
+        let j = sandbox_joins("c", Some(me), &names(&["ipc", "uts"]), true).expect("app");
+        let got: Vec<_> = j
+            .iter()
+            .map(|(t, p)| (*t, p.display().to_string()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (LinuxNamespaceType::Ipc, format!("/proc/{me}/ns/ipc")),
+                (LinuxNamespaceType::Uts, format!("/proc/{me}/ns/uts")),
+                (LinuxNamespaceType::Pid, format!("/proc/{me}/ns/pid")),
+            ]
+        );
+        let e = sandbox_joins("c", Some(me), &names(&["mnt"]), false).expect_err("mnt");
+        assert_eq!(e.code(), ttrpc::Code::INVALID_ARGUMENT);
+        assert!(e.to_string().contains("sandbox_namespaces"), "{e}");
     }
 }

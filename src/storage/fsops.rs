@@ -13,6 +13,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::UnlinkatFlags;
 
 use crate::mounts::open_beneath;
+use crate::oci::ReadOnly;
 
 const EMPTY: &CStr = c"";
 
@@ -72,14 +73,12 @@ fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
 /// mount API: the copy is made detached, made read-only there when asked,
 /// and only then attached. A bind remounted read-only after attaching is
 /// not read-only in mount namespaces it already propagated to, and
-/// virtiofsd serves the guest from such a namespace. `readonly` is the top
-/// mount's; `readonly_recursive` extends it to the submounts (`rro`).
+/// virtiofsd serves the guest from such a namespace.
 pub(super) fn clone_mount(
     src: &OwnedFd,
     target: &OwnedFd,
     recursive: bool,
-    readonly: bool,
-    readonly_recursive: bool,
+    readonly: ReadOnly,
 ) -> io::Result<()> {
     let rec = if recursive {
         libc::AT_RECURSIVE as libc::c_uint
@@ -99,7 +98,7 @@ pub(super) fn clone_mount(
     // SAFETY: open_tree just returned this fd; closing it dissolves the
     // detached tree if it is never attached.
     let tree = unsafe { OwnedFd::from_raw_fd(tree_fd) };
-    if readonly {
+    if readonly != ReadOnly::No {
         // SAFETY: zeroed is a valid mount_attr (no attribute changes).
         let mut attr: libc::mount_attr = unsafe { std::mem::zeroed() };
         attr.attr_set = libc::MOUNT_ATTR_RDONLY;
@@ -110,7 +109,12 @@ pub(super) fn clone_mount(
                 libc::SYS_mount_setattr,
                 tree.as_raw_fd(),
                 EMPTY.as_ptr(),
-                libc::AT_EMPTY_PATH as libc::c_uint | if readonly_recursive { rec } else { 0 },
+                libc::AT_EMPTY_PATH as libc::c_uint
+                    | if readonly == ReadOnly::Recursive {
+                        rec
+                    } else {
+                        0
+                    },
                 &attr as *const libc::mount_attr,
                 std::mem::size_of::<libc::mount_attr>(),
             )

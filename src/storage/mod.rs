@@ -28,7 +28,7 @@ use serde_json::Value;
 use ttrpc::Code;
 
 use crate::mounts::{open_beneath, open_dir};
-use crate::oci::{self, MountClass, OciError, Volume};
+use crate::oci::{self, MountClass, OciError, ReadOnly, Volume};
 
 /// Errors preparing or releasing container storage.
 #[derive(Debug, thiserror::Error)]
@@ -364,7 +364,7 @@ impl ContainerMounts {
             fsops::ensure_dir(&share, &self.container_id).map_err(io_err("create", &cpath))?;
         let target_path = cpath.join("rootfs");
         let target = fsops::ensure_dir(&cdir, "rootfs").map_err(io_err("create", &target_path))?;
-        fsops::clone_mount(&root_fd, &target, true, false, false)
+        fsops::clone_mount(&root_fd, &target, true, ReadOnly::No)
             .map_err(io_err("bind the rootfs onto", &target_path))?;
         drop(root_fd);
 
@@ -381,7 +381,7 @@ impl ContainerMounts {
                 fsops::ensure_file(&vdir, &v.name)
             }
             .map_err(io_err("create", &tpath))?;
-            fsops::clone_mount(&src, &target, v.recursive, v.readonly, v.readonly_recursive)
+            fsops::clone_mount(&src, &target, v.recursive, v.readonly)
                 .map_err(io_err("bind a volume onto", &tpath))?;
         }
         Ok(())
