@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use crate::vm::{VmError, validate_sandbox_id};
+use crate::ids::{InvalidId, validate as validate_sandbox_id};
 
 /// One source of grouping annotations: its type key, its sandbox-id key and
 /// the type value that names the sandbox (infra) container.
@@ -65,7 +65,7 @@ pub enum AnnotationError {
     InvalidId {
         key: &'static str,
         #[source]
-        source: VmError,
+        source: InvalidId,
     },
 }
 

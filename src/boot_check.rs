@@ -63,7 +63,7 @@ pub async fn run(config: &Config, sandbox_id: &str) -> Result<Report, BootCheckE
         s = interrupted() => {
             // The boot future is dropped: its children are killed on drop,
             // and its directories are removed here.
-            crate::vm::remove_sandbox_dirs(sandbox_id, &crate::vm::SandboxPaths::new(sandbox_id));
+            crate::layout::remove_sandbox_dirs(sandbox_id, &crate::layout::SandboxPaths::new(sandbox_id));
             return Err(BootCheckError::Interrupted(s));
         }
     };

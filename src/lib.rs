@@ -30,6 +30,8 @@ pub mod config;
 pub mod ctl;
 pub mod error;
 pub mod host_cgroup;
+pub mod ids;
+pub mod layout;
 pub mod logging;
 pub mod metrics;
 pub mod mounts;

@@ -63,9 +63,9 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 /// appended to `shim.log` in the sandbox's shim directory. Level `debug`
 /// with `-debug`, else the `KATA_LOG` filter, else `info`.
 pub fn init_daemon(bundle: &Path, sandbox_id: &str, debug: bool) {
-    let fallback_dir = crate::vm::validate_sandbox_id(sandbox_id)
+    let fallback_dir = crate::ids::validate(sandbox_id)
         .ok()
-        .map(|()| crate::persist::sandbox_dir(sandbox_id));
+        .map(|()| crate::layout::shim_dir(sandbox_id));
     let sink = LogSink::open(bundle, fallback_dir.as_deref());
     let filter = if debug {
         EnvFilter::new("debug")

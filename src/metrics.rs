@@ -24,17 +24,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::sandbox::Sandbox;
 
-/// The socket's file name inside the shim directory of a sandbox.
-pub const SOCKET_NAME: &str = "metrics.sock";
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests are a request line and a few headers; anything longer is cut.
 const MAX_REQUEST: usize = 8192;
-
-/// The metrics socket of a sandbox.
-pub fn socket_path(sandbox_id: &str) -> PathBuf {
-    crate::persist::sandbox_dir(sandbox_id).join(SOCKET_NAME)
-}
 
 /// Prometheus metric type of a family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -431,7 +424,7 @@ impl Drop for Endpoint {
 /// created, mode 0700) and serves it. A failure is logged, not fatal: the
 /// pod works without metrics.
 pub fn serve(sb: Arc<Sandbox>) -> Option<Endpoint> {
-    let path = socket_path(&sb.id);
+    let path = crate::layout::metrics_socket(&sb.id);
     match bind(&path) {
         Ok(listener) => {
             tracing::info!(sandbox_id = %sb.id, socket = %path.display(), "serving metrics");

@@ -11,9 +11,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Per-sandbox shim directories (state file and the shim's socket).
-pub const PERSIST_ROOT: &str = "/run/kata-shim";
-const STATE_FILE: &str = "state.json";
+use crate::layout::{STATE_FILE, shim_dir};
 
 /// Errors reading or writing the state file.
 #[derive(Debug, thiserror::Error)]
@@ -82,16 +80,6 @@ pub struct SandboxState {
     pub network: Option<crate::network::NetworkRecord>,
 }
 
-/// The shim directory of a sandbox.
-pub fn sandbox_dir(sandbox_id: &str) -> PathBuf {
-    Path::new(PERSIST_ROOT).join(sandbox_id)
-}
-
-/// The Unix socket the sandbox's shim serves the task API on.
-pub fn socket_path(sandbox_id: &str) -> PathBuf {
-    sandbox_dir(sandbox_id).join("shim.sock")
-}
-
 impl SandboxState {
     pub fn new(sandbox_id: &str) -> SandboxState {
         SandboxState {
@@ -102,7 +90,7 @@ impl SandboxState {
 
     /// Reads the state of `sandbox_id`; `None` when there is none.
     pub fn load(sandbox_id: &str) -> Result<Option<SandboxState>, PersistError> {
-        Self::load_from(&sandbox_dir(sandbox_id).join(STATE_FILE))
+        Self::load_from(&shim_dir(sandbox_id).join(STATE_FILE))
     }
 
     fn load_from(path: &Path) -> Result<Option<SandboxState>, PersistError> {
@@ -128,7 +116,7 @@ impl SandboxState {
     /// Writes the state atomically (temporary file, fsync, rename), so a
     /// crash mid-write leaves the previous state readable.
     pub fn save(&self) -> Result<(), PersistError> {
-        self.save_in(&sandbox_dir(&self.sandbox_id))
+        self.save_in(&shim_dir(&self.sandbox_id))
     }
 
     fn save_in(&self, dir: &Path) -> Result<(), PersistError> {
@@ -157,7 +145,7 @@ impl SandboxState {
 
 /// Removes the shim directory of a sandbox (state file and socket).
 pub fn remove(sandbox_id: &str) {
-    match std::fs::remove_dir_all(sandbox_dir(sandbox_id)) {
+    match std::fs::remove_dir_all(shim_dir(sandbox_id)) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => tracing::warn!(sandbox_id, error = %e, "cannot remove the shim state directory"),
@@ -228,11 +216,5 @@ mod tests {
         assert!(!recycled.is_alive());
         assert!(ProcessRecord::capture("none", 0).is_none());
         assert!(proc_start_time(u32::MAX).is_none());
-    }
-
-    #[test]
-    fn socket_path_fits_sun_path() {
-        let id = "a".repeat(76);
-        assert!(socket_path(&id).as_os_str().len() < 108);
     }
 }

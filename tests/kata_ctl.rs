@@ -262,11 +262,11 @@ fn env_json_names_the_loaded_file_and_the_resolved_paths() {
     );
     assert_eq!(v["resolved"]["image_kernel_release"], image_release());
     assert_eq!(v["resolved"]["host_kernel_release"], running_release());
-    assert_eq!(v["resolved"]["run_root"], kata_shim::vm::RUN_ROOT);
-    assert_eq!(v["resolved"]["share_root"], kata_shim::vm::SHARE_ROOT);
+    assert_eq!(v["resolved"]["run_root"], kata_shim::layout::RUN_ROOT);
+    assert_eq!(v["resolved"]["share_root"], kata_shim::layout::SHARE_ROOT);
     assert_eq!(
         v["resolved"]["persist_root"],
-        kata_shim::persist::PERSIST_ROOT
+        kata_shim::layout::PERSIST_ROOT
     );
 }
 

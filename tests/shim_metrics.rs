@@ -30,7 +30,7 @@ fn sample(text: &str, prefix: &str) -> Option<f64> {
 fn kata_ctl_reads_the_shims_metrics_socket() {
     let mut crio = Crio::new("metrics");
     let sid = crio.run_pod_sandbox(&PodConfig::new("metrics"));
-    let sock = kata_shim::metrics::socket_path(&sid);
+    let sock = kata_shim::layout::metrics_socket(&sid);
     let mode = std::fs::metadata(&sock)
         .unwrap_or_else(|e| panic!("{}: {e}", sock.display()))
         .permissions()

@@ -17,7 +17,7 @@ const GUEST_RAM_MEMFD: &str = "/memfd:memory-backend-memfd";
 /// Any memfd: shared by design with a peer process (guest RAM, vhost-user
 /// rings), so it belongs to no single process's private memory.
 const MEMFD_PREFIX: &str = "/memfd:";
-/// Per-sandbox sockets live below this directory (`kata_shim::vm::RUN_ROOT`);
+/// Per-sandbox sockets live below this directory (`kata_shim::layout::RUN_ROOT`);
 /// the helpers get paths in `<RUN_ROOT>/<sandbox id>/` on their argv.
 const RUN_ROOT: &str = "/run/kata";
 const SHIM_NAME: &str = "containerd-shim-kata-v2";

@@ -13,9 +13,9 @@ use containerd_shim_protos::protobuf::Message;
 use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 
 use super::args::Flags;
-use super::start::{SHIM_PID_FILE, bundle_dir};
+use super::start::bundle_dir;
+use crate::layout::{SHIM_PID_FILE, SandboxPaths};
 use crate::persist::{self, ProcessRecord, SandboxState};
-use crate::vm::{self, SandboxPaths};
 use crate::{annotations, host_cgroup, mounts};
 
 /// Exit status reported for a task whose shim is gone: SIGKILL, as runc
@@ -105,7 +105,7 @@ pub fn cleanup(id: &str, bundle: Option<&Path>) {
         .and_then(|b| annotations::read_bundle_annotations(b).ok())
         .and_then(|a| annotations::identity(id, &a).ok())
         .map_or_else(|| id.to_string(), |i| i.sandbox_id);
-    if let Err(e) = vm::validate_sandbox_id(&sandbox_id) {
+    if let Err(e) = crate::ids::validate(&sandbox_id) {
         // No path may be derived from it; only the bundle is ours to touch.
         tracing::warn!(container_id = id, error = %e, "no usable sandbox id; cleaning the bundle only");
         unmount_rootfs(id, bundle);
@@ -158,7 +158,7 @@ fn load_state(sid: &str) -> Option<SandboxState> {
 /// The serving shim before it saved any state: the pid `start` recorded,
 /// trusted only if that process is this sandbox's `serve`.
 fn shim_from_pid_file(sid: &str) -> Option<ProcessRecord> {
-    let path = persist::sandbox_dir(sid).join(SHIM_PID_FILE);
+    let path = crate::layout::shim_dir(sid).join(SHIM_PID_FILE);
     let pid: u32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
     let record = ProcessRecord::capture("shim", pid)?;
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -206,11 +206,11 @@ fn teardown(sid: &str, id: &str, state: Option<SandboxState>, bundle: Option<&Pa
     match &state {
         Some(s) => {
             host_cgroup::remove_dirs(&s.host_cgroups);
-            vm::remove_sandbox_dirs(sid, &paths);
+            crate::layout::remove_sandbox_dirs(sid, &paths);
         }
         // Without a record nothing says what is ours: remove only what the
         // id names, and only when nothing is left mounted in it.
-        None if share_clear => vm::remove_sandbox_dirs(sid, &paths),
+        None if share_clear => crate::layout::remove_sandbox_dirs(sid, &paths),
         None => {}
     }
     persist::remove(sid);

@@ -11,16 +11,15 @@ use nix::sys::signal::{SigHandler, Signal};
 
 use super::args::Flags;
 use super::start::{LISTEN_FD_ENV, TTRPC_ADDRESS_ENV, bundle_dir};
+use crate::ids::InvalidId;
 use crate::logging::{self, error_chain};
-use crate::persist;
 use crate::task::{ServeError, ServeOptions, serve};
-use crate::vm::{self, VmError};
 
 /// What keeps the serving shim from starting.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeSetupError {
     #[error("invalid -id")]
-    Id(#[source] VmError),
+    Id(#[source] InvalidId),
     #[error("cannot determine the bundle directory")]
     Cwd(#[source] std::io::Error),
     #[error("{LISTEN_FD_ENV} is not set: `serve` is only started by `start`")]
@@ -44,7 +43,7 @@ pub enum ServeSetupError {
 /// Runs the serving shim until the task service returns.
 pub fn run(flags: &Flags) -> ExitCode {
     let sandbox_id = flags.id.as_str();
-    if let Err(e) = vm::validate_sandbox_id(sandbox_id) {
+    if let Err(e) = crate::ids::validate(sandbox_id) {
         // Nowhere to log yet (stderr is /dev/null when `start` spawns us).
         eprintln!(
             "containerd-shim-kata-v2: serve: {}",
@@ -108,7 +107,7 @@ fn setup_and_serve(flags: &Flags, bundle: PathBuf) -> Result<(), ServeSetupError
         .build()
         .map_err(ServeSetupError::Runtime)?;
     let opts = ServeOptions {
-        socket_path: persist::socket_path(&sandbox_id),
+        socket_path: crate::layout::shim_socket(&sandbox_id),
         sandbox_id,
         namespace: flags.namespace.clone(),
         events_address,

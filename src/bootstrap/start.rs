@@ -21,16 +21,13 @@ use nix::sys::socket::{AddressFamily, SockFlag, SockType, UnixAddr};
 
 use super::args::Flags;
 use crate::annotations::{self, AnnotationError, ContainerKind};
-use crate::persist;
+use crate::layout::SHIM_PID_FILE;
 
 /// The environment variable telling the serving shim which fd is its
 /// listening socket.
 pub const LISTEN_FD_ENV: &str = "KATA_SHIM_LISTEN_FD";
 /// Where the listening socket sits in the serving shim.
 pub const LISTEN_FD: RawFd = 3;
-/// The serving shim's pid, in the bundle (for containerd) and in the
-/// sandbox's shim directory (for the `start` of later containers).
-pub const SHIM_PID_FILE: &str = "shim.pid";
 /// The address file every bundle gets; CRI-O re-dials it after a restart.
 pub const ADDRESS_FILE: &str = "address";
 /// containerd's event address (a plain socket path).
@@ -96,7 +93,7 @@ pub fn run(flags: &Flags) -> Result<String, StartError> {
     let annotations = annotations::read_bundle_annotations(&bundle)?;
     let identity = annotations::identity(&flags.id, &annotations)?;
     let sandbox_id = identity.sandbox_id.as_str();
-    let socket = persist::socket_path(sandbox_id);
+    let socket = crate::layout::shim_socket(sandbox_id);
     let pid = match identity.kind {
         ContainerKind::Sandbox => {
             ensure_daemon(flags, sandbox_id, &bundle, events_override.as_deref())?
@@ -109,7 +106,7 @@ pub fn run(flags: &Flags) -> Result<String, StartError> {
                     path: socket,
                 });
             }
-            read_pid(&persist::sandbox_dir(sandbox_id).join(SHIM_PID_FILE))?
+            read_pid(&crate::layout::shim_dir(sandbox_id).join(SHIM_PID_FILE))?
         }
     };
     let address = format!("unix://{}", socket.display());
@@ -134,7 +131,7 @@ fn ensure_daemon(
     bundle: &Path,
     events_override: Option<&str>,
 ) -> Result<u32, StartError> {
-    let dir = persist::sandbox_dir(sandbox_id);
+    let dir = crate::layout::shim_dir(sandbox_id);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -147,7 +144,7 @@ fn ensure_daemon(
     let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
         .map_err(|(_, e)| io_err("lock", &lock_path)(e.into()))?;
 
-    let socket = persist::socket_path(sandbox_id);
+    let socket = crate::layout::shim_socket(sandbox_id);
     let pid_path = dir.join(SHIM_PID_FILE);
     if socket_alive(&socket) {
         return read_pid(&pid_path);

@@ -45,12 +45,12 @@ pub struct ResolvedEnv {
     pub host_kernel_release: String,
     pub virtiofsd: Option<PathBuf>,
     pub vhost_device_vsock: Option<PathBuf>,
-    /// Per-sandbox sockets ([`crate::vm::RUN_ROOT`]).
+    /// Per-sandbox sockets ([`crate::layout::RUN_ROOT`]).
     pub run_root: &'static str,
-    /// Per-sandbox shared directories ([`crate::vm::SHARE_ROOT`]).
+    /// Per-sandbox shared directories ([`crate::layout::SHARE_ROOT`]).
     pub share_root: &'static str,
     /// Per-sandbox state for `delete` after a crash
-    /// ([`crate::persist::PERSIST_ROOT`]).
+    /// ([`crate::layout::PERSIST_ROOT`]).
     pub persist_root: &'static str,
 }
 
@@ -113,9 +113,9 @@ fn resolved_env(config: &Config, r: &Resolved) -> ResolvedEnv {
         host_kernel_release: running_release(),
         virtiofsd: r.virtiofsd.clone(),
         vhost_device_vsock: r.vhost_device_vsock.clone(),
-        run_root: crate::vm::RUN_ROOT,
-        share_root: crate::vm::SHARE_ROOT,
-        persist_root: crate::persist::PERSIST_ROOT,
+        run_root: crate::layout::RUN_ROOT,
+        share_root: crate::layout::SHARE_ROOT,
+        persist_root: crate::layout::PERSIST_ROOT,
     }
 }
 
@@ -142,8 +142,8 @@ mod tests {
         assert_eq!(v["config_file_drop_ins"], serde_json::json!([]));
         assert_eq!(v["resolved"]["accel"], "tcg");
         assert_eq!(v["resolved"]["vsock"], "hybrid");
-        assert_eq!(v["resolved"]["run_root"], crate::vm::RUN_ROOT);
-        assert_eq!(v["resolved"]["persist_root"], crate::persist::PERSIST_ROOT);
+        assert_eq!(v["resolved"]["run_root"], crate::layout::RUN_ROOT);
+        assert_eq!(v["resolved"]["persist_root"], crate::layout::PERSIST_ROOT);
         assert_eq!(v["config"]["hypervisor"]["qemu"]["machine_type"], "q35");
     }
 

@@ -18,8 +18,9 @@ use std::time::Duration;
 use kata_agent_protocol::DEBUG_CONSOLE_VSOCK_PORT;
 use kata_agent_protocol::guest::DEBUG_CONSOLE_ERROR_PREFIX;
 
+use crate::ids::validate as validate_sandbox_id;
+use crate::layout::SandboxPaths;
 use crate::vm::vsock::{VsockError, dial_hybrid};
-use crate::vm::{SandboxPaths, validate_sandbox_id};
 
 /// How long the guest gets to answer `CONNECT`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);

@@ -11,8 +11,8 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::layout::PERSIST_ROOT;
 use crate::metrics;
-use crate::persist::PERSIST_ROOT;
 
 /// How long one shim gets to answer.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -28,7 +28,7 @@ pub enum MetricsError {
     BadId { id: String, reason: String },
     #[error(
         "no sandbox is running: no {PERSIST_ROOT}/*/{} found",
-        metrics::SOCKET_NAME
+        crate::layout::METRICS_SOCKET
     )]
     NoSandbox,
     #[error("cannot list {PERSIST_ROOT}")]
@@ -60,11 +60,11 @@ pub fn gather(sandbox_id: Option<&str>) -> Result<Gathered, MetricsError> {
     }
     let targets = match sandbox_id {
         Some(id) => {
-            crate::vm::validate_sandbox_id(id).map_err(|e| MetricsError::BadId {
+            crate::ids::validate(id).map_err(|e| MetricsError::BadId {
                 id: id.to_string(),
                 reason: e.to_string(),
             })?;
-            vec![(id.to_string(), metrics::socket_path(id))]
+            vec![(id.to_string(), crate::layout::metrics_socket(id))]
         }
         None => running()?,
     };
@@ -96,7 +96,7 @@ fn running() -> Result<Vec<(String, PathBuf)>, MetricsError> {
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let id = e.file_name().to_str()?.to_string();
-            let sock = e.path().join(metrics::SOCKET_NAME);
+            let sock = e.path().join(crate::layout::METRICS_SOCKET);
             sock.exists().then_some((id, sock))
         })
         .collect();

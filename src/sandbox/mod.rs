@@ -218,7 +218,7 @@ impl Sandbox {
                 reason: format!("{} is not an absolute path", req.bundle),
             });
         }
-        crate::vm::validate_sandbox_id(&req.id).map_err(|e| Error::InvalidArgument {
+        crate::ids::validate(&req.id).map_err(|e| Error::InvalidArgument {
             field: "id",
             reason: e.to_string(),
         })?;
@@ -272,7 +272,7 @@ impl Sandbox {
                 .await?;
         }
         let agent = self.agent()?;
-        let share_dir = crate::vm::SandboxPaths::new(&self.id).share_dir;
+        let share_dir = crate::layout::SandboxPaths::new(&self.id).share_dir;
         let prepared = crate::storage::prepare_container(
             &share_dir,
             &self.id,
@@ -693,9 +693,9 @@ impl Sandbox {
         }
         let mut lc = self.lifecycle.lock().await;
         self.teardown_vm(&mut lc).await;
-        let paths = crate::vm::SandboxPaths::new(&self.id);
+        let paths = crate::layout::SandboxPaths::new(&self.id);
         crate::storage::release_share(&paths.share_dir);
-        crate::vm::remove_sandbox_dirs(&self.id, &paths);
+        crate::layout::remove_sandbox_dirs(&self.id, &paths);
         if let Some(cg) = lc.host_cgroup.take() {
             cg.remove();
         }

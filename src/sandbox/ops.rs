@@ -96,7 +96,7 @@ impl Sandbox {
                 reason: "must not be empty".into(),
             });
         }
-        crate::vm::validate_sandbox_id(&spec.exec_id).map_err(|e| Error::InvalidArgument {
+        crate::ids::validate(&spec.exec_id).map_err(|e| Error::InvalidArgument {
             field: "exec_id",
             reason: e.to_string(),
         })?;

@@ -252,12 +252,8 @@ impl ContainerMounts {
 }
 
 fn validate_container_id(id: &str) -> Result<(), OciError> {
-    crate::vm::validate_sandbox_id(id).map_err(|e| match e {
-        crate::vm::VmError::InvalidId { why, .. } => {
-            OciError::invalid("id", format!("container id {id:?}: {why}"))
-        }
-        other => OciError::invalid("id", other.to_string()),
-    })
+    crate::ids::validate(id)
+        .map_err(|e| OciError::invalid("id", format!("container id {id:?}: {}", e.why)))
 }
 
 /// `root.path` relative to the bundle, `.` dropped; `..` refused.

@@ -20,14 +20,10 @@ use std::time::{Duration, Instant};
 use tokio::process::Command;
 
 use crate::config::{Config, SharedFs};
+use crate::layout::SandboxPaths;
 use crate::vm::child::{ChildError, LineKind, Supervised, resolve_binary};
 use crate::vm::qemu::cmdline::{self, KernelCmdline, QemuSpec, ShareDevice, VsockDevice};
 use crate::vm::qemu::qmp::{Qmp, QmpError};
-
-/// Per-sandbox runtime state (sockets) lives below this directory.
-pub const RUN_ROOT: &str = "/run/kata";
-/// Per-sandbox shared directories (what the guest sees) live below this one.
-pub const SHARE_ROOT: &str = "/run/kata-containers/shared/sandboxes";
 
 const QEMU_HINT: &str = "apt-get install -t bookworm-backports qemu-system-x86";
 const VSOCK_HINT: &str = "cargo install --locked vhost-device-vsock (or make deps)";
@@ -38,8 +34,8 @@ const HELPER_READY: Duration = Duration::from_secs(10);
 /// Errors starting or stopping a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    #[error("invalid sandbox id {id:?}: {why}")]
-    InvalidId { id: String, why: &'static str },
+    #[error("invalid sandbox id")]
+    InvalidId(#[from] crate::ids::InvalidId),
     #[error("guest {what} {path} does not exist; {hint}")]
     MissingImage {
         what: &'static str,
@@ -60,67 +56,6 @@ pub enum VmError {
         #[source]
         source: std::io::Error,
     },
-}
-
-/// Where one sandbox keeps its sockets and its share.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SandboxPaths {
-    pub state_dir: PathBuf,
-    pub share_dir: PathBuf,
-}
-
-impl SandboxPaths {
-    pub fn new(sandbox_id: &str) -> SandboxPaths {
-        SandboxPaths {
-            state_dir: Path::new(RUN_ROOT).join(sandbox_id),
-            share_dir: Path::new(SHARE_ROOT).join(sandbox_id),
-        }
-    }
-    pub fn qmp(&self) -> PathBuf {
-        self.state_dir.join("qmp.sock")
-    }
-    pub fn vsock_control(&self) -> PathBuf {
-        self.state_dir.join("vhost-vsock.sock")
-    }
-    pub fn vsock_uds(&self) -> PathBuf {
-        self.state_dir.join("kata.hvsock")
-    }
-    pub fn virtiofsd(&self) -> PathBuf {
-        self.state_dir.join("virtiofsd.sock")
-    }
-}
-
-/// Checks a sandbox id before it becomes part of paths and QEMU arguments:
-/// containerd's identifier rules (alphanumerics with single `.`, `_` or `-`
-/// between them, at most 76 characters).
-pub fn validate_sandbox_id(id: &str) -> Result<(), VmError> {
-    let bad = |why| {
-        Err(VmError::InvalidId {
-            id: id.to_string(),
-            why,
-        })
-    };
-    if id.is_empty() {
-        return bad("it is empty");
-    }
-    if id.len() > 76 {
-        return bad("it is longer than 76 characters");
-    }
-    let mut prev_sep = true;
-    for c in id.chars() {
-        let sep = matches!(c, '.' | '_' | '-');
-        if !(c.is_ascii_alphanumeric() || sep) {
-            return bad("only letters, digits, '.', '_' and '-' are allowed");
-        }
-        if sep && prev_sep {
-            return bad("separators must sit between letters or digits");
-        }
-        prev_sep = sep;
-    }
-    if prev_sep {
-        return bad("it must end with a letter or digit");
-    }
-    Ok(())
 }
 
 /// How the shim reaches the agent in this VM.
@@ -204,7 +139,7 @@ impl Vm {
         opts: &VmOptions,
     ) -> Result<Vm, VmError> {
         let began = Instant::now();
-        validate_sandbox_id(sandbox_id)?;
+        crate::ids::validate(sandbox_id)?;
         let q = &config.hypervisor.qemu;
         let qemu_bin = resolve_binary(&q.path, "QEMU", QEMU_HINT)?;
         for (what, path) in [("kernel", &q.kernel), ("initrd", &q.initrd)] {
@@ -587,7 +522,7 @@ impl Vm {
         self.vhost = None;
         if self.dirs_created {
             crate::storage::release_share(&self.paths.share_dir);
-            remove_sandbox_dirs(&self.sandbox_id, &self.paths);
+            crate::layout::remove_sandbox_dirs(&self.sandbox_id, &self.paths);
             self.dirs_created = false;
         }
     }
@@ -599,25 +534,6 @@ pub struct StopReport {
     pub how: &'static str,
     pub qemu_status: Option<ExitStatus>,
     pub duration: Duration,
-}
-
-/// Removes a sandbox's state directory (only our sockets live there) and its
-/// share directory. The share is removed with `rmdir`, never recursively:
-/// whatever is still in it may be a mount or data we do not own, and is
-/// reported instead.
-pub fn remove_sandbox_dirs(sandbox_id: &str, paths: &SandboxPaths) {
-    match std::fs::remove_dir_all(&paths.state_dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(sandbox_id, path = %paths.state_dir.display(), error = %e,
-            "cannot remove state directory"),
-    }
-    match std::fs::remove_dir(&paths.share_dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(sandbox_id, path = %paths.share_dir.display(), error = %e,
-            "cannot remove share directory"),
-    }
 }
 
 #[cfg(test)]
@@ -637,37 +553,6 @@ mod tests {
                 share,
                 "{wanted:?}, found {found}"
             );
-        }
-    }
-
-    #[test]
-    fn sandbox_ids() {
-        for ok in ["a", "abc123", "a.b_c-d", "0123456789abcdef0123456789abcdef"] {
-            validate_sandbox_id(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
-        }
-        let long = "a".repeat(77);
-        for bad in [
-            "",
-            "-a",
-            "a-",
-            "a--b",
-            "a/b",
-            "../x",
-            "a b",
-            "a\0b",
-            long.as_str(),
-            "ä",
-        ] {
-            assert!(validate_sandbox_id(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-
-    #[test]
-    fn paths_fit_unix_socket_limits() {
-        let id = "a".repeat(76);
-        let p = SandboxPaths::new(&id);
-        for s in [p.qmp(), p.vsock_control(), p.vsock_uds(), p.virtiofsd()] {
-            assert!(s.as_os_str().len() < 108, "{} too long", s.display());
         }
     }
 }

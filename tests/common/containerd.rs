@@ -497,7 +497,7 @@ impl Drop for Containerd {
         // A killed kata shim leaves its VM: let the binary's own `delete`
         // clean up from the state it persisted, as containerd would.
         for (ns, id, bundle) in self.leftover_bundles() {
-            if !kata_shim::persist::sandbox_dir(&id).exists() {
+            if !kata_shim::layout::shim_dir(&id).exists() {
                 continue;
             }
             let mut cmd = Command::new(bin_dir().join("containerd-shim-kata-v2"));

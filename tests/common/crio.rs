@@ -560,7 +560,7 @@ impl Crio {
         };
         let expected = format!(
             "unix://{}",
-            kata_shim::persist::socket_path(&p.sandbox_id).display()
+            kata_shim::layout::shim_socket(&p.sandbox_id).display()
         );
         assert_eq!(
             address, expected,

@@ -229,9 +229,9 @@ fn find_leaks(sandbox_id: &str, rootfs: &[PathBuf]) -> Vec<String> {
         leaks.push(format!("{what} {pid}: {cmdline}"));
     }
     for dir in [
-        Path::new(kata_shim::vm::RUN_ROOT).join(sandbox_id),
-        Path::new(kata_shim::vm::SHARE_ROOT).join(sandbox_id),
-        Path::new(kata_shim::persist::PERSIST_ROOT).join(sandbox_id),
+        Path::new(kata_shim::layout::RUN_ROOT).join(sandbox_id),
+        Path::new(kata_shim::layout::SHARE_ROOT).join(sandbox_id),
+        Path::new(kata_shim::layout::PERSIST_ROOT).join(sandbox_id),
     ] {
         if dir.exists() {
             leaks.push(format!("directory {}", dir.display()));
@@ -439,9 +439,9 @@ pub fn output_within(cmd: &mut Command, limit: Duration) -> Option<Output> {
 /// after a failed test only, to keep the host usable for the next one.
 pub fn remove_sandbox_dirs(sandbox_id: &str) {
     for dir in [
-        Path::new(kata_shim::persist::PERSIST_ROOT).join(sandbox_id),
-        Path::new(kata_shim::vm::RUN_ROOT).join(sandbox_id),
-        Path::new(kata_shim::vm::SHARE_ROOT).join(sandbox_id),
+        Path::new(kata_shim::layout::PERSIST_ROOT).join(sandbox_id),
+        Path::new(kata_shim::layout::RUN_ROOT).join(sandbox_id),
+        Path::new(kata_shim::layout::SHARE_ROOT).join(sandbox_id),
     ] {
         unmount_under(&dir);
         let _ = std::fs::remove_dir_all(dir);

@@ -135,9 +135,9 @@ fn a_recycled_pid_is_never_killed() {
         "the recorded process survived"
     );
     // Our own process is not a sandbox shim whatever its pid file says.
-    std::fs::create_dir_all(persist::sandbox_dir(&fx.sid)).expect("mkdir");
+    std::fs::create_dir_all(crate::layout::shim_dir(&fx.sid)).expect("mkdir");
     std::fs::write(
-        persist::sandbox_dir(&fx.sid).join(SHIM_PID_FILE),
+        crate::layout::shim_dir(&fx.sid).join(SHIM_PID_FILE),
         std::process::id().to_string(),
     )
     .expect("pid file");
@@ -193,7 +193,10 @@ fn dead_sandbox_teardown_is_complete_and_idempotent() {
     }
     assert!(!paths.share_dir.exists(), "share dir left behind");
     assert!(!paths.state_dir.exists(), "state dir left behind");
-    assert!(!persist::sandbox_dir(&sid).exists(), "shim dir left behind");
+    assert!(
+        !crate::layout::shim_dir(&sid).exists(),
+        "shim dir left behind"
+    );
 
     // Again, through the command's entry point: nothing left, same answer.
     let flags = Flags {
@@ -263,5 +266,5 @@ fn a_live_shim_keeps_what_it_tracks() {
         "stale rootfs left mounted"
     );
     assert!(qemu.is_alive(), "a live sandbox's process was killed");
-    assert!(persist::sandbox_dir(&sid).join("state.json").exists());
+    assert!(crate::layout::shim_dir(&sid).join("state.json").exists());
 }

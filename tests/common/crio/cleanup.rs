@@ -115,7 +115,7 @@ impl Drop for Crio {
             while !mentioning().is_empty() && std::time::Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(100));
             }
-            let persisted = kata_shim::persist::sandbox_dir(sid).exists();
+            let persisted = kata_shim::layout::shim_dir(sid).exists();
             if (persisted || !mentioning().is_empty()) && pod.info.bundle.exists() {
                 // The binary's own cleanup from its persisted state.
                 let mut cmd = Command::new(bin_dir().join("containerd-shim-kata-v2"));
