@@ -20,7 +20,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use kata_shim::config::Config;
-use kata_shim::sandbox::SandboxVm;
+use kata_shim::guest::SandboxVm;
 use kata_shim::vm::qemu::cmdline::{KernelCmdline, QemuSpec, ShareDevice, sandbox_uuid};
 
 fn main() {

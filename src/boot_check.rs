@@ -7,14 +7,14 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::sandbox::{SandboxError, SandboxVm};
+use crate::guest::{BootError, SandboxVm};
 use crate::vm::{AgentAddr, ShareKind};
 
 /// Errors of a boot check.
 #[derive(Debug, thiserror::Error)]
 pub enum BootCheckError {
     #[error(transparent)]
-    Sandbox(#[from] SandboxError),
+    Sandbox(#[from] BootError),
     #[error("writing the share probe {path} failed")]
     Probe {
         path: String,

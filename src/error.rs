@@ -20,7 +20,7 @@ pub enum Error {
     #[error("{0}")]
     FailedPrecondition(String),
     #[error(transparent)]
-    Transition(#[from] crate::task::state::Transition),
+    Transition(#[from] crate::state::Transition),
     #[error("{0}")]
     Unimplemented(&'static str),
     #[error("{0}")]
@@ -33,7 +33,7 @@ pub enum Error {
         source: ttrpc::Error,
     },
     #[error("booting the sandbox VM")]
-    Boot(#[from] crate::sandbox::SandboxError),
+    Boot(#[from] crate::guest::BootError),
     #[error("the agent of the new sandbox")]
     AgentSetup(#[from] AgentError),
     #[error(transparent)]
@@ -147,7 +147,7 @@ mod tests {
             Code::ALREADY_EXISTS
         );
         assert_eq!(
-            code_of(Error::Transition(crate::task::state::Transition {
+            code_of(Error::Transition(crate::state::Transition {
                 action: "start",
                 from: "running"
             })),

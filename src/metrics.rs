@@ -22,8 +22,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::sandbox::Sandbox;
-
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Requests are a request line and a few headers; anything longer is cut.
@@ -210,27 +208,9 @@ pub struct Live {
     pub qemu_private: Option<u64>,
 }
 
-impl Live {
-    /// Reads the figures of `sb` now.
-    pub fn probe(sb: &Sandbox) -> Live {
-        let pid = sb.pid();
-        let running = pid != 0 && sb.state().is_running();
-        let (qemu_rss, qemu_private) = if running {
-            qemu_memory(pid)
-        } else {
-            (None, None)
-        };
-        Live {
-            containers: sb.container_count(),
-            qemu_rss,
-            qemu_private,
-        }
-    }
-}
-
 /// `VmRSS` from `/proc/<pid>/status` and the private bytes from
 /// `/proc/<pid>/smaps_rollup`, in bytes.
-fn qemu_memory(pid: u32) -> (Option<u64>, Option<u64>) {
+pub fn qemu_memory(pid: u32) -> (Option<u64>, Option<u64>) {
     let read = |f: &str| std::fs::read_to_string(format!("/proc/{pid}/{f}")).ok();
     let rss = read("status").and_then(|s| kib_field(&s, "VmRSS:"));
     let private = read("smaps_rollup").and_then(|s| {
@@ -420,15 +400,22 @@ impl Drop for Endpoint {
     }
 }
 
-/// Binds `metrics.sock` in the shim directory of `sb` (which `start`
-/// created, mode 0700) and serves it. A failure is logged, not fatal: the
-/// pod works without metrics.
-pub fn serve(sb: Arc<Sandbox>) -> Option<Endpoint> {
-    let path = crate::layout::metrics_socket(&sb.id);
+/// Renders the whole text of one sandbox at scrape time.
+pub type Renderer = Arc<dyn Fn() -> String + Send + Sync>;
+
+/// Binds `metrics.sock` in the shim directory of `sandbox_id` (which
+/// `start` created, mode 0700) and serves what `render` returns. A failure
+/// is logged, not fatal: the pod works without metrics.
+pub fn serve(sandbox_id: &str, render: Renderer) -> Option<Endpoint> {
+    let path = crate::layout::metrics_socket(sandbox_id);
+    let sb = Scraped {
+        id: sandbox_id.to_string(),
+        render,
+    };
     match bind(&path) {
         Ok(listener) => {
             tracing::info!(sandbox_id = %sb.id, socket = %path.display(), "serving metrics");
-            let task = tokio::spawn(accept_loop(sb, listener));
+            let task = tokio::spawn(accept_loop(Arc::new(sb), listener));
             Some(Endpoint { path, task })
         }
         Err(e) => {
@@ -449,7 +436,13 @@ fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-async fn accept_loop(sb: Arc<Sandbox>, listener: tokio::net::UnixListener) {
+/// What the endpoint serves.
+struct Scraped {
+    id: String,
+    render: Renderer,
+}
+
+async fn accept_loop(sb: Arc<Scraped>, listener: tokio::net::UnixListener) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
@@ -465,7 +458,7 @@ async fn accept_loop(sb: Arc<Sandbox>, listener: tokio::net::UnixListener) {
 
 /// Reads one request (up to the blank line ending its headers) and
 /// answers it.
-async fn answer(sb: Arc<Sandbox>, mut stream: tokio::net::UnixStream) {
+async fn answer(sb: Arc<Scraped>, mut stream: tokio::net::UnixStream) {
     let mut req = Vec::new();
     let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
         let mut buf = [0u8; 1024];
@@ -486,7 +479,7 @@ async fn answer(sb: Arc<Sandbox>, mut stream: tokio::net::UnixStream) {
         return;
     }
     let response = if req.starts_with(b"GET ") {
-        let body = render(&sb.id, &sb.metrics, &Live::probe(&sb));
+        let body = (sb.render)();
         format!(
             "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
              Content-Length: {}\r\n\r\n{body}",

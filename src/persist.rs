@@ -66,7 +66,7 @@ pub struct ContainerRecord {
 
 /// Everything `delete` needs to undo a sandbox.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct SandboxState {
+pub struct SandboxRecord {
     pub sandbox_id: String,
     /// The serving shim.
     pub shim: Option<ProcessRecord>,
@@ -80,20 +80,20 @@ pub struct SandboxState {
     pub network: Option<crate::network::NetworkRecord>,
 }
 
-impl SandboxState {
-    pub fn new(sandbox_id: &str) -> SandboxState {
-        SandboxState {
+impl SandboxRecord {
+    pub fn new(sandbox_id: &str) -> SandboxRecord {
+        SandboxRecord {
             sandbox_id: sandbox_id.to_string(),
-            ..SandboxState::default()
+            ..SandboxRecord::default()
         }
     }
 
     /// Reads the state of `sandbox_id`; `None` when there is none.
-    pub fn load(sandbox_id: &str) -> Result<Option<SandboxState>, PersistError> {
+    pub fn load(sandbox_id: &str) -> Result<Option<SandboxRecord>, PersistError> {
         Self::load_from(&shim_dir(sandbox_id).join(STATE_FILE))
     }
 
-    fn load_from(path: &Path) -> Result<Option<SandboxState>, PersistError> {
+    fn load_from(path: &Path) -> Result<Option<SandboxRecord>, PersistError> {
         let text = match std::fs::read(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -176,7 +176,7 @@ mod tests {
     #[test]
     fn state_round_trips_atomically() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut s = SandboxState::new("sb1");
+        let mut s = SandboxRecord::new("sb1");
         s.shim = ProcessRecord::capture("shim", std::process::id());
         s.containers.insert(
             "c1".into(),
@@ -188,19 +188,19 @@ mod tests {
         s.host_cgroups
             .push("/sys/fs/cgroup/memory/kubepods/x".into());
         s.save_in(dir.path()).expect("save");
-        let back = SandboxState::load_from(&dir.path().join(STATE_FILE))
+        let back = SandboxRecord::load_from(&dir.path().join(STATE_FILE))
             .expect("load")
             .expect("present");
         assert_eq!(back, s);
         assert!(!dir.path().join(".state.json.tmp").exists());
         assert!(
-            SandboxState::load_from(&dir.path().join("missing"))
+            SandboxRecord::load_from(&dir.path().join("missing"))
                 .expect("missing is fine")
                 .is_none()
         );
         std::fs::write(dir.path().join(STATE_FILE), b"{not json").expect("write");
         assert!(matches!(
-            SandboxState::load_from(&dir.path().join(STATE_FILE)),
+            SandboxRecord::load_from(&dir.path().join(STATE_FILE)),
             Err(PersistError::Corrupt { .. })
         ));
     }

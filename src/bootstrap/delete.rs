@@ -15,7 +15,7 @@ use containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp;
 use super::args::Flags;
 use super::start::bundle_dir;
 use crate::layout::{SHIM_PID_FILE, SandboxPaths};
-use crate::persist::{self, ProcessRecord, SandboxState};
+use crate::persist::{self, ProcessRecord, SandboxRecord};
 use crate::{annotations, host_cgroup, mounts};
 
 /// Exit status reported for a task whose shim is gone: SIGKILL, as runc
@@ -144,8 +144,8 @@ pub fn cleanup(id: &str, bundle: Option<&Path>) {
     }
 }
 
-fn load_state(sid: &str) -> Option<SandboxState> {
-    match SandboxState::load(sid) {
+fn load_state(sid: &str) -> Option<SandboxRecord> {
+    match SandboxRecord::load(sid) {
         Ok(s) => s,
         Err(e) => {
             tracing::warn!(sandbox_id = sid, error = %crate::logging::error_chain(&e),
@@ -171,7 +171,7 @@ fn shim_from_pid_file(sid: &str) -> Option<ProcessRecord> {
 
 /// Everything a dead sandbox leaves on the host, in an order that frees
 /// each resource before what contains it.
-fn teardown(sid: &str, id: &str, state: Option<SandboxState>, bundle: Option<&Path>) {
+fn teardown(sid: &str, id: &str, state: Option<SandboxRecord>, bundle: Option<&Path>) {
     if let Some(s) = &state {
         let procs: Vec<&ProcessRecord> = s.shim.iter().chain(&s.processes).collect();
         for p in &procs {

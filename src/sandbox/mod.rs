@@ -17,16 +17,12 @@
 //! Lock order: `lifecycle` (async, held across VM boot and teardown) before
 //! any of the short synchronous locks.
 
-mod boot;
 pub mod container;
 mod monitor;
 pub mod namespaces;
 pub mod network;
 pub mod ops;
 pub mod process;
-pub mod stats;
-
-pub use boot::{SandboxError, SandboxVm};
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -43,14 +39,15 @@ use crate::agent_client::{AgentClient, call_context};
 use crate::annotations::{self, ContainerKind};
 use crate::config::{Config, Loaded, options, overrides};
 use crate::error::{Error, Result};
+use crate::events::{Event, EventSink, timestamp};
+use crate::guest::SandboxVm;
 use crate::host_cgroup::HostCgroup;
 use crate::persist::{self, ContainerRecord, ProcessRecord};
 use crate::sandbox::container::Container;
 use crate::sandbox::process::Process;
 use crate::sizing::{self, HostSize};
+use crate::state::{Exit, SandboxState};
 use crate::stdio::{ProcessIo, StdioConfig};
-use crate::task::events::{Event, EventSink};
-use crate::task::state::{Exit, SandboxState};
 use crate::vm::VmOptions;
 
 /// Deadline of short agent calls.
@@ -62,17 +59,6 @@ pub const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
 const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
 /// The same once the VM is gone (nothing more can come).
 const DEAD_DRAIN: Duration = Duration::from_secs(1);
-
-/// Converts a time to the protobuf timestamp containerd expects.
-pub fn timestamp(t: std::time::SystemTime) -> protobuf::well_known_types::timestamp::Timestamp {
-    let d = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    let mut ts = protobuf::well_known_types::timestamp::Timestamp::new();
-    ts.seconds = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
-    ts.nanos = i32::try_from(d.subsec_nanos()).unwrap_or(0);
-    ts
-}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // Each guarded value is replaced whole, so a poisoned lock still holds
@@ -155,6 +141,22 @@ impl Sandbox {
 
     pub fn state(&self) -> SandboxState {
         lock(&self.state).clone()
+    }
+
+    /// The Prometheus text of this sandbox, read now.
+    pub fn metrics_text(&self) -> String {
+        let pid = self.pid();
+        let (qemu_rss, qemu_private) = if pid != 0 && self.state().is_running() {
+            crate::metrics::qemu_memory(pid)
+        } else {
+            (None, None)
+        };
+        let live = crate::metrics::Live {
+            containers: self.container_count(),
+            qemu_rss,
+            qemu_private,
+        };
+        crate::metrics::render(&self.id, &self.metrics, &live)
     }
 
     pub fn publish(&self, event: Event) {
@@ -624,7 +626,7 @@ impl Sandbox {
         for c in containers {
             for p in c.processes() {
                 if !p.state().is_stopped() {
-                    self.finish(&c, &p, Exit::now(crate::task::state::UNKNOWN_EXIT))
+                    self.finish(&c, &p, Exit::now(crate::state::UNKNOWN_EXIT))
                         .await;
                 }
             }
@@ -706,7 +708,7 @@ impl Sandbox {
     /// Writes what `delete` needs after a crash; a failure is logged, not
     /// fatal (the pod keeps working, only crash cleanup would be partial).
     fn persist(&self, lc: &Lifecycle) {
-        let mut s = persist::SandboxState::new(&self.id);
+        let mut s = persist::SandboxRecord::new(&self.id);
         s.shim = ProcessRecord::capture("shim", std::process::id());
         s.processes = lc.processes.clone();
         s.network = lc.network.clone();

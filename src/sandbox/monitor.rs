@@ -9,11 +9,11 @@ use containerd_shim_protos::events::task::TaskOOM;
 use kata_agent_protocol::agent;
 
 use crate::agent_client::{AgentClient, call_context};
+use crate::events::Event;
 use crate::sandbox::container::Container;
 use crate::sandbox::process::Process;
 use crate::sandbox::{Lifecycle, Sandbox};
-use crate::task::events::Event;
-use crate::task::state::{Exit, UNKNOWN_EXIT};
+use crate::state::{Exit, UNKNOWN_EXIT};
 
 /// How often the agent's health is checked, and how long it may take.
 const HEALTH_PERIOD: Duration = Duration::from_secs(5);

@@ -11,11 +11,11 @@ use nix::sys::signal::Signal;
 
 use crate::agent_client::call_context;
 use crate::error::{Error, Result};
+use crate::events::Event;
 use crate::sandbox::process::Process;
 use crate::sandbox::{CALL_TIMEOUT, CREATE_TIMEOUT, Sandbox, monitor};
+use crate::state::{Exit, ProcessState};
 use crate::stdio::{ProcessIo, StdioConfig};
-use crate::task::events::Event;
-use crate::task::state::{Exit, ProcessState};
 
 /// An exec request, decoded.
 pub struct ExecSpec {
@@ -38,7 +38,7 @@ impl Sandbox {
         let agent = self.agent()?;
         p.transition(|s| match s {
             ProcessState::Created => Ok(()),
-            other => Err(crate::task::state::Transition {
+            other => Err(crate::state::Transition {
                 action: "start",
                 from: other.name(),
             }),

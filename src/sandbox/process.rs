@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use tokio::sync::watch;
 
+use crate::state::{Exit, ProcessState, Transition};
 use crate::stdio::ProcessIo;
-use crate::task::state::{Exit, ProcessState, Transition};
 
 /// A container's init (empty `exec_id`) or one of its execs.
 #[derive(Debug)]

@@ -2,9 +2,8 @@
 //! task and process state machines, the events it publishes, and the
 //! serving loop that runs until the last Shutdown.
 
-pub mod events;
 pub mod service;
-pub mod state;
+pub mod stats;
 
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixListener;
@@ -14,8 +13,8 @@ use std::sync::Arc;
 use containerd_shim_protos::shim_async::create_task;
 
 use crate::config::Config;
+use crate::events::Publisher;
 use crate::sandbox::Sandbox;
-use crate::task::events::Publisher;
 use crate::task::service::TaskService;
 
 /// The service name containerd 1.6/1.7 and CRI-O call.
@@ -81,7 +80,8 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let mut server = server.register_service(services);
     server.start().await.map_err(ServeError::Server)?;
     tracing::info!(sandbox_id = %opts.sandbox_id, socket = %opts.socket_path.display(), "serving the task API");
-    let metrics = crate::metrics::serve(sandbox.clone());
+    let scraped = sandbox.clone();
+    let metrics = crate::metrics::serve(&opts.sandbox_id, Arc::new(move || scraped.metrics_text()));
 
     let mut shutdown = sandbox.shutdown_watch();
     let _ = shutdown.wait_for(|s| *s).await;

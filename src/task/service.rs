@@ -17,9 +17,11 @@ use containerd_shim_protos::shim_async::Task;
 use ttrpc::r#async::TtrpcContext;
 
 use crate::error::Error;
+use crate::events::timestamp;
+use crate::sandbox::Sandbox;
 use crate::sandbox::ops::ExecSpec;
-use crate::sandbox::{Sandbox, stats, timestamp};
 use crate::stdio::StdioConfig;
+use crate::task::stats;
 
 /// The Task service of one sandbox.
 pub struct TaskService {

@@ -9,7 +9,7 @@ use super::*;
 use kata_agent_protocol::agent;
 use kata_shim::agent_client::{AgentClient, call_context};
 use kata_shim::config::Config;
-use kata_shim::sandbox::SandboxVm;
+use kata_shim::guest::SandboxVm;
 use serde_json::{Value, json};
 
 pub const GUEST_SHARE: &str = kata_agent_protocol::guest::SHARED_FS_MOUNT;

@@ -162,7 +162,7 @@ fn dead_sandbox_teardown_is_complete_and_idempotent() {
     std::fs::write(paths.state_dir.join("qmp.sock"), "").expect("state file");
 
     let qemu = fx.sleeper();
-    let mut state = SandboxState::new(&sid);
+    let mut state = SandboxRecord::new(&sid);
     state.processes.push(qemu.clone());
     state.containers.insert(
         "c1".into(),
@@ -242,7 +242,7 @@ fn a_live_shim_keeps_what_it_tracks() {
     let tracked = fx.bundle("c1", &ann);
     let untracked = fx.bundle("c2", &ann);
     let qemu = fx.sleeper();
-    let mut state = SandboxState::new(&sid);
+    let mut state = SandboxRecord::new(&sid);
     // This test process plays the live shim: never delete `sid` itself here.
     state.shim = ProcessRecord::capture("shim", std::process::id());
     state.processes.push(qemu.clone());

@@ -13,7 +13,7 @@ use crate::vm::{StopReport, Vm, VmError, VmOptions};
 
 /// Errors booting a sandbox VM.
 #[derive(Debug, thiserror::Error)]
-pub enum SandboxError {
+pub enum BootError {
     #[error("starting the VM failed")]
     Vm(#[from] VmError),
     #[error("the agent of sandbox {sandbox_id} is not usable")]
@@ -41,7 +41,7 @@ pub struct SandboxVm {
 impl SandboxVm {
     /// Starts the VM and waits for its agent, within the configured dial
     /// deadline.
-    pub async fn boot(config: &Config, sandbox_id: &str) -> Result<SandboxVm, SandboxError> {
+    pub async fn boot(config: &Config, sandbox_id: &str) -> Result<SandboxVm, BootError> {
         Self::boot_with(config, sandbox_id, &VmOptions::default()).await
     }
 
@@ -50,7 +50,7 @@ impl SandboxVm {
         config: &Config,
         sandbox_id: &str,
         opts: &VmOptions,
-    ) -> Result<SandboxVm, SandboxError> {
+    ) -> Result<SandboxVm, BootError> {
         let vm = Vm::start_with(config, sandbox_id, opts).await?;
         let timeout = config.agent.kata.dial_timeout();
         let connected = async {
@@ -82,7 +82,7 @@ impl SandboxVm {
                 tracing::error!(sandbox_id, error = %source, "agent unusable, stopping the VM");
                 let report = vm.stop(Duration::ZERO).await;
                 tracing::info!(sandbox_id, how = report.how, "VM stopped");
-                Err(SandboxError::Agent {
+                Err(BootError::Agent {
                     sandbox_id: sandbox_id.to_string(),
                     source,
                 })

@@ -26,6 +26,18 @@ use containerd_shim_protos::shim_async::EventsClient;
 use tokio::sync::Notify;
 use ttrpc::r#async::transport::Socket;
 
+/// A time as the protobuf timestamp containerd expects (events and the
+/// Task API's `exited_at`).
+pub fn timestamp(t: std::time::SystemTime) -> Timestamp {
+    let d = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    let mut ts = Timestamp::new();
+    ts.seconds = i64::try_from(d.as_secs()).unwrap_or(i64::MAX);
+    ts.nanos = i32::try_from(d.subsec_nanos()).unwrap_or(0);
+    ts
+}
+
 /// Most events waiting to be forwarded; beyond it the oldest is dropped.
 const QUEUE_CAP: usize = 1024;
 /// Bound on one connect and on one Forward call.
