@@ -25,17 +25,14 @@ pub enum Error {
     Unimplemented(&'static str),
     #[error("{0}")]
     Internal(String),
-    #[error("agent {call} for {id}")]
+    #[error("agent request for {id}")]
     Agent {
-        call: &'static str,
         id: String,
         #[source]
-        source: ttrpc::Error,
+        source: AgentError,
     },
     #[error("booting the sandbox VM")]
     Boot(#[from] crate::guest::BootError),
-    #[error("the agent of the new sandbox")]
-    AgentSetup(#[from] AgentError),
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
     #[error(transparent)]
@@ -65,8 +62,8 @@ impl Error {
             Error::FailedPrecondition(_) | Error::Transition(_) => Code::FAILED_PRECONDITION,
             Error::Unimplemented(_) => Code::UNIMPLEMENTED,
             Error::Internal(_) => Code::INTERNAL,
-            Error::Agent { source, .. } => agent_code(source),
-            Error::Boot(_) | Error::AgentSetup(_) => Code::UNAVAILABLE,
+            Error::Agent { source, .. } => source.code(),
+            Error::Boot(_) => Code::UNAVAILABLE,
             Error::Storage(e) => e.code(),
             Error::Oci(e) => e.code(),
             Error::Stdio(e) => e.code(),
@@ -85,9 +82,10 @@ impl Error {
         }
     }
 
-    pub fn agent(call: &'static str, id: &str) -> impl FnOnce(ttrpc::Error) -> Error {
+    /// Maps a failed agent call made for `id` (a container or exec).
+    pub fn agent(id: &str) -> impl FnOnce(AgentError) -> Error {
         let id = id.to_string();
-        move |source| Error::Agent { call, id, source }
+        move |source| Error::Agent { id, source }
     }
 }
 
@@ -103,18 +101,6 @@ fn network_code(e: &crate::network::NetworkError) -> Code {
     }
 }
 
-/// The agent's own codes are deliberate and pass through; a broken
-/// transport means the VM is unreachable.
-fn agent_code(e: &ttrpc::Error) -> Code {
-    match e {
-        ttrpc::Error::RpcStatus(s) => match s.code() {
-            Code::OK | Code::UNKNOWN => Code::INTERNAL,
-            c => c,
-        },
-        _ => Code::UNAVAILABLE,
-    }
-}
-
 impl From<Error> for ttrpc::Error {
     fn from(e: Error) -> ttrpc::Error {
         let code = e.code();
@@ -125,6 +111,10 @@ impl From<Error> for ttrpc::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn rpc(call: &'static str, source: ttrpc::Error) -> AgentError {
+        AgentError::Rpc { call, source }
+    }
 
     fn code_of(e: Error) -> Code {
         match ttrpc::Error::from(e) {
@@ -158,21 +148,33 @@ mod tests {
             Code::UNIMPLEMENTED
         );
         let unknown = ttrpc::Error::RpcStatus(ttrpc::get_status(Code::UNKNOWN, "x"));
-        assert_eq!(code_of(Error::agent("Wait", "c1")(unknown)), Code::INTERNAL);
-        let nf = ttrpc::Error::RpcStatus(ttrpc::get_status(Code::NOT_FOUND, "x"));
-        assert_eq!(code_of(Error::agent("Wait", "c1")(nf)), Code::NOT_FOUND);
         assert_eq!(
-            code_of(Error::agent("Wait", "c1")(ttrpc::Error::LocalClosed)),
+            code_of(Error::agent("c1")(rpc("WaitProcess", unknown))),
+            Code::INTERNAL
+        );
+        let nf = ttrpc::Error::RpcStatus(ttrpc::get_status(Code::NOT_FOUND, "x"));
+        assert_eq!(
+            code_of(Error::agent("c1")(rpc("WaitProcess", nf))),
+            Code::NOT_FOUND
+        );
+        assert_eq!(
+            code_of(Error::agent("c1")(rpc(
+                "WaitProcess",
+                ttrpc::Error::LocalClosed
+            ))),
             Code::UNAVAILABLE
         );
     }
 
     #[test]
     fn message_carries_the_chain() {
-        let e = Error::agent("CreateContainer", "c1")(ttrpc::Error::RpcStatus(ttrpc::get_status(
-            Code::INVALID_ARGUMENT,
-            "invalid process.args: must not be empty",
-        )));
+        let e = Error::agent("c1")(rpc(
+            "CreateContainer",
+            ttrpc::Error::RpcStatus(ttrpc::get_status(
+                Code::INVALID_ARGUMENT,
+                "invalid process.args: must not be empty",
+            )),
+        ));
         match ttrpc::Error::from(e) {
             ttrpc::Error::RpcStatus(s) => {
                 assert!(s.message().contains("CreateContainer"), "{}", s.message());

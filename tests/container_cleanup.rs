@@ -36,7 +36,7 @@ fn create_sandbox(pod: &Pod, storages: Vec<agent::Storage>) -> ttrpc::Result<()>
     req.hostname = "kata-pod".into();
     req.storages = storages;
     pod.try_call(|a| async move {
-        a.service()
+        a.raw()
             .create_sandbox(call_context(CALL), &req)
             .await
             .map(|_| ())
@@ -233,7 +233,7 @@ fn signal_all(pod: &Pod, cid: &str, signal: u32) {
     req.signal = signal;
     req.all = true;
     pod.call("SignalProcess", |a| async move {
-        a.service().signal_process(call_context(CALL), &req).await
+        a.raw().signal_process(call_context(CALL), &req).await
     });
 }
 
@@ -246,17 +246,17 @@ fn container_call(pod: &Pod, call: &str, cid: &str) -> ttrpc::Result<()> {
             "start" => {
                 let mut req = agent::ContainerRequest::new();
                 req.container_id = cid;
-                a.service().start_container(ctx, &req).await.map(|_| ())
+                a.raw().start_container(ctx, &req).await.map(|_| ())
             }
             "remove" => {
                 let mut req = agent::RemoveContainerRequest::new();
                 req.container_id = cid;
-                a.service().remove_container(ctx, &req).await.map(|_| ())
+                a.raw().remove_container(ctx, &req).await.map(|_| ())
             }
             "wait" => {
                 let mut req = agent::ProcessRequest::new();
                 req.container_id = cid;
-                a.service().wait_process(ctx, &req).await.map(|_| ())
+                a.raw().wait_process(ctx, &req).await.map(|_| ())
             }
             other => panic!("no call {other}"),
         }
@@ -482,7 +482,7 @@ fn signal_all_reaches_every_process_of_the_container() {
     req.signal = 9;
     req.all = true;
     let e = pod
-        .try_call(|a| async move { a.service().signal_process(call_context(CALL), &req).await })
+        .try_call(|a| async move { a.raw().signal_process(call_context(CALL), &req).await })
         .expect_err("stopped");
     assert_code(e, ttrpc::Code::FAILED_PRECONDITION);
 
@@ -676,9 +676,7 @@ fn failed_creates_leave_nothing_behind() {
         req.container_id = cid.into();
         req.oci_spec_json = serde_json::to_vec(spec).expect("spec json");
         req.storages = storages;
-        pod.try_call(
-            |a| async move { a.service().create_container(call_context(CALL), &req).await },
-        )
+        pod.try_call(|a| async move { a.raw().create_container(call_context(CALL), &req).await })
     };
     let ephemeral = |mp: &str| storage("ephemeral", mp);
     let mp = "/run/kata-containers/sandbox/ephemeral/f1";
@@ -768,9 +766,7 @@ fn a_container_without_its_own_mount_namespace_is_refused() {
         req.container_id = "n1".into();
         req.oci_spec_json = serde_json::to_vec(&s).expect("spec json");
         let e = pod
-            .try_call(
-                |a| async move { a.service().create_container(call_context(CALL), &req).await },
-            )
+            .try_call(|a| async move { a.raw().create_container(call_context(CALL), &req).await })
             .expect_err("no private mount namespace");
         let msg = assert_code(e, ttrpc::Code::INVALID_ARGUMENT);
         assert!(msg.contains("linux.namespaces"), "{msg}");

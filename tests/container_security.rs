@@ -90,8 +90,8 @@ fn seccomp_profile_blocks_a_syscall() {
     let mut req = agent::CreateContainerRequest::new();
     req.container_id = "c3".into();
     req.oci_spec_json = serde_json::to_vec(&s).expect("json");
-    let created = pod
-        .try_call(|a| async move { a.service().create_container(call_context(CALL), &req).await });
+    let created =
+        pod.try_call(|a| async move { a.raw().create_container(call_context(CALL), &req).await });
     match created {
         Err(e) => {
             let msg = format!("{e:?}");
@@ -100,9 +100,10 @@ fn seccomp_profile_blocks_a_syscall() {
         Ok(_) => {
             let mut req = agent::ContainerRequest::new();
             req.container_id = "c3".into();
-            let started = pod.try_call(|a| async move {
-                a.service().start_container(call_context(CALL), &req).await
-            });
+            let started =
+                pod.try_call(
+                    |a| async move { a.raw().start_container(call_context(CALL), &req).await },
+                );
             if started.is_ok() {
                 let out = pod.read_all("c3", "", false);
                 assert!(out.is_empty(), "a deny-all profile let the process run");
@@ -305,9 +306,7 @@ fn sysctls_are_applied_in_the_container_namespaces() {
         req.container_id = cid.clone();
         req.oci_spec_json = serde_json::to_vec(&s).expect("json");
         let e = pod
-            .try_call(
-                |a| async move { a.service().create_container(call_context(CALL), &req).await },
-            )
+            .try_call(|a| async move { a.raw().create_container(call_context(CALL), &req).await })
             .expect_err(&format!("host sysctl {key} refused"));
         let msg = assert_code(e, ttrpc::Code::INVALID_ARGUMENT);
         assert!(msg.contains(key), "{msg}");
@@ -358,8 +357,8 @@ fn devices_are_created() {
     let mut req = agent::CreateContainerRequest::new();
     req.container_id = "c3".into();
     req.oci_spec_json = serde_json::to_vec(&s).expect("json");
-    let created = pod
-        .try_call(|a| async move { a.service().create_container(call_context(CALL), &req).await });
+    let created =
+        pod.try_call(|a| async move { a.raw().create_container(call_context(CALL), &req).await });
     if created.is_ok() {
         pod.remove("c3");
     }
@@ -551,9 +550,9 @@ fn mount_target_symlink_race_stays_in_the_rootfs() {
         let mut req = agent::CreateContainerRequest::new();
         req.container_id = cid.clone();
         req.oci_spec_json = serde_json::to_vec(&s).expect("json");
-        match pod.try_call(|a| async move {
-            a.service().create_container(call_context(CALL), &req).await
-        }) {
+        match pod
+            .try_call(|a| async move { a.raw().create_container(call_context(CALL), &req).await })
+        {
             Err(ttrpc::Error::RpcStatus(st)) => {
                 assert_ne!(st.code(), ttrpc::Code::UNKNOWN, "{}", st.message());
                 assert_ne!(st.code(), ttrpc::Code::OK, "{}", st.message());
@@ -588,25 +587,24 @@ fn mount_target_symlink_race_stays_in_the_rootfs() {
     let _ = std::fs::remove_file(&target);
     let _ = std::fs::create_dir(&target);
     let mut last = String::new();
-    let settled =
-        (0..15).any(|i| {
-            std::thread::sleep(Duration::from_secs(1));
-            let cid = format!("settled{i}");
-            let mut req = agent::CreateContainerRequest::new();
-            req.container_id = cid.clone();
-            req.oci_spec_json = serde_json::to_vec(&race_spec(&root)).expect("json");
-            if let Err(e) = pod.try_call(|a| async move {
-                a.service().create_container(call_context(CALL), &req).await
-            }) {
-                last = format!("{e:?}");
-                return false;
-            }
-            pod.start(&cid);
-            last = String::from_utf8_lossy(&pod.read_all(&cid, "", false)).to_string();
-            pod.wait(&cid, "");
-            pod.remove(&cid);
-            true
-        });
+    let settled = (0..15).any(|i| {
+        std::thread::sleep(Duration::from_secs(1));
+        let cid = format!("settled{i}");
+        let mut req = agent::CreateContainerRequest::new();
+        req.container_id = cid.clone();
+        req.oci_spec_json = serde_json::to_vec(&race_spec(&root)).expect("json");
+        if let Err(e) = pod
+            .try_call(|a| async move { a.raw().create_container(call_context(CALL), &req).await })
+        {
+            last = format!("{e:?}");
+            return false;
+        }
+        pod.start(&cid);
+        last = String::from_utf8_lossy(&pod.read_all(&cid, "", false)).to_string();
+        pod.wait(&cid, "");
+        pod.remove(&cid);
+        true
+    });
     assert!(settled, "the settled rootfs does not run: {last}");
     assert_eq!(last, "PROC_OK\n1\n", "settled container");
 

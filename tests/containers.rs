@@ -129,7 +129,7 @@ fn container_output_integrity_with_a_slow_reader() {
         req.container_id = "c1".into();
         req.len = 32 * 1024;
         let chunk = pod.call("ReadStdout", |a| async move {
-            a.service().read_stdout(call_context(None), &req).await
+            a.raw().read_stdout(call_context(None), &req).await
         });
         if chunk.data.is_empty() {
             break;
@@ -152,7 +152,7 @@ fn container_unknown_ids_and_bad_specs_get_precise_codes() {
     let mut req = agent::ContainerRequest::new();
     req.container_id = "nope".into();
     let e = pod
-        .try_call(|a| async move { a.service().start_container(call_context(CALL), &req).await })
+        .try_call(|a| async move { a.raw().start_container(call_context(CALL), &req).await })
         .expect_err("unknown id");
     assert_code(e, ttrpc::Code::NOT_FOUND);
 
@@ -160,7 +160,7 @@ fn container_unknown_ids_and_bad_specs_get_precise_codes() {
     req.container_id = "bad".into();
     req.oci_spec_json = br#"{"ociVersion": "1.0.2", "process": {"args": 5}}"#.to_vec();
     let e = pod
-        .try_call(|a| async move { a.service().create_container(call_context(CALL), &req).await })
+        .try_call(|a| async move { a.raw().create_container(call_context(CALL), &req).await })
         .expect_err("malformed spec");
     let msg = assert_code(e, ttrpc::Code::INVALID_ARGUMENT);
     assert!(msg.contains("process.args"), "the field is named: {msg}");
@@ -171,7 +171,7 @@ fn container_unknown_ids_and_bad_specs_get_precise_codes() {
     req.container_id = "c1".into();
     req.oci_spec_json = serde_json::to_vec(&spec(&root, &["/bin/true"])).expect("json");
     let e = pod
-        .try_call(|a| async move { a.service().create_container(call_context(CALL), &req).await })
+        .try_call(|a| async move { a.raw().create_container(call_context(CALL), &req).await })
         .expect_err("duplicate id");
     assert_code(e, ttrpc::Code::ALREADY_EXISTS);
     pod.remove("c1");
@@ -215,7 +215,7 @@ fn container_pause_resume_stats_update_and_list() {
     req.container_id = "c1".into();
     req.resources_json = serde_json::to_vec(&json!({"pids": {"limit": 50}})).expect("json");
     pod.call("UpdateContainer", |a| async move {
-        a.service().update_container(call_context(CALL), &req).await
+        a.raw().update_container(call_context(CALL), &req).await
     });
     assert_eq!(
         pod.stats("c1").pids.limit,
@@ -227,7 +227,7 @@ fn container_pause_resume_stats_update_and_list() {
     req.container_id = "c1".into();
     req.format = "json".into();
     let list = pod.call("ListProcesses", |a| async move {
-        a.service().list_processes(call_context(CALL), &req).await
+        a.raw().list_processes(call_context(CALL), &req).await
     });
     let pids: Vec<u64> = serde_json::from_slice(&list.process_list).expect("json pid list");
     assert!(!pids.is_empty());
@@ -254,7 +254,7 @@ fn container_oom_is_reported() {
     s["linux"]["resources"] = json!({"memory": {"limit": 33554432, "swap": 33554432}});
     pod.run("c1", &s);
     let ev = pod.call("GetOOMEvent", |a| async move {
-        a.service()
+        a.raw()
             .get_oom_event(
                 call_context(Some(Duration::from_secs(60))),
                 &agent::Empty::new(),
@@ -278,7 +278,7 @@ fn container_tty_resize_is_seen_by_stty() {
     req.row = 40;
     req.column = 100;
     pod.call("TtyWinResize", |a| async move {
-        a.service().tty_win_resize(call_context(CALL), &req).await
+        a.raw().tty_win_resize(call_context(CALL), &req).await
     });
     let out = String::from_utf8_lossy(&pod.read_all("c1", "", false)).to_string();
     assert!(out.contains("40 100"), "stty size saw: {out:?}");
@@ -294,9 +294,8 @@ fn container_pid_namespace_shared_only_when_asked() {
         let pod = Pod::boot_with(if shared { "pidns-shared" } else { "pidns-own" }, shared);
         let mut again = agent::CreateSandboxRequest::new();
         again.sandbox_id = pod.id.clone();
-        let e = pod.try_call(|a| async move {
-            a.service().create_sandbox(call_context(CALL), &again).await
-        });
+        let e = pod
+            .try_call(|a| async move { a.raw().create_sandbox(call_context(CALL), &again).await });
         assert!(e.is_err(), "a second CreateSandbox must be refused");
 
         let root = pod.rootfs("c1");
@@ -329,8 +328,8 @@ fn container_path_escapes_are_rejected() {
     let mut req = agent::CreateContainerRequest::new();
     req.container_id = "evil1".into();
     req.oci_spec_json = serde_json::to_vec(&s).expect("json");
-    let e = pod
-        .try_call(|a| async move { a.service().create_container(call_context(CALL), &req).await });
+    let e =
+        pod.try_call(|a| async move { a.raw().create_container(call_context(CALL), &req).await });
     assert_code(
         e.expect_err("rootfs symlink to / refused"),
         ttrpc::Code::INVALID_ARGUMENT,
@@ -357,9 +356,8 @@ fn container_path_escapes_are_rejected() {
         let mut req = agent::CreateContainerRequest::new();
         req.container_id = format!("esc{i}");
         req.oci_spec_json = serde_json::to_vec(&s).expect("json");
-        let e = pod.try_call(|a| async move {
-            a.service().create_container(call_context(CALL), &req).await
-        });
+        let e = pod
+            .try_call(|a| async move { a.raw().create_container(call_context(CALL), &req).await });
         let msg = assert_code(
             e.expect_err(&format!("mount {mount} refused")),
             ttrpc::Code::INVALID_ARGUMENT,
@@ -432,7 +430,7 @@ fn container_exec_joins_namespaces_and_cgroup_and_gets_a_tty() {
     req.row = 33;
     req.column = 77;
     pod.call("TtyWinResize", |a| async move {
-        a.service().tty_win_resize(call_context(CALL), &req).await
+        a.raw().tty_win_resize(call_context(CALL), &req).await
     });
     let out = String::from_utf8_lossy(&pod.read_all("c1", "e2", false)).to_string();
     assert!(out.contains("33 77"), "exec tty size: {out:?}");
@@ -452,9 +450,7 @@ fn guest_clock_is_set_by_set_guest_date_time() {
     req.sec = 1_893_456_000;
     req.usec = 0;
     pod.call("SetGuestDateTime", |a| async move {
-        a.service()
-            .set_guest_date_time(call_context(CALL), &req)
-            .await
+        a.raw().set_guest_date_time(call_context(CALL), &req).await
     });
     let root = pod.rootfs("c1");
     pod.run("c1", &spec(&root, &["/bin/date", "-u", "+%Y-%m-%d"]));

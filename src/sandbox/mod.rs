@@ -32,10 +32,9 @@ use std::time::Duration;
 
 use containerd_shim_protos::api::CreateTaskRequest;
 use containerd_shim_protos::events::task::{TaskCreate, TaskDelete, TaskExit, TaskIO, TaskOOM};
-use kata_agent_protocol::agent;
 use tokio::sync::watch;
 
-use crate::agent_client::{AgentClient, call_context};
+use crate::agent_client::AgentClient;
 use crate::annotations::{self, ContainerKind};
 use crate::config::{Config, Loaded, options, overrides};
 use crate::error::{Error, Result};
@@ -50,10 +49,6 @@ use crate::state::{Exit, SandboxState};
 use crate::stdio::{ProcessIo, StdioConfig};
 use crate::vm::VmOptions;
 
-/// Deadline of short agent calls.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Deadline of container creation and start (libcontainer under TCG).
-pub const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long an exiting process's output may take to drain into the FIFOs
 /// before the exit is reported anyway.
 const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
@@ -96,7 +91,7 @@ pub struct Sandbox {
     /// to share them.
     pod_namespaces: Mutex<namespaces::PodNamespaces>,
     /// Boot phases and agent RPC latencies, served by [`crate::metrics`].
-    pub metrics: crate::metrics::Metrics,
+    pub metrics: Arc<crate::metrics::Metrics>,
     dead_tx: watch::Sender<bool>,
     shutdown_tx: watch::Sender<bool>,
 }
@@ -128,7 +123,7 @@ impl Sandbox {
             agent: Mutex::new(None),
             qemu_pid: AtomicU32::new(0),
             pod_namespaces: Mutex::default(),
-            metrics: crate::metrics::Metrics::default(),
+            metrics: Arc::default(),
             dead_tx: watch::channel(false).0,
             shutdown_tx: watch::channel(false).0,
         })
@@ -284,18 +279,13 @@ impl Sandbox {
             &req.rootfs,
         )?;
         let mut mounts = prepared.mounts;
-        let mut creq = agent::CreateContainerRequest::new();
-        creq.container_id = req.id.clone();
-        creq.oci_spec_json = prepared.guest_spec_json;
-        creq.sandbox_namespaces = sandbox_namespaces;
         if let Err(e) = agent
-            .service()
-            .create_container(call_context(Some(CREATE_TIMEOUT)), &creq)
+            .create_container(&req.id, prepared.guest_spec_json, sandbox_namespaces)
             .await
         {
             mounts.release_share();
             mounts.release_bundle_rootfs();
-            return Err(Error::agent("CreateContainer", &req.id)(e));
+            return Err(Error::agent(&req.id)(e));
         }
         let terminal = req.terminal;
         let init = Arc::new(Process::new(&req.id, "", io, terminal, None));
@@ -481,7 +471,7 @@ impl Sandbox {
             .into_iter()
             .filter_map(|(name, pid)| ProcessRecord::capture(name, pid))
             .collect();
-        let agent = vm.agent.clone();
+        let agent = vm.agent.clone().with_metrics(self.metrics.clone());
         lc.vm = Some(vm);
         *lock(&self.agent) = Some(agent.clone());
         self.persist(lc);
@@ -494,19 +484,15 @@ impl Sandbox {
             self.metrics.boot_phase("network", began.elapsed());
         }
 
-        let mut req = agent::CreateSandboxRequest::new();
-        req.sandbox_id = self.id.clone();
-        req.hostname = spec
+        let hostname = spec
             .get("hostname")
             .and_then(|h| h.as_str())
-            .unwrap_or_default()
-            .to_string();
+            .unwrap_or_default();
         let created = std::time::Instant::now();
         agent
-            .service()
-            .create_sandbox(call_context(Some(CALL_TIMEOUT)), &req)
+            .create_sandbox(&self.id, hostname)
             .await
-            .map_err(Error::agent("CreateSandbox", &self.id))?;
+            .map_err(Error::agent(&self.id))?;
         self.metrics.boot_phase("create_sandbox", created.elapsed());
         self.metrics.boot_phase("total", began.elapsed());
         Ok(())
@@ -639,16 +625,10 @@ impl Sandbox {
         c.init.state().check_delete()?;
         let exit = c.init.state().exit_info().unwrap_or_else(|| Exit::now(137));
         if let Ok(agent) = self.agent() {
-            let mut req = agent::RemoveContainerRequest::new();
-            req.container_id = c.id.clone();
-            match agent
-                .service()
-                .remove_container(call_context(Some(CALL_TIMEOUT)), &req)
-                .await
-            {
-                Ok(_) => {}
-                Err(ttrpc::Error::RpcStatus(s)) if s.code() == ttrpc::Code::NOT_FOUND => {}
-                Err(e) => return Err(Error::agent("RemoveContainer", &c.id)(e)),
+            match agent.remove_container(&c.id).await {
+                Ok(()) => {}
+                Err(e) if e.status() == Some(ttrpc::Code::NOT_FOUND) => {}
+                Err(e) => return Err(Error::agent(&c.id)(e)),
             }
         }
         // An init deleted before it started never exited: it is now.

@@ -6,9 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use containerd_shim_protos::events::task::TaskOOM;
-use kata_agent_protocol::agent;
 
-use crate::agent_client::{AgentClient, call_context};
+use crate::agent_client::AgentClient;
 use crate::events::Event;
 use crate::sandbox::container::Container;
 use crate::sandbox::process::Process;
@@ -52,13 +51,7 @@ async fn watch_vm(
         let mut failures = 0;
         loop {
             tokio::time::sleep(HEALTH_PERIOD).await;
-            let began = std::time::Instant::now();
-            let checked = agent.check_health(HEALTH_TIMEOUT).await;
-            sb.metrics.rpc(
-                "Health.Check",
-                checked.as_ref().map(|()| began.elapsed()).map_err(|_| ()),
-            );
-            match checked {
+            match agent.check_health(HEALTH_TIMEOUT).await {
                 Ok(()) => failures = 0,
                 // A guest busy writing output answers its stream reads
                 // while the health check waits behind them: alive.
@@ -90,17 +83,16 @@ async fn watch_vm(
 /// containerd, and an empty `<bundle>/oom` file for CRI-O.
 async fn forward_ooms(sb: Arc<Sandbox>, agent: AgentClient) {
     let mut dead = sb.dead_watch();
-    let empty = agent::Empty::new();
     loop {
-        let call = agent.service().get_oom_event(call_context(None), &empty);
+        let call = agent.get_oom_event();
         let ev = tokio::select! {
             r = call => r,
             _ = dead.wait_for(|d| *d) => return,
         };
         match ev {
-            Ok(ev) => {
-                let Ok(c) = sb.container(&ev.container_id) else {
-                    tracing::warn!(sandbox_id = %sb.id, container_id = %ev.container_id, "OOM of an unknown container");
+            Ok(container_id) => {
+                let Ok(c) = sb.container(&container_id) else {
+                    tracing::warn!(sandbox_id = %sb.id, container_id = %container_id, "OOM of an unknown container");
                     continue;
                 };
                 tracing::warn!(sandbox_id = %sb.id, container_id = %c.id, "container hit its memory limit");
@@ -139,13 +131,10 @@ pub(super) fn watch_exit(sb: Arc<Sandbox>, c: Arc<Container>, p: Arc<Process>, a
     }
     tokio::spawn(async move {
         let mut dead = sb.dead_watch();
-        let mut req = agent::ProcessRequest::new();
-        req.container_id = p.container_id.clone();
-        req.exec_id = p.exec_id.clone();
-        let wait = agent.service().wait_process(call_context(None), &req);
+        let wait = agent.wait_process(&p.container_id, &p.exec_id);
         let exit = tokio::select! {
             r = wait => match r {
-                Ok(resp) => Exit::from_agent(resp.status),
+                Ok(status) => Exit::from_agent(status),
                 Err(e) => {
                     tracing::warn!(sandbox_id = %sb.id, container_id = %p.container_id, exec_id = %p.exec_id,
                         error = %e, "WaitProcess failed; the exit status is unknown");

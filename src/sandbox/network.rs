@@ -6,12 +6,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use kata_agent_protocol::agent;
-
-use crate::agent_client::{AgentClient, call_context};
+use crate::agent_client::AgentClient;
 use crate::error::{Error, Result};
 use crate::network::{Nic, PodNetwork};
-use crate::sandbox::CALL_TIMEOUT;
 
 /// CRI-O's record of `hostNetwork: true`.
 const CRIO_HOST_NETWORK: &str = "io.kubernetes.cri-o.HostNetwork";
@@ -90,40 +87,28 @@ pub async fn configure_guest(
     agent: &AgentClient,
     net: &PodNetwork,
 ) -> Result<()> {
-    let svc = agent.service();
     for iface in net.interfaces() {
         let name = iface.name.clone();
-        let mut req = agent::UpdateInterfaceRequest::new();
-        req.interface = Some(iface).into();
-        let got = svc
-            .update_interface(call_context(Some(CALL_TIMEOUT)), &req)
+        let got = agent
+            .update_interface(iface)
             .await
-            .map_err(Error::agent("UpdateInterface", &name))?;
+            .map_err(Error::agent(&name))?;
         tracing::info!(sandbox_id, interface = %got.name, mac = %got.hw_addr, mtu = got.mtu,
             addresses = ?got.addresses.iter().map(|a| format!("{}/{}", a.address, a.prefix_len)).collect::<Vec<_>>(),
             "guest interface configured");
     }
     let neighbors = net.neighbors();
     if !neighbors.is_empty() {
-        let mut req = agent::AddArpNeighborsRequest::new();
-        req.neighbors = neighbors;
-        svc.add_arp_neighbors(call_context(Some(CALL_TIMEOUT)), &req)
+        agent
+            .add_arp_neighbors(neighbors)
             .await
-            .map_err(Error::agent("AddArpNeighbors", sandbox_id))?;
+            .map_err(Error::agent(sandbox_id))?;
     }
-    let mut routes = agent::Routes::new();
-    routes.routes = net.routes();
-    let mut req = agent::UpdateRoutesRequest::new();
-    req.routes = Some(routes).into();
-    let got = svc
-        .update_routes(call_context(Some(CALL_TIMEOUT)), &req)
+    let got = agent
+        .update_routes(net.routes())
         .await
-        .map_err(Error::agent("UpdateRoutes", sandbox_id))?;
-    tracing::info!(
-        sandbox_id,
-        routes = got.routes.len(),
-        "guest routes configured"
-    );
+        .map_err(Error::agent(sandbox_id))?;
+    tracing::info!(sandbox_id, routes = got.len(), "guest routes configured");
     Ok(())
 }
 

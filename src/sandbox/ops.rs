@@ -9,11 +9,10 @@ use containerd_shim_protos::events::task::{
 use kata_agent_protocol::agent;
 use nix::sys::signal::Signal;
 
-use crate::agent_client::call_context;
 use crate::error::{Error, Result};
 use crate::events::Event;
 use crate::sandbox::process::Process;
-use crate::sandbox::{CALL_TIMEOUT, CREATE_TIMEOUT, Sandbox, monitor};
+use crate::sandbox::{Sandbox, monitor};
 use crate::state::{Exit, ProcessState};
 use crate::stdio::{ProcessIo, StdioConfig};
 
@@ -44,23 +43,16 @@ impl Sandbox {
             }),
         })?;
         if p.is_init() {
-            let mut req = agent::ContainerRequest::new();
-            req.container_id = c.id.clone();
             agent
-                .service()
-                .start_container(call_context(Some(CREATE_TIMEOUT)), &req)
+                .start_container(&c.id)
                 .await
-                .map_err(Error::agent("StartContainer", &c.id))?;
+                .map_err(Error::agent(&c.id))?;
         } else {
-            let mut req = agent::ExecProcessRequest::new();
-            req.container_id = c.id.clone();
-            req.exec_id = p.exec_id.clone();
-            req.process_json = p.exec_spec.clone().unwrap_or_default();
+            let process_json = p.exec_spec.clone().unwrap_or_default();
             agent
-                .service()
-                .exec_process(call_context(Some(CREATE_TIMEOUT)), &req)
+                .exec_process(&c.id, &p.exec_id, process_json)
                 .await
-                .map_err(Error::agent("ExecProcess", &p.exec_id))?;
+                .map_err(Error::agent(&p.exec_id))?;
             p.io.start(Arc::new(agent.clone()));
         }
         match p.transition(ProcessState::start) {
@@ -204,28 +196,19 @@ impl Sandbox {
             // out its deadline and the pod can never be removed.
             monitor::watch_exit(self.clone(), c.clone(), p.clone(), agent.clone());
         }
-        let mut req = agent::SignalProcessRequest::new();
-        req.container_id = c.id.clone();
-        req.exec_id = p.exec_id.clone();
-        req.signal = signal;
-        req.all = all;
-        match agent
-            .service()
-            .signal_process(call_context(Some(CALL_TIMEOUT)), &req)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(ttrpc::Error::RpcStatus(s))
+        match agent.signal_process(&c.id, &p.exec_id, signal, all).await {
+            Ok(()) => Ok(()),
+            Err(e)
                 if is_term_or_kill(signal)
                     && matches!(
-                        s.code(),
-                        ttrpc::Code::NOT_FOUND | ttrpc::Code::FAILED_PRECONDITION
+                        e.status(),
+                        Some(ttrpc::Code::NOT_FOUND | ttrpc::Code::FAILED_PRECONDITION)
                     ) =>
             {
                 // It exited while the signal was on its way.
                 Ok(())
             }
-            Err(e) => Err(Error::agent("SignalProcess", p.event_id())(e)),
+            Err(e) => Err(Error::agent(p.event_id())(e)),
         }
     }
 
@@ -247,27 +230,12 @@ impl Sandbox {
         // Check first on a copy; apply after the guest did it.
         check(&mut c.init.state())?;
         let agent = self.agent()?;
-        let mut req = agent::ContainerRequest::new();
-        req.container_id = c.id.clone();
         let call = if pause {
-            agent
-                .service()
-                .pause_container(call_context(Some(CALL_TIMEOUT)), &req)
-                .await
+            agent.pause_container(&c.id).await
         } else {
-            agent
-                .service()
-                .resume_container(call_context(Some(CALL_TIMEOUT)), &req)
-                .await
+            agent.resume_container(&c.id).await
         };
-        call.map_err(Error::agent(
-            if pause {
-                "PauseContainer"
-            } else {
-                "ResumeContainer"
-            },
-            &c.id,
-        ))?;
+        call.map_err(Error::agent(&c.id))?;
         c.init.transition(check)?;
         if pause {
             self.publish(Event::Paused(TaskPaused {
@@ -288,28 +256,20 @@ impl Sandbox {
         let c = self.container(container_id)?;
         let json = crate::oci::guest_resources(resources_json)?;
         let agent = self.agent()?;
-        let mut req = agent::UpdateContainerRequest::new();
-        req.container_id = c.id.clone();
-        req.resources_json = json;
         agent
-            .service()
-            .update_container(call_context(Some(CALL_TIMEOUT)), &req)
+            .update_container(&c.id, json)
             .await
-            .map_err(Error::agent("UpdateContainer", &c.id))?;
-        Ok(())
+            .map_err(Error::agent(&c.id))
     }
 
     /// The guest's cgroup statistics of a container.
     pub async fn stats(&self, container_id: &str) -> Result<agent::StatsContainerResponse> {
         let c = self.container(container_id)?;
         let agent = self.agent()?;
-        let mut req = agent::ContainerRequest::new();
-        req.container_id = c.id.clone();
         agent
-            .service()
-            .stats_container(call_context(Some(CALL_TIMEOUT)), &req)
+            .stats_container(&c.id)
             .await
-            .map_err(Error::agent("StatsContainer", &c.id))
+            .map_err(Error::agent(&c.id))
     }
 
     pub async fn resize_pty(
@@ -337,17 +297,10 @@ impl Sandbox {
             }
         }
         let agent = self.agent()?;
-        let mut req = agent::TtyWinResizeRequest::new();
-        req.container_id = c.id.clone();
-        req.exec_id = p.exec_id.clone();
-        req.row = height;
-        req.column = width;
         agent
-            .service()
-            .tty_win_resize(call_context(Some(CALL_TIMEOUT)), &req)
+            .tty_win_resize(&c.id, &p.exec_id, height, width)
             .await
-            .map_err(Error::agent("TtyWinResize", p.event_id()))?;
-        Ok(())
+            .map_err(Error::agent(p.event_id()))
     }
 
     pub async fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<()> {

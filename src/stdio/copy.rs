@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{AgentStreams, Ids};
+use crate::agent_client::AgentError;
 
 /// Most bytes asked from the agent per read. Large enough to keep the
 /// number of round trips low, small enough not to hold the shared agent
@@ -318,7 +319,7 @@ pub(crate) async fn copy_stdin(
     ids: &Ids,
     path: &Path,
     mut close_rx: watch::Receiver<bool>,
-) -> Result<(), ttrpc::Error> {
+) -> Result<(), AgentError> {
     // O_RDONLY|O_NONBLOCK never blocks, and epoll reports neither data nor
     // hang-up on a FIFO whose writer has not opened it yet, so a late
     // writer is not mistaken for EOF.
@@ -334,7 +335,7 @@ pub(crate) async fn copy_stdin(
     }
     match agent.close_stdin(&ids.container_id, &ids.exec_id).await {
         Ok(()) => Ok(()),
-        Err(ttrpc::Error::RpcStatus(s)) if s.code() == ttrpc::Code::NOT_FOUND => {
+        Err(e) if e.status() == Some(ttrpc::Code::NOT_FOUND) => {
             // The process is gone, and its stdin with it.
             tracing::debug!(
                 container_id = %ids.container_id,

@@ -36,17 +36,13 @@ mod uri;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use kata_agent_protocol::agent;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::agent_client::{AgentClient, call_context};
+use crate::agent_client::{AgentClient, AgentError};
 use copy::{Dest, Stream};
 use logger::Logger;
 use uri::{OutputPlan, Plan};
-
-/// Deadline of the stdin calls; reads have none, they block until output.
-const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The stdio strings of a Create or Exec request, kept verbatim.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -66,15 +62,14 @@ pub enum StdioError {
         value: String,
         reason: &'static str,
     },
-    #[error("agent {call} for container {container_id} exec {exec_id:?}")]
+    #[error("agent request for container {container_id} exec {exec_id:?}")]
     Agent {
-        call: &'static str,
         container_id: String,
         exec_id: String,
         // Boxed: a ttrpc status is large and this error travels in
         // every Result of the module.
         #[source]
-        source: Box<ttrpc::Error>,
+        source: Box<AgentError>,
     },
 }
 
@@ -82,15 +77,7 @@ impl StdioError {
     pub fn code(&self) -> ttrpc::Code {
         match self {
             StdioError::Invalid { .. } => ttrpc::Code::INVALID_ARGUMENT,
-            // The agent's codes are deliberate; a broken transport means
-            // the VM is unreachable.
-            StdioError::Agent { source, .. } => match &**source {
-                ttrpc::Error::RpcStatus(s) => match s.code() {
-                    ttrpc::Code::OK | ttrpc::Code::UNKNOWN => ttrpc::Code::INTERNAL,
-                    c => c,
-                },
-                _ => ttrpc::Code::UNAVAILABLE,
-            },
+            StdioError::Agent { source, .. } => source.code(),
         }
     }
 }
@@ -104,14 +91,14 @@ pub trait AgentStreams: Send + Sync + 'static {
         container_id: &str,
         exec_id: &str,
         len: u32,
-    ) -> Result<Vec<u8>, ttrpc::Error>;
+    ) -> Result<Vec<u8>, AgentError>;
     /// Like `read_stdout`; EOF at once for a terminal.
     async fn read_stderr(
         &self,
         container_id: &str,
         exec_id: &str,
         len: u32,
-    ) -> Result<Vec<u8>, ttrpc::Error>;
+    ) -> Result<Vec<u8>, AgentError>;
     /// Returns how many bytes the process's stdin took (fewer than given
     /// only if it was closed meanwhile).
     async fn write_stdin(
@@ -119,72 +106,26 @@ pub trait AgentStreams: Send + Sync + 'static {
         container_id: &str,
         exec_id: &str,
         data: Vec<u8>,
-    ) -> Result<u32, ttrpc::Error>;
-    async fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<(), ttrpc::Error>;
-}
-
-fn stream_request(container_id: &str, exec_id: &str, len: u32) -> agent::ReadStreamRequest {
-    let mut req = agent::ReadStreamRequest::new();
-    req.container_id = container_id.to_string();
-    req.exec_id = exec_id.to_string();
-    req.len = len;
-    req
+    ) -> Result<u32, AgentError>;
+    async fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<(), AgentError>;
 }
 
 #[async_trait::async_trait]
 impl AgentStreams for AgentClient {
-    async fn read_stdout(
-        &self,
-        container_id: &str,
-        exec_id: &str,
-        len: u32,
-    ) -> Result<Vec<u8>, ttrpc::Error> {
-        let req = stream_request(container_id, exec_id, len);
-        let data = self
-            .service()
-            .read_stdout(call_context(None), &req)
-            .await?
-            .data;
-        self.answered();
-        Ok(data)
+    async fn read_stdout(&self, cid: &str, eid: &str, len: u32) -> Result<Vec<u8>, AgentError> {
+        AgentClient::read_stdout(self, cid, eid, len).await
     }
 
-    async fn read_stderr(
-        &self,
-        container_id: &str,
-        exec_id: &str,
-        len: u32,
-    ) -> Result<Vec<u8>, ttrpc::Error> {
-        let req = stream_request(container_id, exec_id, len);
-        let data = self
-            .service()
-            .read_stderr(call_context(None), &req)
-            .await?
-            .data;
-        self.answered();
-        Ok(data)
+    async fn read_stderr(&self, cid: &str, eid: &str, len: u32) -> Result<Vec<u8>, AgentError> {
+        AgentClient::read_stderr(self, cid, eid, len).await
     }
 
-    async fn write_stdin(
-        &self,
-        container_id: &str,
-        exec_id: &str,
-        data: Vec<u8>,
-    ) -> Result<u32, ttrpc::Error> {
-        let mut req = agent::WriteStreamRequest::new();
-        req.container_id = container_id.to_string();
-        req.exec_id = exec_id.to_string();
-        req.data = data;
-        let ctx = call_context(Some(WRITE_TIMEOUT));
-        Ok(self.service().write_stdin(ctx, &req).await?.len)
+    async fn write_stdin(&self, cid: &str, eid: &str, data: Vec<u8>) -> Result<u32, AgentError> {
+        AgentClient::write_stdin(self, cid, eid, data).await
     }
 
-    async fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<(), ttrpc::Error> {
-        let mut req = agent::ProcessRequest::new();
-        req.container_id = container_id.to_string();
-        req.exec_id = exec_id.to_string();
-        let ctx = call_context(Some(WRITE_TIMEOUT));
-        self.service().close_stdin(ctx, &req).await.map(|_| ())
+    async fn close_stdin(&self, cid: &str, eid: &str) -> Result<(), AgentError> {
+        AgentClient::close_stdin(self, cid, eid).await
     }
 }
 
@@ -212,7 +153,7 @@ enum OutputState {
 enum StdinState {
     Pending,
     /// The copy ended and the agent was asked to close stdin.
-    Closed(Result<(), ttrpc::Error>),
+    Closed(Result<(), AgentError>),
     Aborted,
 }
 
@@ -370,7 +311,6 @@ impl ProcessIo {
         };
         match state {
             StdinState::Closed(Err(source)) => Err(StdioError::Agent {
-                call: "CloseStdin",
                 container_id: self.shared.ids.container_id.clone(),
                 exec_id: self.shared.ids.exec_id.clone(),
                 source: Box::new(source),

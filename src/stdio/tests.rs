@@ -89,17 +89,17 @@ impl FakeAgent {
 
 #[async_trait::async_trait]
 impl AgentStreams for FakeAgent {
-    async fn read_stdout(&self, c: &str, e: &str, len: u32) -> Result<Vec<u8>, ttrpc::Error> {
+    async fn read_stdout(&self, c: &str, e: &str, len: u32) -> Result<Vec<u8>, AgentError> {
         assert_eq!((c, e), (CID, EID));
         Ok(self.stdout.read(len).await)
     }
 
-    async fn read_stderr(&self, c: &str, e: &str, len: u32) -> Result<Vec<u8>, ttrpc::Error> {
+    async fn read_stderr(&self, c: &str, e: &str, len: u32) -> Result<Vec<u8>, AgentError> {
         assert_eq!((c, e), (CID, EID));
         Ok(self.stderr.read(len).await)
     }
 
-    async fn write_stdin(&self, c: &str, e: &str, data: Vec<u8>) -> Result<u32, ttrpc::Error> {
+    async fn write_stdin(&self, c: &str, e: &str, data: Vec<u8>) -> Result<u32, AgentError> {
         assert_eq!((c, e), (CID, EID));
         lock(&self.calls).push("WriteStdin");
         if *lock(&self.stdin_closed) {
@@ -109,7 +109,7 @@ impl AgentStreams for FakeAgent {
         Ok(u32::try_from(data.len()).expect("small chunk"))
     }
 
-    async fn close_stdin(&self, c: &str, e: &str) -> Result<(), ttrpc::Error> {
+    async fn close_stdin(&self, c: &str, e: &str) -> Result<(), AgentError> {
         assert_eq!((c, e), (CID, EID));
         lock(&self.calls).push("CloseStdin");
         *lock(&self.stdin_closed) = true;
@@ -641,20 +641,21 @@ fn stdio_errors_name_the_stream_and_are_invalid_argument() {
         );
     }
     let agent_err = StdioError::Agent {
-        call: "CloseStdin",
         container_id: CID.into(),
         exec_id: EID.into(),
-        source: Box::new(ttrpc::Error::RpcStatus(ttrpc::get_status(
-            ttrpc::Code::UNKNOWN,
-            "x",
-        ))),
+        source: Box::new(AgentError::Rpc {
+            call: "CloseStdin",
+            source: ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::UNKNOWN, "x")),
+        }),
     };
     assert_eq!(agent_err.code(), ttrpc::Code::INTERNAL);
     let closed = StdioError::Agent {
-        call: "CloseStdin",
         container_id: CID.into(),
         exec_id: EID.into(),
-        source: Box::new(ttrpc::Error::LocalClosed),
+        source: Box::new(AgentError::Rpc {
+            call: "CloseStdin",
+            source: ttrpc::Error::LocalClosed,
+        }),
     };
     assert_eq!(closed.code(), ttrpc::Code::UNAVAILABLE);
 }

@@ -73,7 +73,7 @@ impl Pod {
         req.hostname = "kata-pod".into();
         req.sandbox_pidns = sandbox_pidns;
         pod.call("CreateSandbox", |a| async move {
-            a.service().create_sandbox(call_context(CALL), &req).await
+            a.raw().create_sandbox(call_context(CALL), &req).await
         });
         pod
     }
@@ -126,7 +126,7 @@ impl Pod {
         req.container_id = cid.into();
         req.oci_spec_json = serde_json::to_vec(spec).expect("spec json");
         self.call("CreateContainer", |a| async move {
-            a.service().create_container(call_context(CALL), &req).await
+            a.raw().create_container(call_context(CALL), &req).await
         });
     }
 
@@ -134,7 +134,7 @@ impl Pod {
         let mut req = agent::ContainerRequest::new();
         req.container_id = cid.into();
         self.call("StartContainer", |a| async move {
-            a.service().start_container(call_context(CALL), &req).await
+            a.raw().start_container(call_context(CALL), &req).await
         });
     }
 
@@ -153,9 +153,9 @@ impl Pod {
             req.len = 64 * 1024;
             let chunk = self.call("Read", |a| async move {
                 if stderr {
-                    a.service().read_stderr(call_context(None), &req).await
+                    a.raw().read_stderr(call_context(None), &req).await
                 } else {
-                    a.service().read_stdout(call_context(None), &req).await
+                    a.raw().read_stdout(call_context(None), &req).await
                 }
             });
             if chunk.data.is_empty() {
@@ -170,7 +170,7 @@ impl Pod {
         req.container_id = cid.into();
         req.exec_id = exec_id.into();
         self.call("WaitProcess", |a| async move {
-            a.service().wait_process(call_context(None), &req).await
+            a.raw().wait_process(call_context(None), &req).await
         })
         .status
     }
@@ -181,7 +181,7 @@ impl Pod {
         req.exec_id = exec_id.into();
         req.signal = signal;
         self.call("SignalProcess", |a| async move {
-            a.service().signal_process(call_context(CALL), &req).await
+            a.raw().signal_process(call_context(CALL), &req).await
         });
     }
 
@@ -191,7 +191,7 @@ impl Pod {
         req.exec_id = exec_id.into();
         req.data = data.to_vec();
         let n = self.call("WriteStdin", |a| async move {
-            a.service().write_stdin(call_context(CALL), &req).await
+            a.raw().write_stdin(call_context(CALL), &req).await
         });
         assert_eq!(n.len as usize, data.len());
     }
@@ -201,7 +201,7 @@ impl Pod {
         req.container_id = cid.into();
         req.exec_id = exec_id.into();
         self.call("CloseStdin", |a| async move {
-            a.service().close_stdin(call_context(CALL), &req).await
+            a.raw().close_stdin(call_context(CALL), &req).await
         });
     }
 
@@ -211,7 +211,7 @@ impl Pod {
         req.exec_id = exec_id.into();
         req.process_json = serde_json::to_vec(process).expect("process json");
         self.call("ExecProcess", |a| async move {
-            a.service().exec_process(call_context(CALL), &req).await
+            a.raw().exec_process(call_context(CALL), &req).await
         });
     }
 
@@ -219,7 +219,7 @@ impl Pod {
         let mut req = agent::RemoveContainerRequest::new();
         req.container_id = cid.into();
         self.call("RemoveContainer", |a| async move {
-            a.service().remove_container(call_context(CALL), &req).await
+            a.raw().remove_container(call_context(CALL), &req).await
         });
     }
 }
@@ -332,8 +332,8 @@ impl Pod {
         self.try_call(|a| async move {
             let ctx = call_context(CALL);
             match name.as_str() {
-                "pause" => a.service().pause_container(ctx, &req).await.map(|_| ()),
-                "resume" => a.service().resume_container(ctx, &req).await.map(|_| ()),
+                "pause" => a.raw().pause_container(ctx, &req).await.map(|_| ()),
+                "resume" => a.raw().resume_container(ctx, &req).await.map(|_| ()),
                 other => panic!("no call {other}"),
             }
         })
@@ -343,7 +343,7 @@ impl Pod {
         let mut req = agent::ContainerRequest::new();
         req.container_id = cid.into();
         self.call("StatsContainer", |a| async move {
-            a.service().stats_container(call_context(CALL), &req).await
+            a.raw().stats_container(call_context(CALL), &req).await
         })
     }
 
@@ -352,11 +352,9 @@ impl Pod {
         let mut req = agent::ReadStreamRequest::new();
         req.container_id = cid.into();
         req.len = 64 * 1024;
-        self.try_call(|a| async move {
-            a.service()
-                .read_stdout(call_context(Some(within)), &req)
-                .await
-        })
+        self.try_call(
+            |a| async move { a.raw().read_stdout(call_context(Some(within)), &req).await },
+        )
         .ok()
         .map(|r| r.data)
     }

@@ -1,6 +1,10 @@
-//! The shim's client of the in-guest agent: dialing over hybrid or kernel
-//! vsock with retries until a deadline, the first-contact checks (health and
-//! protocol version), and the calls the shim makes.
+//! The shim's client of the in-guest agent, and the only way the shim
+//! talks to it: dialing over hybrid or kernel vsock with retries until a
+//! deadline, the first-contact checks (health and protocol version), and
+//! one typed method per call ([`calls`]), each with its deadline, its
+//! metrics and its error mapping.
+
+pub mod calls;
 
 use std::process::ExitStatus;
 use std::sync::Arc;
@@ -14,10 +18,11 @@ use tokio::sync::watch;
 use ttrpc::r#async::transport::Socket;
 use ttrpc::context;
 
+use crate::metrics::Metrics;
 use crate::vm::AgentAddr;
 
 /// Errors reaching or talking to the agent.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum AgentError {
     #[error("agent did not answer within {timeout:?} (last error: {last})")]
     DialTimeout { timeout: Duration, last: String },
@@ -37,13 +42,41 @@ pub enum AgentError {
     },
 }
 
+impl AgentError {
+    /// The gRPC code an agent failure is reported with, everywhere: the
+    /// agent's own codes are deliberate and pass through (an unknown one is
+    /// an internal error); a broken transport or a guest that never answered
+    /// means the VM is unreachable.
+    pub fn code(&self) -> ttrpc::Code {
+        match self {
+            AgentError::Rpc {
+                source: ttrpc::Error::RpcStatus(s),
+                ..
+            } => match s.code() {
+                ttrpc::Code::OK | ttrpc::Code::UNKNOWN => ttrpc::Code::INTERNAL,
+                c => c,
+            },
+            _ => ttrpc::Code::UNAVAILABLE,
+        }
+    }
+
+    /// The status code the agent answered with, if it answered at all.
+    pub fn status(&self) -> Option<ttrpc::Code> {
+        match self {
+            AgentError::Rpc {
+                source: ttrpc::Error::RpcStatus(s),
+                ..
+            } => Some(s.code()),
+            _ => None,
+        }
+    }
+}
+
 /// Per-attempt bound on the hybrid vsock handshake: the guest answers
 /// within milliseconds once its agent listens.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Bound on one whole dial attempt (connect, handshake, health check).
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Deadline of ordinary calls.
-const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A connected agent.
 #[derive(Clone)]
@@ -55,6 +88,8 @@ pub struct AgentClient {
     /// behind a busy guest's output.
     last_answer_ms: Arc<AtomicU64>,
     epoch: Instant,
+    /// Where call latencies go, once the sandbox attached its metrics.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for AgentClient {
@@ -63,15 +98,11 @@ impl std::fmt::Debug for AgentClient {
     }
 }
 
-fn ctx(timeout: Duration) -> context::Context {
-    context::with_timeout(timeout.as_nanos() as i64)
-}
-
 /// A call context: with a deadline, or none for the calls that block by
 /// design (WaitProcess, ReadStdout/ReadStderr, GetOOMEvent).
 pub fn call_context(timeout: Option<Duration>) -> context::Context {
     match timeout {
-        Some(t) => ctx(t),
+        Some(t) => context::with_timeout(t.as_nanos() as i64),
         None => context::with_timeout(0),
     }
 }
@@ -103,7 +134,15 @@ impl AgentClient {
             agent: agent_ttrpc::AgentServiceClient::new(client),
             last_answer_ms: Arc::new(AtomicU64::new(0)),
             epoch: Instant::now(),
+            metrics: None,
         }
+    }
+
+    /// The same connection, recording every bounded call's latency in
+    /// `metrics`.
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> AgentClient {
+        self.metrics = Some(metrics);
+        self
     }
 
     /// Records that the agent just answered.
@@ -207,9 +246,12 @@ impl AgentClient {
         }
     }
 
-    /// The agent API itself, for calls the shim makes beyond first contact;
-    /// pair it with [`call_context`].
-    pub fn service(&self) -> &agent_ttrpc::AgentServiceClient {
+    /// The generated client, for tests that drive the agent's protocol
+    /// directly (malformed, hostile and unsupported requests); pair it with
+    /// [`call_context`]. The shim itself makes only the typed calls of
+    /// [`calls`], which `tests/structure.rs` checks.
+    #[doc(hidden)]
+    pub fn raw(&self) -> &agent_ttrpc::AgentServiceClient {
         &self.agent
     }
 
@@ -217,14 +259,18 @@ impl AgentClient {
     pub async fn check_health(&self, timeout: Duration) -> Result<(), AgentError> {
         let mut req = health::CheckRequest::new();
         req.service = "kata-shim".into();
-        let r = self
-            .health
-            .check(ctx(timeout), &req)
-            .await
-            .map_err(|source| AgentError::Rpc {
-                call: "Health.Check",
-                source,
-            })?;
+        let began = Instant::now();
+        let r = self.health.check(call_context(Some(timeout)), &req).await;
+        if let Some(m) = &self.metrics {
+            m.rpc(
+                "Health.Check",
+                r.as_ref().map(|_| began.elapsed()).map_err(|_| ()),
+            );
+        }
+        let r = r.map_err(|source| AgentError::Rpc {
+            call: "Health.Check",
+            source,
+        })?;
         match r.status.enum_value_or_default() {
             health::health_check_response::ServingStatus::SERVING => {
                 self.answered();
@@ -234,40 +280,12 @@ impl AgentClient {
         }
     }
 
-    /// Guest details, optionally probing a file name at the share's root.
-    pub async fn guest_details(
-        &self,
-        shared_fs_probe: &str,
-    ) -> Result<agent::GuestDetailsResponse, AgentError> {
-        let mut req = agent::GuestDetailsRequest::new();
-        req.shared_fs_probe = shared_fs_probe.to_string();
-        self.agent
-            .get_guest_details(ctx(CALL_TIMEOUT), &req)
-            .await
-            .map_err(|source| AgentError::Rpc {
-                call: "GetGuestDetails",
-                source,
-            })
-    }
-
     /// First contact after [`AgentClient::connect`]: fetches the guest
     /// details and refuses an agent of another protocol version.
     pub async fn handshake(&self) -> Result<agent::GuestDetailsResponse, AgentError> {
         let d = self.guest_details("").await?;
         check_protocol_version(d.protocol_version)?;
         Ok(d)
-    }
-
-    /// Asks the agent to tear the sandbox down and power the VM off.
-    pub async fn destroy_sandbox(&self) -> Result<(), AgentError> {
-        self.agent
-            .destroy_sandbox(ctx(CALL_TIMEOUT), &agent::DestroySandboxRequest::new())
-            .await
-            .map(|_| ())
-            .map_err(|source| AgentError::Rpc {
-                call: "DestroySandbox",
-                source,
-            })
     }
 }
 
