@@ -4,9 +4,10 @@
 //! to the one shim (and VM) of its sandbox.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::ids::{InvalidId, validate as validate_sandbox_id};
+use crate::oci::{BundleError, read_bundle_spec};
 
 /// One source of grouping annotations: its type key, its sandbox-id key and
 /// the type value that names the sandbox (infra) container.
@@ -42,18 +43,8 @@ const MANAGER_KEY: &str = "io.container.manager";
 /// Errors reading a bundle's annotations or deriving its sandbox.
 #[derive(Debug, thiserror::Error)]
 pub enum AnnotationError {
-    #[error("cannot read {path}")]
-    Read {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("{path} is not valid JSON")]
-    Parse {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
     #[error("annotation {key}: unknown container type {value:?}")]
     UnknownType { key: &'static str, value: String },
     #[error("annotation {key} is missing for container {container_id}")]
@@ -73,13 +64,13 @@ impl AnnotationError {
     /// The gRPC code a caller would see for this error.
     pub fn code(&self) -> ttrpc::Code {
         match self {
-            AnnotationError::Read { source, .. }
+            AnnotationError::Bundle(BundleError::Read { source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
                 ttrpc::Code::NOT_FOUND
             }
-            AnnotationError::Read { .. } => ttrpc::Code::INTERNAL,
-            AnnotationError::Parse { .. }
+            AnnotationError::Bundle(BundleError::Read { .. }) => ttrpc::Code::INTERNAL,
+            AnnotationError::Bundle(BundleError::Parse { .. })
             | AnnotationError::UnknownType { .. }
             | AnnotationError::MissingSandboxId { .. }
             | AnnotationError::InvalidId { .. } => ttrpc::Code::INVALID_ARGUMENT,
@@ -106,14 +97,7 @@ pub struct Identity {
 /// or non-object `annotations` field is empty; non-string values are
 /// skipped (grouping keys are strings).
 pub fn read_bundle_annotations(bundle: &Path) -> Result<BTreeMap<String, String>, AnnotationError> {
-    let path = bundle.join("config.json");
-    let text = std::fs::read(&path).map_err(|source| AnnotationError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    let spec: serde_json::Value =
-        serde_json::from_slice(&text).map_err(|source| AnnotationError::Parse { path, source })?;
-    Ok(spec_annotations(&spec))
+    Ok(spec_annotations(&read_bundle_spec(bundle)?))
 }
 
 /// The string annotations of a parsed spec (see [`read_bundle_annotations`]).

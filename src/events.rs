@@ -10,7 +10,7 @@
 //! the next one is tried, and only then dropped.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use containerd_shim_protos::events::task::{
@@ -25,6 +25,8 @@ use containerd_shim_protos::shim::events::ForwardRequest;
 use containerd_shim_protos::shim_async::EventsClient;
 use tokio::sync::Notify;
 use ttrpc::r#async::transport::Socket;
+
+use crate::locks::lock;
 
 /// A time as the protobuf timestamp containerd expects (events and the
 /// Task API's `exited_at`).
@@ -145,12 +147,6 @@ event_from!(
 pub trait EventSink: Send + Sync + 'static {
     /// Queues the event; never blocks.
     fn publish(&self, event: Event);
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Critical sections are plain queue operations that cannot be left
-    // half done, so a poisoned lock is still consistent.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// An event with the time it was published.

@@ -39,20 +39,19 @@ pub struct SandboxVm {
 }
 
 impl SandboxVm {
-    /// Starts the VM and waits for its agent, within the configured dial
-    /// deadline.
+    /// Starts a VM of the configured size and waits for its agent (tests
+    /// and `kata-ctl boot-check`; a pod's boot runs the two steps itself).
     pub async fn boot(config: &Config, sandbox_id: &str) -> Result<SandboxVm, BootError> {
-        Self::boot_with(config, sandbox_id, &VmOptions::default()).await
+        let vm = Vm::start(config, sandbox_id, &VmOptions::default()).await?;
+        Self::attach(vm, config.agent.kata.dial_timeout()).await
     }
 
-    /// Like [`SandboxVm::boot`], sized and placed as `opts` say.
-    pub async fn boot_with(
-        config: &Config,
-        sandbox_id: &str,
-        opts: &VmOptions,
-    ) -> Result<SandboxVm, BootError> {
-        let vm = Vm::start_with(config, sandbox_id, opts).await?;
-        let timeout = config.agent.kata.dial_timeout();
+    /// Dials the agent of a started VM within `timeout` and checks it
+    /// (health, protocol version); stops the VM when the agent is not
+    /// usable.
+    pub async fn attach(vm: Vm, timeout: Duration) -> Result<SandboxVm, BootError> {
+        let sandbox_id = vm.sandbox_id.clone();
+        let sandbox_id = sandbox_id.as_str();
         let connected = async {
             let agent = AgentClient::connect(
                 &vm.agent_addr,

@@ -34,6 +34,7 @@ pub mod guest;
 pub mod host_cgroup;
 pub mod ids;
 pub mod layout;
+pub mod locks;
 pub mod logging;
 pub mod metrics;
 pub mod mounts;

@@ -157,9 +157,7 @@ pub struct Metrics {
 
 impl Metrics {
     fn figures(&self) -> std::sync::MutexGuard<'_, Figures> {
-        // Every update is a single assignment: a poisoned lock still holds
-        // consistent figures.
-        self.figures.lock().unwrap_or_else(|p| p.into_inner())
+        crate::locks::lock(&self.figures)
     }
 
     /// Records how long a boot phase took (a rerun replaces it).

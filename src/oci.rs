@@ -36,6 +36,34 @@ impl OciError {
     }
 }
 
+/// Errors reading a bundle's `config.json`.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("cannot read {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not valid JSON")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Reads `<bundle>/config.json`, the one reader of a bundle's spec (the
+/// task service and `start`'s grouping both come here).
+pub fn read_bundle_spec(bundle: &Path) -> Result<serde_json::Value, BundleError> {
+    let path = bundle.join("config.json");
+    let text = std::fs::read(&path).map_err(|source| BundleError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_slice(&text).map_err(|source| BundleError::Parse { path, source })
+}
+
 /// Host directories whose binds mean nothing in the guest: the guest has its
 /// own kernel filesystems and devices.
 const HOST_ONLY: [&str; 3] = ["/proc", "/sys", "/dev"];

@@ -1,6 +1,6 @@
 //! The calls the shim makes to a connected agent, one typed method each.
 //!
-//! Every call goes through [`AgentClient::call`]: it gets its deadline
+//! Every call goes through one private `call` helper: it gets its deadline
 //! here (or none, for the calls that block by design), its latency lands
 //! in the sandbox's metrics, and a failure becomes an [`AgentError::Rpc`]
 //! naming the call, whose [`AgentError::code`] is the one mapping of agent

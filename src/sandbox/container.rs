@@ -1,13 +1,20 @@
-//! One container of the pod as the host sees it: its bundle, the host
-//! mounts it holds (rootfs and volumes in the share, containerd's rootfs on
-//! the bundle), its init process and its execs.
+//! One container of the pod as the host sees it (its bundle, the host
+//! mounts it holds: rootfs and volumes in the share, containerd's rootfs on
+//! the bundle; its init process and its execs) and the Task RPCs on a
+//! container: Delete of its init, Pause, Resume, Update, Stats, Pids.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use containerd_shim_protos::events::task::{TaskDelete, TaskPaused, TaskResumed};
+
 use crate::error::{Error, Result};
+use crate::events::{Event, timestamp};
+use crate::locks::lock;
+use crate::sandbox::Sandbox;
 use crate::sandbox::process::Process;
+use crate::state::{Exit, ProcessState};
 use crate::storage::ContainerMounts;
 
 #[derive(Debug)]
@@ -21,11 +28,6 @@ pub struct Container {
     pub init: Arc<Process>,
     execs: Mutex<HashMap<String, Arc<Process>>>,
     mounts: Mutex<ContainerMounts>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The guarded maps and mount lists stay consistent across a panic.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Container {
@@ -98,5 +100,120 @@ impl Container {
 
     pub fn rootfs_mounted(&self) -> bool {
         lock(&self.mounts).rootfs_mounted()
+    }
+}
+
+impl Sandbox {
+    /// Delete of a container's init: releases everything of the container;
+    /// deleting the sandbox container ends the VM.
+    pub async fn delete_container(&self, container_id: &str) -> Result<Exit> {
+        let c = self.container(container_id)?;
+        c.init.state().check_delete()?;
+        let exit = c.init.state().exit_info().unwrap_or_else(|| Exit::now(137));
+        if let Ok(agent) = self.agent() {
+            match agent.remove_container(&c.id).await {
+                Ok(()) => {}
+                Err(e) if e.status() == Some(ttrpc::Code::NOT_FOUND) => {}
+                Err(e) => return Err(Error::agent(&c.id)(e)),
+            }
+        }
+        // An init deleted before it started never exited: it is now.
+        if !c.init.state().is_stopped() {
+            c.init.record_exit(exit);
+        }
+        for p in c.processes() {
+            p.io.shutdown().await;
+        }
+        c.release_all();
+        let mut lc = self.lifecycle.lock().await;
+        lock(&self.containers).remove(&c.id);
+        if c.is_sandbox {
+            lock(&self.state).stop();
+            self.dead_tx.send_replace(true);
+            self.exit_all().await;
+            self.teardown_vm(&mut lc).await;
+        }
+        self.persist(&lc);
+        drop(lc);
+        tracing::info!(sandbox_id = %self.id, container_id = %c.id, "container deleted");
+        self.publish(Event::Delete(TaskDelete {
+            container_id: c.id.clone(),
+            pid: self.pid(),
+            exit_status: exit.status,
+            exited_at: Some(timestamp(exit.at)).into(),
+            id: c.id.clone(),
+            ..Default::default()
+        }));
+        Ok(exit)
+    }
+
+    pub async fn pause(&self, container_id: &str) -> Result<()> {
+        self.freeze(container_id, true).await
+    }
+
+    pub async fn resume(&self, container_id: &str) -> Result<()> {
+        self.freeze(container_id, false).await
+    }
+
+    async fn freeze(&self, container_id: &str, pause: bool) -> Result<()> {
+        let c = self.container(container_id)?;
+        let check = if pause {
+            ProcessState::pause
+        } else {
+            ProcessState::resume
+        };
+        // Check first on a copy; apply after the guest did it.
+        check(&mut c.init.state())?;
+        let agent = self.agent()?;
+        let call = if pause {
+            agent.pause_container(&c.id).await
+        } else {
+            agent.resume_container(&c.id).await
+        };
+        call.map_err(Error::agent(&c.id))?;
+        c.init.transition(check)?;
+        if pause {
+            self.publish(Event::Paused(TaskPaused {
+                container_id: c.id.clone(),
+                ..Default::default()
+            }));
+        } else {
+            self.publish(Event::Resumed(TaskResumed {
+                container_id: c.id.clone(),
+                ..Default::default()
+            }));
+        }
+        Ok(())
+    }
+
+    /// Update: applies `LinuxResources` (JSON) in the guest.
+    pub async fn update(&self, container_id: &str, resources_json: &[u8]) -> Result<()> {
+        let c = self.container(container_id)?;
+        let json = crate::oci::guest_resources(resources_json)?;
+        let agent = self.agent()?;
+        agent
+            .update_container(&c.id, json)
+            .await
+            .map_err(Error::agent(&c.id))
+    }
+
+    /// The guest's cgroup statistics of a container.
+    pub async fn stats(
+        &self,
+        container_id: &str,
+    ) -> Result<kata_agent_protocol::agent::StatsContainerResponse> {
+        let c = self.container(container_id)?;
+        let agent = self.agent()?;
+        agent
+            .stats_container(&c.id)
+            .await
+            .map_err(Error::agent(&c.id))
+    }
+
+    /// Pids: the task pid (QEMU's), as Kata reports; the guest's own pids
+    /// mean nothing on the host.
+    pub fn pids(&self, container_id: &str) -> Result<Vec<u32>> {
+        self.container(container_id)?;
+        Ok(vec![self.pid()])
     }
 }

@@ -33,13 +33,14 @@ mod logger;
 mod tests;
 mod uri;
 
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::agent_client::{AgentClient, AgentError};
+use crate::locks::lock;
 use copy::{Dest, Stream};
 use logger::Logger;
 use uri::{OutputPlan, Plan};
@@ -181,12 +182,6 @@ pub struct ProcessIo {
     plan: Plan,
     shared: Arc<Shared>,
     phase: Mutex<Phase>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every critical section here is a plain field update that cannot be
-    // left half done, so a poisoned lock is still consistent.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl ProcessIo {

@@ -1,6 +1,15 @@
 //! The ttrpc adapter of `containerd.task.v2.Task` (also served as v3):
-//! decodes requests, calls the sandbox, and maps errors through the one
-//! `From<Error> for ttrpc::Error`. No lifecycle logic lives here.
+//! decodes requests, calls the sandbox, encodes replies, and maps errors
+//! through the one `From<Error> for ttrpc::Error`. No lifecycle logic lives
+//! here: each RPC is one call into the module of the object it acts on.
+//!
+//! | RPC | logic |
+//! |---|---|
+//! | Create | `sandbox::create` ([`Sandbox::create`]) |
+//! | Delete of an init, Pause, Resume, Update, Stats, Pids | `sandbox::container` |
+//! | Start, Exec, Kill, State, Wait, ResizePty, CloseIO, Delete of an exec | `sandbox::process` |
+//! | Connect, Shutdown | `sandbox` ([`Sandbox::connect`], [`Sandbox::request_shutdown`]) |
+//! | Checkpoint | refused here: UNIMPLEMENTED |
 
 use std::sync::Arc;
 
@@ -19,7 +28,7 @@ use ttrpc::r#async::TtrpcContext;
 use crate::error::Error;
 use crate::events::timestamp;
 use crate::sandbox::Sandbox;
-use crate::sandbox::ops::ExecSpec;
+use crate::sandbox::process::ExecSpec;
 use crate::stdio::StdioConfig;
 use crate::task::stats;
 
@@ -42,34 +51,30 @@ fn log_err<T>(call: &'static str, id: &str, r: Result<T, Error>) -> R<T> {
 #[async_trait]
 impl Task for TaskService {
     async fn state(&self, _: &TtrpcContext, req: StateRequest) -> R<StateResponse> {
-        let r = (|| {
-            let c = self.sandbox.container(&req.id)?;
-            let p = c.process(&req.exec_id)?;
-            let state = p.state();
-            let cfg = p.io.config();
+        let r = self.sandbox.process_status(&req.id, &req.exec_id);
+        log_err("State", &req.id, r).map(|st| {
             let mut resp = StateResponse {
                 id: if req.exec_id.is_empty() {
                     req.id.clone()
                 } else {
                     req.exec_id.clone()
                 },
-                bundle: c.bundle.display().to_string(),
+                bundle: st.bundle.display().to_string(),
                 pid: self.sandbox.pid(),
-                status: state.status().into(),
-                stdin: cfg.stdin.clone(),
-                stdout: cfg.stdout.clone(),
-                stderr: cfg.stderr.clone(),
-                terminal: p.terminal,
+                status: st.state.status().into(),
+                stdin: st.stdio.stdin,
+                stdout: st.stdio.stdout,
+                stderr: st.stdio.stderr,
+                terminal: st.terminal,
                 exec_id: req.exec_id.clone(),
                 ..Default::default()
             };
-            if let Some(exit) = state.exit_info() {
+            if let Some(exit) = st.state.exit_info() {
                 resp.exit_status = exit.status;
                 resp.exited_at = Some(timestamp(exit.at)).into();
             }
-            Ok(resp)
-        })();
-        log_err("State", &req.id, r)
+            resp
+        })
     }
 
     async fn create(&self, _: &TtrpcContext, req: CreateTaskRequest) -> R<CreateTaskResponse> {
@@ -101,8 +106,7 @@ impl Task for TaskService {
     async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> R<DeleteResponse> {
         let r = async {
             let exit = if req.exec_id.is_empty() {
-                let c = self.sandbox.container(&req.id)?;
-                self.sandbox.delete_container(&c).await?
+                self.sandbox.delete_container(&req.id).await?
             } else {
                 self.sandbox.delete_exec(&req.id, &req.exec_id).await?
             };
@@ -118,14 +122,17 @@ impl Task for TaskService {
     }
 
     async fn pids(&self, _: &TtrpcContext, req: PidsRequest) -> R<PidsResponse> {
-        let r = self.sandbox.container(&req.id).map(|_| PidsResponse {
-            processes: vec![ProcessInfo {
-                pid: self.sandbox.pid(),
-                ..Default::default()
-            }],
+        let r = self.sandbox.pids(&req.id);
+        log_err("Pids", &req.id, r).map(|pids| PidsResponse {
+            processes: pids
+                .into_iter()
+                .map(|pid| ProcessInfo {
+                    pid,
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
-        });
-        log_err("Pids", &req.id, r)
+        })
     }
 
     async fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> R<Empty> {
@@ -186,15 +193,10 @@ impl Task for TaskService {
     }
 
     async fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> R<Empty> {
-        let r = async {
-            if req.stdin {
-                self.sandbox.close_stdin(&req.id, &req.exec_id).await
-            } else {
-                self.sandbox.container(&req.id)?.process(&req.exec_id)?;
-                Ok(())
-            }
-        }
-        .await;
+        let r = self
+            .sandbox
+            .close_io(&req.id, &req.exec_id, req.stdin)
+            .await;
         log_err("CloseIO", &req.id, r).map(|()| Empty::new())
     }
 
@@ -213,18 +215,12 @@ impl Task for TaskService {
     }
 
     async fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> R<WaitResponse> {
-        let r = async {
-            let c = self.sandbox.container(&req.id)?;
-            let p = c.process(&req.exec_id)?;
-            let exit = p.wait().await;
-            Ok(WaitResponse {
-                exit_status: exit.status,
-                exited_at: Some(timestamp(exit.at)).into(),
-                ..Default::default()
-            })
-        }
-        .await;
-        log_err("Wait", &req.id, r)
+        let r = self.sandbox.wait(&req.id, &req.exec_id).await;
+        log_err("Wait", &req.id, r).map(|exit| WaitResponse {
+            exit_status: exit.status,
+            exited_at: Some(timestamp(exit.at)).into(),
+            ..Default::default()
+        })
     }
 
     async fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> R<StatsResponse> {
@@ -242,13 +238,13 @@ impl Task for TaskService {
     }
 
     async fn connect(&self, _: &TtrpcContext, req: ConnectRequest) -> R<ConnectResponse> {
-        let r = self.sandbox.container(&req.id).map(|_| ConnectResponse {
-            shim_pid: std::process::id(),
-            task_pid: self.sandbox.pid(),
+        let r = self.sandbox.connect(&req.id);
+        log_err("Connect", &req.id, r).map(|(shim_pid, task_pid)| ConnectResponse {
+            shim_pid,
+            task_pid,
             version: env!("CARGO_PKG_VERSION").to_string(),
             ..Default::default()
-        });
-        log_err("Connect", &req.id, r)
+        })
     }
 
     async fn shutdown(&self, _: &TtrpcContext, req: ShutdownRequest) -> R<Empty> {

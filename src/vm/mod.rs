@@ -126,20 +126,21 @@ pub struct Vm {
 
 static TCG_WARNING: Once = Once::new();
 
-impl Vm {
-    /// Starts the VM for `sandbox_id` as `config` says.
-    pub async fn start(config: &Config, sandbox_id: &str) -> Result<Vm, VmError> {
-        Self::start_with(config, sandbox_id, &VmOptions::default()).await
-    }
+/// What [`Vm::start`] resolved from the configuration and the host before
+/// it creates anything.
+struct Plan {
+    qemu_bin: PathBuf,
+    accel: cmdline::Accel,
+    vsock: vsock::Mode,
+    /// vhost-device-vsock, for hybrid vsock.
+    vsock_bin: Option<PathBuf>,
+    share: ShareKind,
+    /// virtiofsd, for virtio-fs.
+    fs_bin: Option<PathBuf>,
+}
 
-    /// Starts the VM for `sandbox_id`, sized and placed as `opts` say.
-    pub async fn start_with(
-        config: &Config,
-        sandbox_id: &str,
-        opts: &VmOptions,
-    ) -> Result<Vm, VmError> {
-        let began = Instant::now();
-        crate::ids::validate(sandbox_id)?;
+impl Plan {
+    fn resolve(config: &Config, sandbox_id: &str) -> Result<Plan, VmError> {
         let q = &config.hypervisor.qemu;
         let qemu_bin = resolve_binary(&q.path, "QEMU", QEMU_HINT)?;
         for (what, path) in [("kernel", &q.kernel), ("initrd", &q.initrd)] {
@@ -155,8 +156,8 @@ impl Vm {
         if let Some(w) = &choice.warning {
             TCG_WARNING.call_once(|| tracing::warn!(sandbox_id, "{w}"));
         }
-        let vsock_mode = vsock::choose(q.vsock, Path::new(vsock::VHOST_VSOCK_DEVICE).exists());
-        let vsock_bin = match vsock_mode {
+        let vsock = vsock::choose(q.vsock, Path::new(vsock::VHOST_VSOCK_DEVICE).exists());
+        let vsock_bin = match vsock {
             vsock::Mode::Hybrid => Some(resolve_binary(
                 &q.vhost_user_vsock_daemon,
                 "vhost-device-vsock",
@@ -176,13 +177,45 @@ impl Vm {
                 "virtiofsd not found, sharing with virtio-9p instead"
             );
         }
+        Ok(Plan {
+            qemu_bin,
+            accel: choice.accel,
+            vsock,
+            vsock_bin,
+            share,
+            fs_bin,
+        })
+    }
+}
 
-        let paths = SandboxPaths::new(sandbox_id);
+/// Makes `cmd` join the pod's host cgroup before exec, so the pod's limits
+/// bound it from its first allocation.
+fn join_cgroup(cmd: &mut Command, opts: &VmOptions) {
+    let fds: Vec<i32> = opts.cgroup_procs.iter().map(|f| f.as_raw_fd()).collect();
+    if fds.is_empty() {
+        return;
+    }
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls write(2) on descriptors the parent keeps open for the whole
+    // spawn (`opts` owns the files), which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || crate::host_cgroup::HostCgroup::join_in_child(&fds));
+    }
+}
+
+impl Vm {
+    /// Starts the VM for `sandbox_id`, sized and placed as `opts` say: the
+    /// directories, the vsock and share helpers, QEMU, then QMP. It either
+    /// returns a running VM or leaves nothing behind.
+    pub async fn start(config: &Config, sandbox_id: &str, opts: &VmOptions) -> Result<Vm, VmError> {
+        let began = Instant::now();
+        crate::ids::validate(sandbox_id)?;
+        let plan = Plan::resolve(config, sandbox_id)?;
         let mut vm = Vm {
             sandbox_id: sandbox_id.to_string(),
-            paths,
-            accel: choice.accel,
-            share,
+            paths: SandboxPaths::new(sandbox_id),
+            accel: plan.accel,
+            share: plan.share,
             agent_addr: AgentAddr::Vhost(0),
             spawned_at: Instant::now(),
             spawn_duration: Duration::ZERO,
@@ -193,12 +226,16 @@ impl Vm {
             vhost: None,
             dirs_created: false,
         };
-        match vm
-            .launch(
-                config, opts, &qemu_bin, vsock_mode, vsock_bin, fs_bin, began,
-            )
-            .await
-        {
+        let started = async {
+            vm.create_dirs()?;
+            let vsock = vm.start_vsock(&plan, opts).await?;
+            let share = vm.start_share(config, &plan, opts).await?;
+            vm.spawn_qemu(config, &plan, opts, vsock, share)?;
+            vm.spawn_duration = vm.spawned_at - began;
+            vm.connect_qmp().await
+        }
+        .await;
+        match started {
             Ok(()) => Ok(vm),
             Err(e) => {
                 vm.teardown().await;
@@ -207,50 +244,32 @@ impl Vm {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn launch(
-        &mut self,
-        config: &Config,
-        opts: &VmOptions,
-        qemu_bin: &Path,
-        vsock_mode: vsock::Mode,
-        vsock_bin: Option<PathBuf>,
-        fs_bin: Option<PathBuf>,
-        began: Instant,
-    ) -> Result<(), VmError> {
-        let q = &config.hypervisor.qemu;
-        let sid = self.sandbox_id.clone();
-        self.create_dirs()?;
-        let cgroup_fds: Vec<i32> = opts.cgroup_procs.iter().map(|f| f.as_raw_fd()).collect();
-        let join_cgroup = |cmd: &mut Command| {
-            if cgroup_fds.is_empty() {
-                return;
-            }
-            let fds = cgroup_fds.clone();
-            // SAFETY: the closure runs in the forked child before exec and
-            // only calls write(2) on descriptors the parent keeps open for
-            // the whole spawn (`opts` owns the files), which is
-            // async-signal-safe.
-            unsafe {
-                cmd.pre_exec(move || crate::host_cgroup::HostCgroup::join_in_child(&fds));
-            }
-        };
-
-        let vsock_dev = match vsock_mode {
+    /// The guest's vsock: vhost-device-vsock for hybrid vsock, else a
+    /// reserved kernel CID.
+    async fn start_vsock(&mut self, plan: &Plan, opts: &VmOptions) -> Result<VsockDevice, VmError> {
+        match plan.vsock {
             vsock::Mode::Hybrid => {
-                let bin = vsock_bin.expect("hybrid mode resolved the daemon binary");
+                let bin = plan
+                    .vsock_bin
+                    .as_ref()
+                    .expect("hybrid mode resolved the daemon binary");
                 let (ctl, uds) = (self.paths.vsock_control(), self.paths.vsock_uds());
-                let mut cmd = Command::new(&bin);
+                let mut cmd = Command::new(bin);
                 cmd.arg("--guest-cid=3")
                     .arg(format!("--socket={}", ctl.display()))
                     .arg(format!("--uds-path={}", uds.display()));
-                join_cgroup(&mut cmd);
-                let d = Supervised::spawn("vhost-device-vsock", cmd, &sid, LineKind::Diagnostic)?;
+                join_cgroup(&mut cmd, opts);
+                let d = Supervised::spawn(
+                    "vhost-device-vsock",
+                    cmd,
+                    &self.sandbox_id,
+                    LineKind::Diagnostic,
+                )?;
                 let ready = d.wait_for_socket(&ctl, HELPER_READY).await;
                 self.vsock_daemon = Some(d);
                 ready?;
                 self.agent_addr = AgentAddr::Hybrid(uds);
-                VsockDevice::Hybrid { socket: ctl }
+                Ok(VsockDevice::Hybrid { socket: ctl })
             }
             vsock::Mode::Vhost => {
                 let held = vsock::reserve_vhost_cid()?;
@@ -260,35 +279,61 @@ impl Vm {
                 };
                 self.agent_addr = AgentAddr::Vhost(held.cid);
                 self.vhost = Some(held);
-                dev
+                Ok(dev)
             }
-        };
+        }
+    }
 
-        let share_dev = match self.share {
+    /// The shared directory's device: virtiofsd for virtio-fs.
+    async fn start_share(
+        &mut self,
+        config: &Config,
+        plan: &Plan,
+        opts: &VmOptions,
+    ) -> Result<ShareDevice, VmError> {
+        let q = &config.hypervisor.qemu;
+        match self.share {
             ShareKind::VirtioFs => {
-                let bin = fs_bin.expect("virtio-fs resolved the daemon binary");
+                let bin = plan
+                    .fs_bin
+                    .as_ref()
+                    .expect("virtio-fs resolved the daemon binary");
                 // Binds made under the share later (container rootfs and
                 // volumes) must reach virtiofsd's own mount namespace.
                 crate::storage::prepare_share(&self.paths.share_dir)?;
                 let sock = self.paths.virtiofsd();
-                let mut cmd = Command::new(&bin);
+                let mut cmd = Command::new(bin);
                 cmd.arg(format!("--socket-path={}", sock.display()))
                     .arg(format!("--shared-dir={}", self.paths.share_dir.display()))
                     .arg(format!("--cache={}", q.virtio_fs_cache))
                     .args(&q.virtio_fs_extra_args);
-                join_cgroup(&mut cmd);
-                let d = Supervised::spawn("virtiofsd", cmd, &sid, LineKind::Diagnostic)?;
+                join_cgroup(&mut cmd, opts);
+                let d =
+                    Supervised::spawn("virtiofsd", cmd, &self.sandbox_id, LineKind::Diagnostic)?;
                 let ready = d.wait_for_socket(&sock, HELPER_READY).await;
                 self.fs_daemon = Some(d);
                 ready?;
-                ShareDevice::VirtioFs { socket: sock }
+                Ok(ShareDevice::VirtioFs { socket: sock })
             }
-            ShareKind::NineP => ShareDevice::NineP {
+            ShareKind::NineP => Ok(ShareDevice::NineP {
                 dir: self.paths.share_dir.clone(),
-            },
-            ShareKind::None => ShareDevice::None,
-        };
+            }),
+            ShareKind::None => Ok(ShareDevice::None),
+        }
+    }
 
+    /// Spawns QEMU in the pod's network namespace and host cgroup, with
+    /// the NICs' and vhost-vsock's descriptors inherited.
+    fn spawn_qemu(
+        &mut self,
+        config: &Config,
+        plan: &Plan,
+        opts: &VmOptions,
+        vsock: VsockDevice,
+        share: ShareDevice,
+    ) -> Result<(), VmError> {
+        let q = &config.hypervisor.qemu;
+        let sid = self.sandbox_id.clone();
         let debug = config.runtime.enable_debug;
         let agent_log = if debug {
             crate::config::LogLevel::Debug
@@ -302,7 +347,7 @@ impl Vm {
             debug,
             agent_log,
             debug_console: config.agent.kata.debug_console_enabled,
-            share: &share_dev,
+            share: &share,
             extra: &q.kernel_params,
         }
         .render();
@@ -318,8 +363,8 @@ impl Vm {
             initrd: q.initrd.clone(),
             kernel_cmdline,
             qmp_socket: self.paths.qmp(),
-            vsock: Some(vsock_dev),
-            share: share_dev,
+            vsock: Some(vsock),
+            share,
         };
         let nics: Vec<cmdline::NicDevice> = opts
             .nics
@@ -330,10 +375,10 @@ impl Vm {
                 mac: n.mac.clone(),
             })
             .collect();
-        let mut cmd = Command::new(qemu_bin);
+        let mut cmd = Command::new(&plan.qemu_bin);
         cmd.args(spec.to_args());
         cmd.args(cmdline::nic_args(&nics));
-        join_cgroup(&mut cmd);
+        join_cgroup(&mut cmd, opts);
         let mut inherited: Vec<i32> = nics
             .iter()
             .flat_map(|n| std::iter::once(n.tap_fd).chain(n.vhost_fd))
@@ -364,24 +409,27 @@ impl Vm {
             }
         }
         tracing::info!(sandbox_id = %sid, accel = self.accel.as_str(), share = ?self.share,
-            vsock = ?vsock_mode, qemu = %qemu_bin.display(), "starting VM");
+            vsock = ?plan.vsock, qemu = %plan.qemu_bin.display(), "starting VM");
         tracing::debug!(sandbox_id = %sid, argv = ?spec.to_args(), "qemu argv");
         let qemu = Supervised::spawn("qemu", cmd, &sid, LineKind::GuestConsole)?;
         self.spawned_at = Instant::now();
-        self.spawn_duration = self.spawned_at - began;
         self.qemu = Some(qemu);
-        let qmp = Qmp::connect(&self.paths.qmp(), HELPER_READY).await;
-        match qmp {
-            Ok(qmp) => self.qmp = Some(qmp),
-            Err(e) => {
-                if let Some(status) = self.exit_status() {
-                    let q = self.qemu.as_ref().expect("qemu was just stored");
-                    return Err(q.exited_early(status).into());
-                }
-                return Err(e.into());
-            }
-        }
         Ok(())
+    }
+
+    /// QMP, once QEMU created its socket; a QEMU that died instead is
+    /// reported with its own last words.
+    async fn connect_qmp(&mut self) -> Result<(), VmError> {
+        match Qmp::connect(&self.paths.qmp(), HELPER_READY).await {
+            Ok(qmp) => {
+                self.qmp = Some(qmp);
+                Ok(())
+            }
+            Err(e) => match (self.exit_status(), self.qemu.as_ref()) {
+                (Some(status), Some(q)) => Err(q.exited_early(status).into()),
+                _ => Err(e.into()),
+            },
+        }
     }
 
     fn create_dirs(&mut self) -> Result<(), VmError> {
