@@ -60,7 +60,13 @@ impl IpNet {
             IpAddr::V6(a) => (u128::from(a), 128),
         };
         let host_bits = width - u32::from(self.prefix_len);
-        host_bits == 0 || bits & ((1u128 << host_bits) - 1) == 0
+        // `::/0` has 128 host bits: a plain shift would overflow.
+        let host_mask = match host_bits {
+            0 => 0,
+            128.. => u128::MAX,
+            n => (1u128 << n) - 1,
+        };
+        bits & host_mask == 0
     }
 
     /// IPv6 link-local addresses belong to the kernel (NDP needs them), not

@@ -84,6 +84,10 @@ fn cidrs() {
     assert!(net("0.0.0.0/0").is_network());
     assert!(!net("fd00::3/64").is_network());
     assert!(net("fd00::/64").is_network());
+    // The IPv6 default route: 128 host bits (a shift that used to overflow).
+    assert!(net("::/0").is_network());
+    assert!(!net("1::/0").is_network());
+    assert!(!net("10.0.0.1/0").is_network());
     assert!(net("fe80::1/64").is_ipv6_link_local());
     assert!(!net("fd00::1/64").is_ipv6_link_local());
     assert!(!net("10.0.0.1/8").is_ipv6_link_local());
