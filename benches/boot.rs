@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 
 use kata_shim::config::Config;
 use kata_shim::guest::SandboxVm;
-use kata_shim::vm::qemu::cmdline::{KernelCmdline, QemuSpec, ShareDevice, sandbox_uuid};
+use kata_shim::vm::qemu::cmdline::{QemuSpec, ShareDevice, sandbox_uuid};
+use kata_shim::vm::qemu::kernel_cmdline::KernelCmdline;
 
 fn main() {
     if let Err(e) = run() {

@@ -3,14 +3,15 @@
 //! agent that is PID 1 in that VM over ttrpc on vsock.
 //!
 //! # Architecture
-//! - [`config`]: the typed `configuration.toml`.
-//! - [`vm`]: QEMU and its per-VM helpers (virtiofsd, vhost-device-vsock):
-//!   argv, acceleration and vsock choices, supervision, QMP, teardown.
-//! - [`agent_client`]: dialing the agent and the calls the shim makes.
-//! - [`sandbox`]: a VM together with its agent, booted and shut down as one.
-//! - [`metrics`]: each shim's Prometheus metrics on its `metrics.sock`.
-//! - [`boot_check`]: boot a VM without containerd and report what the guest
-//!   says (`kata-ctl boot-check`).
+//! ARCHITECTURE.md is the map: the layers and what each module owns, where
+//! every Task RPC has its logic, and the path of a Create and of an Exec.
+//! In short, from the top: [`task`] adapts the ttrpc Task API to a
+//! [`sandbox`] (one pod: every RPC's logic, in the module of its object),
+//! which boots a [`vm`] and talks to its agent only through
+//! [`agent_client`]; below them sit the host resources ([`storage`],
+//! [`network`], [`host_cgroup`], [`persist`]) and the foundations ([`ids`],
+//! [`layout`], [`config`], [`state`]). No two top-level modules depend on
+//! each other (`tests/structure.rs`).
 //!
 //! # Threading
 //! One multi-threaded tokio runtime. Every helper process has a watcher task
@@ -18,9 +19,10 @@
 //! pump tasks that re-log its lines under the sandbox id.
 //!
 //! # Threat model
-//! The guest is untrusted: everything it prints is rate-limited and length
-//! capped before it reaches the log, agent replies are data only, and host
-//! paths are derived from validated sandbox ids, never from guest input.
+//! The guest is untrusted: every console line it prints is capped in length
+//! while it is read and rate-limited before it reaches the log
+//! (`vm::child`), agent replies are data only, and host paths are derived
+//! from validated ids ([`ids`], [`layout`]), never from guest input.
 
 pub mod agent_client;
 pub mod annotations;

@@ -1,7 +1,10 @@
 //! Agent configuration from the kernel command line (`agent.*` keys).
 //!
-//! The shim writes `agent.log`, `agent.shared_fs` and `agent.device_timeout`
-//! onto the guest kernel command line. [`parse_cmdline`] is a pure function:
+//! The shim writes `agent.log`, `agent.shared_fs` and, when the debug console
+//! is enabled, `agent.debug_console` onto the guest kernel command line, after
+//! the operator's `kernel_params` (a key's last value wins, see
+//! [`parse_cmdline`]); `agent.device_timeout` comes only from those
+//! parameters. [`parse_cmdline`] is a pure function:
 //! unknown `agent.*` keys are collected (the caller warns about them once
 //! logging is up) and an invalid value for a known key is an error naming the
 //! key and the value — fatal for the agent.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
@@ -285,6 +285,35 @@ fn exit_status_unknown() -> ExitStatus {
     ExitStatus::from_raw(255 << 8)
 }
 
+/// Reads one line into `buf`, keeping at most `max` bytes of it and
+/// skipping the rest up to its newline: the guest controls the console, and
+/// a line that never ends must not grow the shim's memory. False at the end
+/// of the stream (or on an error) with nothing read.
+async fn read_line_capped(
+    r: &mut (impl AsyncBufRead + Unpin),
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> bool {
+    let mut read_any = false;
+    loop {
+        let chunk = match r.fill_buf().await {
+            Ok(c) if !c.is_empty() => c,
+            _ => return read_any,
+        };
+        read_any = true;
+        let (len, ended) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        let room = max.saturating_sub(buf.len());
+        buf.extend_from_slice(&chunk[..len.min(room)]);
+        r.consume(len);
+        if ended {
+            return true;
+        }
+    }
+}
+
 async fn pump(
     stream: impl AsyncRead + Unpin,
     what: &'static str,
@@ -299,11 +328,9 @@ async fn pump(
     let (mut in_window, mut dropped) = (0u32, 0u64);
     loop {
         buf.clear();
-        match lines.read_until(b'\n', &mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {}
+        if !read_line_capped(&mut lines, &mut buf, MAX_LINE).await {
+            break;
         }
-        buf.truncate(MAX_LINE);
         let line = String::from_utf8_lossy(&buf);
         let line = line.trim_end();
         if line.is_empty() {
@@ -365,6 +392,26 @@ mod tests {
             resolve_binary(&["/nonexistent".into(), "/bin/sh".into()], "sh", "").expect("found"),
             PathBuf::from("/bin/sh")
         );
+    }
+
+    #[tokio::test]
+    async fn a_line_without_end_is_capped_while_it_is_read() {
+        // 64 MiB without a newline, then a normal line, through a reader
+        // whose buffer is 8 KiB: the kept line never exceeds the cap.
+        use tokio::io::AsyncReadExt;
+        let input = tokio::io::repeat(b'x')
+            .take(64 << 20)
+            .chain(&b"\nnext\n"[..]);
+        let mut r = BufReader::with_capacity(8192, input);
+        let mut buf = Vec::new();
+        assert!(read_line_capped(&mut r, &mut buf, MAX_LINE).await);
+        assert_eq!(buf.len(), MAX_LINE);
+        assert!(buf.capacity() < 2 * MAX_LINE, "grew to {}", buf.capacity());
+        buf.clear();
+        assert!(read_line_capped(&mut r, &mut buf, MAX_LINE).await);
+        assert_eq!(buf, b"next\n");
+        buf.clear();
+        assert!(!read_line_capped(&mut r, &mut buf, MAX_LINE).await);
     }
 
     #[tokio::test]

@@ -22,7 +22,8 @@ use tokio::process::Command;
 use crate::config::{Config, SharedFs};
 use crate::layout::SandboxPaths;
 use crate::vm::child::{ChildError, LineKind, Supervised, resolve_binary};
-use crate::vm::qemu::cmdline::{self, KernelCmdline, QemuSpec, ShareDevice, VsockDevice};
+use crate::vm::qemu::cmdline::{self, QemuSpec, ShareDevice, VsockDevice};
+use crate::vm::qemu::kernel_cmdline::KernelCmdline;
 use crate::vm::qemu::qmp::{Qmp, QmpError};
 
 const QEMU_HINT: &str = "apt-get install -t bookworm-backports qemu-system-x86";

@@ -1,5 +1,6 @@
 //! The QEMU command line: a typed description of one pod VM turned into an
-//! argv, and the guest kernel command line in Kata's shape.
+//! argv. The guest kernel command line it carries is built in
+//! `kernel_cmdline`.
 //!
 //! Everything here is pure, so the whole matrix (KVM/TCG × vhost/hybrid
 //! vsock × virtio-fs/9p) is table-tested without starting anything.
@@ -7,9 +8,7 @@
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 
-use kata_agent_protocol::{cmdline as keys, guest, shared_fs};
-
-use crate::config::LogLevel;
+use kata_agent_protocol::{guest, shared_fs};
 
 /// Acceleration after `auto` has been resolved.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -233,74 +232,6 @@ impl QemuSpec {
     }
 }
 
-/// Inputs of the guest kernel command line.
-#[derive(Debug, Clone)]
-pub struct KernelCmdline<'a> {
-    /// The guest's clock source depends on it (see `render`).
-    pub accel: Accel,
-    pub vcpus: u32,
-    pub debug: bool,
-    pub agent_log: LogLevel,
-    /// `[agent.kata] debug_console_enabled`: adds `agent.debug_console`.
-    pub debug_console: bool,
-    pub share: &'a ShareDevice,
-    /// `kernel_params` from the configuration, appended last but before the
-    /// agent keys so an operator cannot silently override them.
-    pub extra: &'a str,
-}
-
-impl KernelCmdline<'_> {
-    /// The `-append` string.
-    pub fn render(&self) -> String {
-        // Under KVM the guest keeps time with kvm-clock and the TSC is
-        // trustworthy. Under TCG the kernel calibrates the emulated TSC at
-        // boot, and on a loaded host that calibration goes wrong: with ten
-        // pods booting on two cores one guest ran 69 s ahead within a
-        // minute, and its ttrpc deadlines expired early. The emulated HPET
-        // keeps host time (every guest within 1 s in the same test), so it
-        // keeps the wall clock. `tsc=reliable` stays in both cases: without
-        // it an SMP guest's TSC sync check marks the TSC unstable, and the
-        // kernel's live code patching that follows oopsed (int3 in
-        // sched_clock_cpu) under TCG with 2 vCPUs.
-        let clock: &[&str] = match self.accel {
-            Accel::Kvm => &["tsc=reliable"],
-            Accel::Tcg => &["tsc=reliable", "clocksource=hpet"],
-        };
-        let mut p: Vec<String> = clock.iter().map(|s| s.to_string()).collect();
-        p.extend(
-            [
-                "no_timer_check",
-                "rcupdate.rcu_expedited=1",
-                "i8042.direct=1",
-                "i8042.dumbkbd=1",
-                "i8042.nopnp=1",
-                "i8042.noaux=1",
-                "noreplace-smp",
-                "reboot=k",
-                "console=hvc0",
-                "cryptomgr.notests",
-                "net.ifnames=0",
-                "pci=lastbus=0",
-                "panic=1",
-            ]
-            .iter()
-            .map(|s| s.to_string()),
-        );
-        p.push(format!("nr_cpus={}", self.vcpus));
-        // The kernel's own chatter slows a TCG boot and floods the log; keep
-        // it for debugging only.
-        p.push(if self.debug { "debug" } else { "quiet" }.to_string());
-        let extra = self.extra.split_whitespace().map(str::to_string);
-        p.extend(extra);
-        p.push(format!("{}={}", keys::LOG_LEVEL, self.agent_log.as_str()));
-        p.push(format!("{}={}", keys::SHARED_FS, self.share.agent_value()));
-        if self.debug_console {
-            p.push(keys::DEBUG_CONSOLE.to_string());
-        }
-        p.join(" ")
-    }
-}
-
 /// A stable RFC 4122-shaped UUID (version 5 layout, SHA-256 based) derived
 /// from the sandbox id, so `-uuid` can be traced back to the sandbox.
 pub fn sandbox_uuid(sandbox_id: &str) -> String {
@@ -324,6 +255,8 @@ pub fn sandbox_uuid(sandbox_id: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::LogLevel;
+    use crate::vm::qemu::kernel_cmdline::KernelCmdline;
 
     fn spec(accel: Accel, vsock: VsockDevice, share: ShareDevice) -> QemuSpec {
         let cmdline = KernelCmdline {
@@ -674,66 +607,6 @@ mod tests {
             s.to_args()
         };
         assert_eq!(kvm(0), kvm(64));
-    }
-
-    #[test]
-    fn kernel_cmdline_shape() {
-        let share = ShareDevice::VirtioFs {
-            socket: "/s".into(),
-        };
-        let c = KernelCmdline {
-            accel: Accel::Kvm,
-            vcpus: 2,
-            debug: false,
-            agent_log: LogLevel::Debug,
-            debug_console: false,
-            share: &share,
-            extra: " foo=1  bar ",
-        }
-        .render();
-        assert_eq!(
-            c,
-            "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 i8042.dumbkbd=1 \
-             i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k console=hvc0 cryptomgr.notests \
-             net.ifnames=0 pci=lastbus=0 panic=1 nr_cpus=2 quiet foo=1 bar agent.log=debug \
-             agent.shared_fs=virtiofs"
-        );
-        let d = KernelCmdline {
-            accel: Accel::Tcg,
-            vcpus: 1,
-            debug: true,
-            agent_log: LogLevel::Info,
-            debug_console: false,
-            share: &ShareDevice::None,
-            extra: "",
-        }
-        .render();
-        assert!(d.contains(" debug ") && !d.contains("quiet"));
-        assert!(d.ends_with("agent.shared_fs=none"));
-        // TCG's calibrated TSC drifts on a loaded host: the HPET keeps the
-        // wall clock, and the TSC stays reliable for the scheduler clock.
-        assert!(d.starts_with("tsc=reliable clocksource=hpet "), "{d}");
-    }
-
-    #[test]
-    fn debug_console_key_only_when_enabled() {
-        let render = |debug_console| {
-            KernelCmdline {
-                accel: Accel::Tcg,
-                vcpus: 1,
-                debug: false,
-                agent_log: LogLevel::Info,
-                debug_console,
-                share: &ShareDevice::None,
-                extra: "",
-            }
-            .render()
-        };
-        let off = render(false);
-        assert!(!off.contains("debug_console"), "{off}");
-        let on = render(true);
-        assert!(on.split(' ').any(|p| p == keys::DEBUG_CONSOLE), "{on}");
-        assert_eq!(keys::DEBUG_CONSOLE, "agent.debug_console");
     }
 
     #[test]
