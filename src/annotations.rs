@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use crate::ids::{InvalidId, validate as validate_sandbox_id};
+use crate::ids::{self, InvalidId};
 use crate::oci::{BundleError, read_bundle_spec};
 
 /// One source of grouping annotations: its type key, its sandbox-id key and
@@ -146,8 +146,7 @@ pub fn identity(
         });
     };
     let sandbox_id = annotations[key].clone();
-    validate_sandbox_id(&sandbox_id)
-        .map_err(|source| AnnotationError::InvalidId { key, source })?;
+    ids::validate(&sandbox_id).map_err(|source| AnnotationError::InvalidId { key, source })?;
     Ok(Identity {
         kind: ContainerKind::Container,
         sandbox_id,
@@ -155,8 +154,7 @@ pub fn identity(
 }
 
 fn sandbox_identity(container_id: &str, key: &'static str) -> Result<Identity, AnnotationError> {
-    validate_sandbox_id(container_id)
-        .map_err(|source| AnnotationError::InvalidId { key, source })?;
+    ids::validate(container_id).map_err(|source| AnnotationError::InvalidId { key, source })?;
     Ok(Identity {
         kind: ContainerKind::Sandbox,
         sandbox_id: container_id.to_string(),

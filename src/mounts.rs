@@ -72,7 +72,9 @@ fn unescape(field: &[u8]) -> Vec<u8> {
     out
 }
 
-fn path_field(field: &[u8]) -> PathBuf {
+/// A path field of mountinfo, decoded (the one decoder: the host cgroup
+/// scan reads its mount points through it too).
+pub fn path_field(field: &[u8]) -> PathBuf {
     PathBuf::from(OsString::from_vec(unescape(field)))
 }
 
@@ -320,6 +322,14 @@ fn statx_mount_root(path: &Path) -> Option<bool> {
 mod tests {
     use super::*;
     use nix::mount::MsFlags;
+
+    #[test]
+    fn mountinfo_escapes_are_decoded() {
+        assert_eq!(unescape(b"/a\\040b\\011c\\134d"), b"/a b\tc\\d");
+        assert_eq!(unescape(b"/a\\9xy\\"), b"/a\\9xy\\");
+        assert_eq!(unescape(b"\\777"), b"\\777");
+        assert_eq!(path_field(b"/x\\040y"), PathBuf::from("/x y"));
+    }
 
     const SAMPLE: &[u8] = b"22 1 254:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
 36 22 0:31 / /tmp/a\\040b rw,nosuid master:3 - tmpfs my\\040fs rw,size=10k\n\

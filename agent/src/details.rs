@@ -289,37 +289,12 @@ pub fn parse_mountinfo(text: &str) -> std::result::Result<Vec<MountEntry>, Strin
             return Err(format!("short mountinfo line {line:?}"));
         }
         out.push(MountEntry {
-            mount_point: unescape_octal(fields[4]),
-            fstype: unescape_octal(fields[sep + 1]),
-            source: unescape_octal(fields[sep + 2]),
+            mount_point: crate::mountinfo::text(fields[4]),
+            fstype: crate::mountinfo::text(fields[sep + 1]),
+            source: crate::mountinfo::text(fields[sep + 2]),
         });
     }
     Ok(out)
-}
-
-/// Undoes the kernel's `\ooo` escaping of space, tab, newline and backslash.
-fn unescape_octal(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() {
-            let digits = &b[i + 1..i + 4];
-            if digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
-                let v = digits
-                    .iter()
-                    .fold(0u32, |acc, d| acc * 8 + u32::from(d - b'0'));
-                if let Ok(byte) = u8::try_from(v) {
-                    out.push(byte);
-                    i += 4;
-                    continue;
-                }
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 #[cfg(test)]
@@ -394,14 +369,6 @@ mod tests {
         assert!(parse_mountinfo("").expect("empty is fine").is_empty());
         assert!(parse_mountinfo("1 2 3 4 5 6").is_err());
         assert!(parse_mountinfo("1 2 0:1 / /x rw - tmpfs").is_err());
-    }
-
-    #[test]
-    fn octal_unescape() {
-        assert_eq!(unescape_octal("a\\040b\\011c\\134d"), "a b\tc\\d");
-        assert_eq!(unescape_octal("trailing\\04"), "trailing\\04");
-        assert_eq!(unescape_octal("\\777x"), "\\777x");
-        assert_eq!(unescape_octal("plain"), "plain");
     }
 
     #[test]

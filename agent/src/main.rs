@@ -14,6 +14,7 @@ mod error;
 mod forksafe;
 mod init;
 mod logging;
+mod mountinfo;
 mod network;
 mod oom;
 mod process;

@@ -18,7 +18,7 @@ use std::time::Duration;
 use kata_agent_protocol::DEBUG_CONSOLE_VSOCK_PORT;
 use kata_agent_protocol::guest::DEBUG_CONSOLE_ERROR_PREFIX;
 
-use crate::ids::validate as validate_sandbox_id;
+use crate::ids;
 use crate::layout::SandboxPaths;
 use crate::vm::vsock::{VsockError, dial_hybrid};
 
@@ -78,7 +78,7 @@ pub fn run(
     input: impl Read + Send + 'static,
     output: &mut dyn Write,
 ) -> Result<(), ExecError> {
-    validate_sandbox_id(sandbox_id).map_err(|e| ExecError::BadId {
+    ids::validate(sandbox_id).map_err(|e| ExecError::BadId {
         id: sandbox_id.to_string(),
         reason: e.to_string(),
     })?;

@@ -161,14 +161,14 @@ pub(super) fn parse_mountinfo(text: &str) -> Vec<Hierarchy> {
             "cgroup2" => Kind::V2,
             _ => continue,
         };
-        let mountpoint = PathBuf::from(unescape(mountpoint));
+        let mountpoint = crate::mounts::path_field(mountpoint.as_bytes());
         if !mountpoint.starts_with(CGROUP_ROOT) || seen.contains(dev) {
             continue;
         }
         seen.push(*dev);
         out.push(Hierarchy {
             mountpoint,
-            root: PathBuf::from(unescape(root)),
+            root: crate::mounts::path_field(root.as_bytes()),
             options: superopts.split(',').map(str::to_string).collect(),
             kind,
         });
@@ -246,33 +246,6 @@ pub(super) fn member_of(hierarchies: &[Hierarchy], proc_cgroup: &str, dir: &Path
         .is_some_and(|p| Path::new(p) == want.as_path())
 }
 
-/// Decodes mountinfo's octal escapes (`\040` for a space).
-fn unescape(field: &str) -> String {
-    let b = field.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)))
-            .and_then(|d| {
-                let v = d.iter().fold(0u16, |acc, c| acc * 8 + u16::from(c - b'0'));
-                u8::try_from(v).ok()
-            });
-        match (b[i], octal) {
-            (b'\\', Some(byte)) => {
-                out.push(byte);
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -340,13 +313,6 @@ mod tests {
         assert_eq!(v2[0].kind, Kind::V2);
         let missing = select_hierarchies(Vec::new(), true);
         assert_eq!(mountpoints(&missing), ["/sys/fs/cgroup"]);
-    }
-
-    #[test]
-    fn mountinfo_escapes_are_decoded() {
-        assert_eq!(unescape("/a\\040b\\011c\\134d"), "/a b\tc\\d");
-        assert_eq!(unescape("/a\\9xy\\"), "/a\\9xy\\");
-        assert_eq!(unescape("\\777"), "\\777");
     }
 
     fn resolve(path: &str, hs: &[Hierarchy], own: &str) -> Result<Vec<PathBuf>, CgroupError> {
