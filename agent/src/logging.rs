@@ -12,8 +12,8 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::AsRawFd;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicI32, Ordering};
-use std::sync::{Mutex, PoisonError};
 
 use tracing::{Level, Metadata};
 use tracing_subscriber::fmt::MakeWriter;
@@ -62,9 +62,7 @@ static SINK: Mutex<Sink> = Mutex::new(Sink {
 });
 
 fn sink() -> std::sync::MutexGuard<'static, Sink> {
-    // A panic while holding the lock aborts the process (panic=abort), so a
-    // poisoned lock can only be seen in tests; its data is still usable.
-    SINK.lock().unwrap_or_else(PoisonError::into_inner)
+    crate::locks::lock(&SINK)
 }
 
 /// Installs the global subscriber writing to `target` at `level`.

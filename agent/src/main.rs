@@ -13,6 +13,7 @@ mod details;
 mod error;
 mod forksafe;
 mod init;
+mod locks;
 mod logging;
 mod mountinfo;
 mod network;

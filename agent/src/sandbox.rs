@@ -289,10 +289,7 @@ impl Sandbox {
                 return Err(e);
             }
         };
-        *c.oom_watch
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) =
-            Some(self.oom.watch(id.clone(), c.cgroup_dir()));
+        *crate::locks::lock(&c.oom_watch) = Some(self.oom.watch(id.clone(), c.cgroup_dir()));
         {
             let mut info = self.info.lock().await;
             if let Some(info) = info.as_mut().filter(|i| i.sandbox_init.is_none()) {

@@ -24,7 +24,7 @@ pub mod state;
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use libcontainer::container::Container as LcContainer;
@@ -35,6 +35,7 @@ use oci_spec::runtime::Spec;
 use tokio::task::JoinHandle;
 
 use crate::error::{AgentError, Result};
+use crate::locks::lock;
 use crate::process::Process;
 use crate::reaper::Reaper;
 use crate::stdio::{self, ChildStdio, ProcessIo, StdioConfig};
@@ -62,11 +63,6 @@ pub struct Container {
     pub storages: Vec<PathBuf>,
     /// Stops the OOM watcher on drop.
     pub oom_watch: Mutex<Option<JoinHandle<()>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Panics abort the agent (panic=abort); a poisoned lock is only a test artefact.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// libcontainer's errors say little at the top ("failed syscall"): report

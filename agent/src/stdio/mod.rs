@@ -63,7 +63,7 @@ use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::pin;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -73,6 +73,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::error::{AgentError, Result};
+use crate::locks::lock;
 
 /// Most bytes buffered on the agent side per output stream (1 MiB).
 pub const STREAM_BUFFER_CAP: usize = 1 << 20;
@@ -280,12 +281,6 @@ impl Drop for ProcessIo {
             task.abort();
         }
     }
-}
-
-/// Locks a std mutex; the data under these locks stays consistent even if a
-/// holder panicked (every critical section is a few infallible steps).
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// Makes `fd` non-blocking and registers it with the tokio reactor.
