@@ -235,14 +235,7 @@ impl AgentClient {
         exec_id: &str,
         len: u32,
     ) -> Result<Vec<u8>, AgentError> {
-        let req = stream_request(container_id, exec_id, len);
-        let data = self
-            .call("ReadStdout", None, |a, ctx| async move {
-                a.read_stdout(ctx, &req).await.map(|r| r.data)
-            })
-            .await?;
-        self.answered();
-        Ok(data)
+        self.read_stream(false, container_id, exec_id, len).await
     }
 
     /// Like [`AgentClient::read_stdout`]; EOF at once for a terminal.
@@ -252,10 +245,28 @@ impl AgentClient {
         exec_id: &str,
         len: u32,
     ) -> Result<Vec<u8>, AgentError> {
+        self.read_stream(true, container_id, exec_id, len).await
+    }
+
+    /// A stream read, which also proves the agent alive to the health
+    /// monitor (a check may queue behind a busy guest's output).
+    async fn read_stream(
+        &self,
+        stderr: bool,
+        container_id: &str,
+        exec_id: &str,
+        len: u32,
+    ) -> Result<Vec<u8>, AgentError> {
         let req = stream_request(container_id, exec_id, len);
+        let name = if stderr { "ReadStderr" } else { "ReadStdout" };
         let data = self
-            .call("ReadStderr", None, |a, ctx| async move {
-                a.read_stderr(ctx, &req).await.map(|r| r.data)
+            .call(name, None, |a, ctx| async move {
+                let r = if stderr {
+                    a.read_stderr(ctx, &req).await
+                } else {
+                    a.read_stdout(ctx, &req).await
+                };
+                r.map(|r| r.data)
             })
             .await?;
         self.answered();

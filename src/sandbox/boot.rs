@@ -5,8 +5,9 @@
 //! 2. the pod's host cgroup, which QEMU and its helpers join before exec;
 //! 3. the pod's network namespace: taps and tc redirects on CNI's veths;
 //! 4. the VM: vsock and share helpers, then QEMU in that netns and cgroup
-//!    ([`Vm::start`]);
-//! 5. the agent: dial, health and protocol version ([`SandboxVm::attach`]);
+//!    ([`Vm::start`]), called from [`Sandbox::boot`] itself;
+//! 5. the agent: dial, health and protocol version ([`SandboxVm::attach`]),
+//!    then the booted VM recorded ([`Sandbox::record_vm`]);
 //! 6. the guest's interfaces, neighbours and routes;
 //! 7. CreateSandbox in the guest.
 //!
@@ -21,7 +22,7 @@ use std::time::Instant;
 use crate::agent_client::AgentClient;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::guest::SandboxVm;
+use crate::guest::{BootError, SandboxVm};
 use crate::host_cgroup::HostCgroup;
 use crate::locks::lock;
 use crate::network::PodNetwork;
@@ -63,7 +64,14 @@ impl Sandbox {
             let net = self.attach_network(lc, &plan, &mut opts).await?;
             self.persist(lc);
             let began = Instant::now();
-            let agent = self.start_vm(lc, &plan, opts).await?;
+            let vm = Vm::start(plan.config, &self.id, &opts)
+                .await
+                .map_err(BootError::from)?;
+            // The VM holds the taps now: the shim's copies are closed so
+            // that each tap goes away with QEMU.
+            drop(opts);
+            let vm = SandboxVm::attach(vm, plan.config.agent.kata.dial_timeout()).await?;
+            let agent = self.record_vm(lc, vm);
             if let Some(net) = &net {
                 self.configure_guest_network(&agent, net).await?;
             }
@@ -158,20 +166,10 @@ impl Sandbox {
         Ok(Some(net))
     }
 
-    /// Steps 4 and 5: QEMU and its helpers, then the agent. `opts` is
-    /// dropped at the end: the VM holds the taps now, and the shim's copies
-    /// are closed so that each tap goes away with QEMU.
-    async fn start_vm(
-        &self,
-        lc: &mut Lifecycle,
-        plan: &BootPlan<'_>,
-        opts: VmOptions,
-    ) -> Result<AgentClient> {
-        let vm = Vm::start(plan.config, &self.id, &opts)
-            .await
-            .map_err(crate::guest::BootError::from)?;
-        self.metrics.boot_phase("vm_spawn", vm.spawn_duration);
-        let vm = SandboxVm::attach(vm, plan.config.agent.kata.dial_timeout()).await?;
+    /// After step 5: the booted VM and its agent become the sandbox's (its
+    /// pids persisted for `delete`, its agent's calls measured).
+    fn record_vm(&self, lc: &mut Lifecycle, vm: SandboxVm) -> AgentClient {
+        self.metrics.boot_phase("vm_spawn", vm.vm.spawn_duration);
         self.metrics.boot_phase("agent_ready", vm.agent_ready);
         self.qemu_pid.store(vm.vm.pid(), Ordering::Relaxed);
         lc.processes = vm
@@ -184,7 +182,7 @@ impl Sandbox {
         lc.vm = Some(vm);
         *lock(&self.agent) = Some(agent.clone());
         self.persist(lc);
-        Ok(agent)
+        agent
     }
 
     /// Step 6: the guest's interfaces, neighbours and routes.

@@ -314,30 +314,8 @@ pub fn mount_points() -> Vec<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     info.lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .map(|p| PathBuf::from(unescape_mount_path(p)))
+        .map(|p| kata_shim::mounts::path_field(p.as_bytes()))
         .collect()
-}
-
-fn unescape_mount_path(p: &str) -> String {
-    let b = p.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b
-            .get(i + 1..i + 4)
-            .filter(|d| d.iter().all(|c| (b'0'..=b'7').contains(c)));
-        match (b[i], octal) {
-            (b'\\', Some(d)) => {
-                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-                i += 4;
-            }
-            (c, _) => {
-                out.push(c);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Unmounts everything on or below `dir`, deepest first (lazily when busy),
