@@ -536,21 +536,8 @@ impl Config {
                 glob::check(g).map_err(|e| invalid(key, e))?;
             }
         }
-        // The debug console is a root shell: only its own switch turns it on.
-        if self
-            .hypervisor
-            .qemu
-            .kernel_params
-            .split_whitespace()
-            .any(|p| p.split('=').next() == Some(kata_agent_protocol::cmdline::DEBUG_CONSOLE))
-        {
-            return Err(invalid(
-                "hypervisor.qemu.kernel_params",
-                format!(
-                    "must not contain {}: set [agent.kata] debug_console_enabled = true instead",
-                    kata_agent_protocol::cmdline::DEBUG_CONSOLE
-                ),
-            ));
+        if let Some(problem) = kernel_params_problem(&self.hypervisor.qemu.kernel_params) {
+            return Err(invalid("hypervisor.qemu.kernel_params", problem));
         }
         if !(1..=600).contains(&self.agent.kata.dial_timeout) {
             return Err(invalid(
@@ -563,6 +550,31 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Why `params` cannot go on the guest kernel command line before the
+/// shim's own keys (`vm::qemu::kernel_cmdline`), if it cannot.
+///
+/// - A lone `--` ends what the kernel and the agent read as parameters, and
+///   a double quote groups what follows it into one value: either would
+///   hide the shim's `agent.*` keys behind it.
+/// - The debug console is a root shell: only its own switch turns it on.
+pub fn kernel_params_problem(params: &str) -> Option<String> {
+    if params.contains('"') {
+        return Some("must not contain a double quote: it would swallow the shim's own agent.* keys into one value".into());
+    }
+    for p in params.split_whitespace() {
+        if p == "--" {
+            return Some("must not contain `--`: it would end the parameters before the shim's own agent.* keys".into());
+        }
+        if p.split('=').next() == Some(kata_agent_protocol::cmdline::DEBUG_CONSOLE) {
+            return Some(format!(
+                "must not contain {}: set [agent.kata] debug_console_enabled = true instead",
+                kata_agent_protocol::cmdline::DEBUG_CONSOLE
+            ));
+        }
+    }
+    None
 }
 
 #[cfg(test)]

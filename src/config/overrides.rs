@@ -161,7 +161,21 @@ fn apply_one(c: &mut Config, name: &str, value: &str) -> Result<&'static str, St
             if value.contains(['\n', '\r', '\0']) {
                 return Err("value must be one line without NUL bytes".into());
             }
-            // Appended, as Kata does: the configured parameters stay.
+            // Appended, as Kata does: the configured parameters stay. A pod
+            // spec may add kernel options only: the agent's keys and what
+            // runs as PID 1 are the shim's and the operator's.
+            if let Some(problem) = super::kernel_params_problem(value) {
+                return Err(problem);
+            }
+            if let Some(p) = value.split_whitespace().find(|p| {
+                p.starts_with("agent.")
+                    || ["init", "rdinit"].contains(&p.split('=').next().unwrap_or(p))
+            }) {
+                return Err(format!(
+                    "must not set {}: a pod may add kernel options, not agent keys or init",
+                    quoted(p.split('=').next().unwrap_or(p))
+                ));
+            }
             let extra = value.split_whitespace().collect::<Vec<_>>().join(" ");
             if !extra.is_empty() {
                 if !q.kernel_params.is_empty() {
@@ -336,6 +350,32 @@ mod tests {
             (&all, "default_vcpus", "0", "between 1 and 240"),
             (&all, "default_memory", "64", "between 128"),
             (&all, "kernel_params", "a\nb", "one line"),
+            // The guest command line's agent keys and init are the shim's:
+            // issue 14's finding that an annotation could switch the debug
+            // console on, or hide the shim's keys behind `--` or a quote.
+            (
+                &all,
+                "kernel_params",
+                "agent.debug_console",
+                "debug_console",
+            ),
+            (
+                &all,
+                "kernel_params",
+                "quiet agent.log=trace",
+                "\"agent.log\"",
+            ),
+            (
+                &all,
+                "kernel_params",
+                "agent.device_timeout=9",
+                "agent keys or init",
+            ),
+            (&all, "kernel_params", "init=/bin/sh", "\"init\""),
+            (&all, "kernel_params", "rdinit=/bin/sh", "\"rdinit\""),
+            (&all, "kernel_params", "quiet --", "`--`"),
+            (&all, "kernel_params", "a=\"b", "double quote"),
+            (&all, "kernel_params", "a=\"b c\"", "double quote"),
             (&all, "virtio_fs_cache", "fast", "never, metadata"),
             (&all, "path", "/usr/bin/evil", "valid_hypervisor_paths"),
             (&all, "path", "/opt/qemu/bin/../../../tmp/qemu-x", "`..`"),

@@ -134,6 +134,15 @@ fn invalid_values_name_the_key() {
             "[hypervisor.qemu]\nkernel_params = \"quiet agent.debug_console\"\n",
             "hypervisor.qemu.kernel_params",
         ),
+        // `--` and a quote would hide the shim's own agent keys behind them.
+        (
+            "[hypervisor.qemu]\nkernel_params = \"quiet --\"\n",
+            "hypervisor.qemu.kernel_params",
+        ),
+        (
+            "[hypervisor.qemu]\nkernel_params = 'quiet x=\"y'\n",
+            "hypervisor.qemu.kernel_params",
+        ),
     ];
     for (text, want) in cases {
         match parse(text) {

@@ -6,9 +6,11 @@
 //! `agent.shared_fs`, `agent.debug_console`) come after `kernel_params`:
 //! an operator's parameters can add kernel options and the agent keys the
 //! shim does not write (`agent.device_timeout`), but cannot override what
-//! the shim tells the agent. `agent.debug_console` appears only when the
-//! configuration enables it; `kernel_params` naming it anyway is the
-//! operator's explicit choice of the same thing.
+//! the shim tells the agent. `agent.debug_console` is always written, `=0`
+//! unless the configuration enables it, so no earlier part of the line can
+//! switch the root shell on. The configuration refuses `--` and quotes in
+//! `kernel_params` (`config::validate`): either would make the kernel and
+//! the agent stop reading, or read the shim's keys as part of a value.
 
 use kata_agent_protocol::cmdline as keys;
 
@@ -23,7 +25,7 @@ pub struct KernelCmdline<'a> {
     pub vcpus: u32,
     pub debug: bool,
     pub agent_log: LogLevel,
-    /// `[agent.kata] debug_console_enabled`: adds `agent.debug_console`.
+    /// `[agent.kata] debug_console_enabled`: `agent.debug_console=1`, else `=0`.
     pub debug_console: bool,
     pub share: &'a ShareDevice,
     /// `kernel_params` from the configuration: after the kernel options,
@@ -76,9 +78,11 @@ impl KernelCmdline<'_> {
         p.extend(extra);
         p.push(format!("{}={}", keys::LOG_LEVEL, self.agent_log.as_str()));
         p.push(format!("{}={}", keys::SHARED_FS, self.share.agent_value()));
-        if self.debug_console {
-            p.push(keys::DEBUG_CONSOLE.to_string());
-        }
+        p.push(format!(
+            "{}={}",
+            keys::DEBUG_CONSOLE,
+            if self.debug_console { 1 } else { 0 }
+        ));
         p.join(" ")
     }
 }
@@ -108,16 +112,18 @@ mod tests {
             agent_log: LogLevel::Warn,
             debug_console: false,
             share: &share,
-            extra: "agent.log=trace agent.shared_fs=none agent.device_timeout=9 console=ttyS0",
+            extra: "agent.debug_console agent.log=trace agent.shared_fs=none \
+                    agent.device_timeout=9 console=ttyS0",
         }
         .render();
         assert_eq!(last(&c, keys::LOG_LEVEL), Some("warn"), "{c}");
+        assert_eq!(last(&c, keys::DEBUG_CONSOLE), Some("0"), "{c}");
         assert_eq!(last(&c, keys::SHARED_FS), Some(share.agent_value()), "{c}");
         // A key the shim does not write stays the operator's.
         assert_eq!(last(&c, "agent.device_timeout"), Some("9"), "{c}");
         // Every agent key the shim writes comes after the operator's part.
         let extra_end = c.find("console=ttyS0").expect("extra kept") + "console=ttyS0".len();
-        for key in [keys::LOG_LEVEL, keys::SHARED_FS] {
+        for key in [keys::LOG_LEVEL, keys::SHARED_FS, keys::DEBUG_CONSOLE] {
             let shim = c.rfind(&format!("{key}=")).expect("key written");
             assert!(shim > extra_end, "{key} before kernel_params: {c}");
         }
@@ -143,7 +149,7 @@ mod tests {
             "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 i8042.dumbkbd=1 \
              i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k console=hvc0 cryptomgr.notests \
              net.ifnames=0 pci=lastbus=0 panic=1 nr_cpus=2 quiet foo=1 bar agent.log=debug \
-             agent.shared_fs=virtiofs"
+             agent.shared_fs=virtiofs agent.debug_console=0"
         );
         let d = KernelCmdline {
             accel: Accel::Tcg,
@@ -156,14 +162,17 @@ mod tests {
         }
         .render();
         assert!(d.contains(" debug ") && !d.contains("quiet"));
-        assert!(d.ends_with("agent.shared_fs=none"));
+        assert!(
+            d.ends_with("agent.shared_fs=none agent.debug_console=0"),
+            "{d}"
+        );
         // TCG's calibrated TSC drifts on a loaded host: the HPET keeps the
         // wall clock, and the TSC stays reliable for the scheduler clock.
         assert!(d.starts_with("tsc=reliable clocksource=hpet "), "{d}");
     }
 
     #[test]
-    fn debug_console_key_only_when_enabled() {
+    fn debug_console_key_is_always_explicit_and_last() {
         let render = |debug_console| {
             KernelCmdline {
                 accel: Accel::Tcg,
@@ -176,10 +185,12 @@ mod tests {
             }
             .render()
         };
+        // Written either way: a bare `agent.debug_console` earlier on the
+        // line (the agent reads the last value) cannot switch it on.
         let off = render(false);
-        assert!(!off.contains("debug_console"), "{off}");
+        assert!(off.ends_with(" agent.debug_console=0"), "{off}");
         let on = render(true);
-        assert!(on.split(' ').any(|p| p == keys::DEBUG_CONSOLE), "{on}");
+        assert!(on.ends_with(" agent.debug_console=1"), "{on}");
         assert_eq!(keys::DEBUG_CONSOLE, "agent.debug_console");
     }
 }
