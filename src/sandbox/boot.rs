@@ -148,17 +148,8 @@ impl Sandbox {
                 return Ok(None);
             }
         };
-        // QEMU joins the netns through this fd (setns before exec); a path
-        // that is not there is the spec's error, named so.
-        let file = std::fs::File::open(path).map_err(|e| Error::InvalidArgument {
-            field: "linux.namespaces",
-            reason: match e.kind() {
-                std::io::ErrorKind::NotFound => {
-                    format!("the network namespace {} does not exist", path.display())
-                }
-                _ => format!("cannot open the network namespace {}: {e}", path.display()),
-            },
-        })?;
+        // QEMU joins the netns through this fd (setns before exec).
+        let file = network::open_pod_netns(path)?;
         let (net, nics) = network::attach(&self.id, path).await?;
         lc.network = Some(net.record());
         opts.nics = nics;

@@ -65,6 +65,46 @@ pub fn pod_netns(
     }
 }
 
+/// Opens the pod's network namespace for QEMU to join, refusing the node's
+/// own: CNI's interfaces are moved into the VM, so taking the host's netns
+/// would redirect the node's NICs into a tap. The path is compared by what
+/// it is (device and inode of the namespace), not by how it is spelled:
+/// `/proc/1/ns/net`, `/proc/self/ns/net` and a bind mount of either are
+/// all the same namespace.
+pub fn open_pod_netns(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::MetadataExt;
+    let file = std::fs::File::open(path).map_err(|e| Error::InvalidArgument {
+        field: "linux.namespaces",
+        reason: match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                format!("the network namespace {} does not exist", path.display())
+            }
+            _ => format!("cannot open the network namespace {}: {e}", path.display()),
+        },
+    })?;
+    let meta = file.metadata().map_err(|e| Error::InvalidArgument {
+        field: "linux.namespaces",
+        reason: format!("cannot stat the network namespace {}: {e}", path.display()),
+    })?;
+    for host in ["/proc/self/ns/net", "/proc/1/ns/net"] {
+        let Ok(h) = std::fs::metadata(host) else {
+            continue;
+        };
+        if (h.dev(), h.ino()) == (meta.dev(), meta.ino()) {
+            return Err(Error::InvalidArgument {
+                field: "linux.namespaces",
+                reason: format!(
+                    "the network namespace {} is the node's own ({host}); a kata pod needs \
+                     a namespace of its own: run hostNetwork pods with a runtime class \
+                     other than kata",
+                    path.display()
+                ),
+            });
+        }
+    }
+    Ok(file)
+}
+
 /// Attaches the interfaces of `netns` to new taps (off the async runtime:
 /// it enters the namespace on a thread of its own).
 pub async fn attach(sandbox_id: &str, netns: &Path) -> Result<(PodNetwork, Vec<Nic>)> {
@@ -116,6 +156,73 @@ pub async fn configure_guest(
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Issue 14: `pod_netns` took any absolute path, the host's netns too.
+    /// The shim runs in the node's netns, so its own is the host's; a bind
+    /// mount of it (how CNI names namespaces) is the same namespace.
+    #[test]
+    fn the_hosts_network_namespace_is_refused_however_it_is_named() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root to bind-mount a namespace: run `make test` as root"
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bound = dir.path().join("hostns");
+        std::fs::write(&bound, b"").expect("mount point");
+        nix::mount::mount(
+            Some("/proc/self/ns/net"),
+            &bound,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .expect("bind the host netns");
+        let bound_result = open_pod_netns(&bound);
+        nix::mount::umount(&bound).expect("umount");
+        for (name, result) in [
+            (
+                "/proc/self/ns/net",
+                open_pod_netns(Path::new("/proc/self/ns/net")),
+            ),
+            (
+                "/proc/thread-self/ns/net",
+                open_pod_netns(Path::new("/proc/thread-self/ns/net")),
+            ),
+            ("a bind mount of it", bound_result),
+        ] {
+            let msg = result.expect_err(name).to_string();
+            assert!(msg.contains("the node's own"), "{name}: {msg}");
+            assert!(msg.contains("linux.namespaces"), "{name}: {msg}");
+        }
+        let e = open_pod_netns(Path::new("/nonexistent/netns")).expect_err("missing");
+        assert!(e.to_string().contains("does not exist"), "{e}");
+    }
+
+    /// A namespace of its own (made by a thread that unshares, as CNI's
+    /// would be) is accepted. Needs root, which the test suite has.
+    #[test]
+    fn a_network_namespace_of_its_own_is_accepted() {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "this test needs root to make a network namespace: run `make test` as root"
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            // SAFETY: gettid has no preconditions.
+            let tid = unsafe { nix::libc::gettid() };
+            tx.send(format!("/proc/{}/task/{tid}/ns/net", std::process::id()))
+                .expect("send");
+            // Keep the thread, and so its namespace, until the check is done.
+            let _ = done_rx.recv();
+        });
+        let path = rx.recv().expect("path");
+        let opened = open_pod_netns(Path::new(&path));
+        done_tx.send(()).expect("done");
+        t.join().expect("thread");
+        opened.expect("a namespace of its own");
+    }
 
     fn choice(spec: serde_json::Value, annotations: &[(&str, &str)]) -> Result<PodNetns> {
         let a = annotations
