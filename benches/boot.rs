@@ -206,6 +206,7 @@ fn raw_boot(config: &Config, initrd: &Path) -> Result<Duration, String> {
         }
         .render(),
         qmp_socket: dir.path().join("qmp.sock"),
+        seccomp_sandbox: q.seccompsandbox.clone(),
         vsock: None,
         share,
     };

@@ -37,6 +37,9 @@ pub struct Report {
     pub qemu_pid: u32,
     /// QEMU's run state over QMP while the guest was up.
     pub vm_status: String,
+    /// QEMU's seccomp mode while the guest was up, from `/proc/<pid>/status`:
+    /// `filter` under `-sandbox on` (`seccompsandbox`), `disabled` without.
+    pub qemu_seccomp: String,
     pub agent_version: String,
     pub protocol_version: u32,
     pub kernel_release: String,
@@ -76,6 +79,7 @@ pub async fn run(config: &Config, sandbox_id: &str) -> Result<Report, BootCheckE
         Err(e) => format!("unknown ({e})"),
     };
     let vm = &sandbox.vm;
+    let qemu_seccomp = seccomp_mode(vm.pid());
     let (accel, qemu_pid, spawn, ready) = (
         vm.accel.as_str().to_string(),
         vm.pid(),
@@ -102,6 +106,7 @@ pub async fn run(config: &Config, sandbox_id: &str) -> Result<Report, BootCheckE
         shared_fs: shared_fs.into(),
         qemu_pid,
         vm_status,
+        qemu_seccomp,
         agent_version: d.agent_version,
         protocol_version: d.protocol_version,
         kernel_release: d.kernel_release,
@@ -160,6 +165,22 @@ async fn interrupted() -> &'static str {
     }
 }
 
+/// The `Seccomp:` field of a process's status, in words.
+fn seccomp_mode(pid: u32) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let mode = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Seccomp:"))
+        .map(str::trim);
+    match mode {
+        Some("0") => "disabled",
+        Some("1") => "strict",
+        Some("2") => "filter",
+        _ => "unknown",
+    }
+    .to_string()
+}
+
 fn ms(d: Duration) -> u64 {
     d.as_millis() as u64
 }
@@ -194,8 +215,8 @@ impl Report {
         [
             format!("sandbox         {}", self.sandbox_id),
             format!(
-                "qemu pid        {} ({}, accel {}, vsock {})",
-                self.qemu_pid, self.vm_status, self.accel, self.vsock
+                "qemu pid        {} ({}, accel {}, vsock {}, seccomp {})",
+                self.qemu_pid, self.vm_status, self.accel, self.vsock, self.qemu_seccomp
             ),
             format!(
                 "agent           {} (protocol {})",

@@ -278,6 +278,7 @@ mod tests {
             initrd: "/i".into(),
             kernel_cmdline: String::new(),
             qmp_socket: "/q".into(),
+            seccomp_sandbox: String::new(),
             vsock: None,
             share: ShareDevice::None,
             tcg_tb_size_mib: 0,

@@ -38,6 +38,9 @@ fn vm_boots_virtiofs_answers_and_leaves_nothing() {
         r["vm_status"], "running",
         "QMP query-status while the guest was up"
     );
+    // Issue 14: QEMU ran without a seccomp filter; `-sandbox on` is the
+    // default and the guest boots and answers under it.
+    assert_eq!(r["qemu_seccomp"], "filter", "QEMU runs under -sandbox on");
     let cmdline = r["kernel_cmdline"].as_str().expect("cmdline");
     for want in [
         "console=hvc0",
@@ -74,6 +77,10 @@ fn vm_boots_with_9p_share() {
     let r = boot_check(&cfg, &id).report();
     assert_eq!(r["shared_fs"], "virtio-9p");
     assert_eq!(r["guest_share_fstype"], "9p");
+    assert_eq!(
+        r["qemu_seccomp"], "filter",
+        "9p is served under -sandbox on"
+    );
     assert_eq!(
         r["share_visible"], true,
         "host probe file visible in the guest over 9p"

@@ -150,6 +150,9 @@ pub struct Qemu {
     pub default_memory: u32,
     /// Extra kernel parameters, appended after the built-in ones.
     pub kernel_params: String,
+    /// QEMU's `-sandbox` (its seccomp filter), as Kata's key of the same
+    /// name; empty: no filter.
+    pub seccompsandbox: String,
     pub vsock: VsockMode,
     /// Candidate `vhost-device-vsock` binaries for hybrid vsock.
     pub vhost_user_vsock_daemon: Vec<PathBuf>,
@@ -196,6 +199,7 @@ impl Default for Qemu {
             default_maxvcpus: 0,
             default_memory: 2048,
             kernel_params: String::new(),
+            seccompsandbox: DEFAULT_SECCOMP_SANDBOX.into(),
             vsock: VsockMode::Auto,
             vhost_user_vsock_daemon: vec![
                 "/usr/libexec/vhost-device-vsock".into(),
@@ -488,6 +492,16 @@ impl Config {
                 "must be one line without NUL bytes".into(),
             ));
         }
+        if !seccomp_sandbox_is_valid(&q.seccompsandbox) {
+            return Err(invalid(
+                "hypervisor.qemu.seccompsandbox",
+                format!(
+                    "is {:?}, must be empty or QEMU's -sandbox value: on or off, then \
+                     comma-separated name=value options such as {DEFAULT_SECCOMP_SANDBOX:?}",
+                    q.seccompsandbox
+                ),
+            ));
+        }
         if !(4096..=(64 << 20)).contains(&q.msize_9p) {
             return Err(invalid(
                 "hypervisor.qemu.msize_9p",
@@ -549,6 +563,30 @@ impl Config {
             ));
         }
         Ok(())
+    }
+}
+
+/// QEMU's seccomp filter by default: a guest that takes QEMU over cannot use
+/// obsolete system calls, gain privileges (setuid and friends), start
+/// programs, or change its scheduling and resource limits. Kata's default
+/// lacks `elevateprivileges=deny`; QEMU here never needs to change its
+/// credentials after start.
+pub const DEFAULT_SECCOMP_SANDBOX: &str =
+    "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
+
+/// `value` is empty or has the shape of QEMU's `-sandbox` argument, and no
+/// character that could end the option or start another one.
+fn seccomp_sandbox_is_valid(value: &str) -> bool {
+    let mut parts = value.split(',');
+    match parts.next() {
+        Some("") if value.is_empty() => true,
+        Some("on" | "off") => parts.all(|p| {
+            p.split_once('=').is_some_and(|(k, v)| {
+                let word = |w: &str| !w.is_empty() && w.bytes().all(|b| b.is_ascii_lowercase());
+                word(k) && word(v)
+            })
+        }),
+        _ => false,
     }
 }
 

@@ -134,6 +134,14 @@ fn invalid_values_name_the_key() {
             "[hypervisor.qemu]\nkernel_params = \"quiet agent.debug_console\"\n",
             "hypervisor.qemu.kernel_params",
         ),
+        (
+            "[hypervisor.qemu]\nseccompsandbox = \"on,spawn=deny -device x\"\n",
+            "hypervisor.qemu.seccompsandbox",
+        ),
+        (
+            "[hypervisor.qemu]\nseccompsandbox = \"yes\"\n",
+            "hypervisor.qemu.seccompsandbox",
+        ),
         // `--` and a quote would hide the shim's own agent keys behind them.
         (
             "[hypervisor.qemu]\nkernel_params = \"quiet --\"\n",
@@ -243,4 +251,15 @@ fn annotation_lists_are_read_and_checked() {
             other => panic!("{text}: expected invalid {key}, got {other:?}"),
         }
     }
+}
+
+#[test]
+fn seccompsandbox_defaults_on_and_can_be_turned_off() {
+    let c = parse("").expect("defaults");
+    assert_eq!(c.hypervisor.qemu.seccompsandbox, DEFAULT_SECCOMP_SANDBOX);
+    let off = parse("[hypervisor.qemu]\nseccompsandbox = \"\"\n").expect("empty is off");
+    assert!(off.hypervisor.qemu.seccompsandbox.is_empty());
+    let kata = parse("[hypervisor.qemu]\nseccompsandbox = \"on,obsolete=deny,spawn=deny,resourcecontrol=deny\"\n")
+        .expect("Kata's default");
+    assert!(kata.hypervisor.qemu.seccompsandbox.starts_with("on,"));
 }

@@ -105,7 +105,9 @@ mod tests {
     #[test]
     fn configuration_round_trips_through_the_shims_parser() {
         let mut c = Config::default();
-        c.hypervisor.qemu.kernel_params = "quote\" back\\slash tab\t del\u{7f} é".into();
+        // kernel_params may not hold a quote: a free-form list may.
+        c.hypervisor.qemu.virtio_fs_extra_args =
+            vec!["quote\" back\\slash tab\t del\u{7f} é".into()];
         c.hypervisor.qemu.default_vcpus = 2;
         let text = render(&serde_json::to_value(&c).expect("json")).expect("toml");
         assert!(text.starts_with("[agent.kata]\n"), "{text}");

@@ -364,6 +364,7 @@ impl Vm {
             initrd: q.initrd.clone(),
             kernel_cmdline,
             qmp_socket: self.paths.qmp(),
+            seccomp_sandbox: q.seccompsandbox.clone(),
             vsock: Some(vsock),
             share,
         };

@@ -76,6 +76,8 @@ pub struct QemuSpec {
     pub initrd: PathBuf,
     pub kernel_cmdline: String,
     pub qmp_socket: PathBuf,
+    /// `-sandbox` (QEMU's seccomp filter); empty: none.
+    pub seccomp_sandbox: String,
     /// `None` only for the benchmark's raw boot, which has no agent.
     pub vsock: Option<VsockDevice>,
     pub share: ShareDevice,
@@ -125,6 +127,11 @@ impl QemuSpec {
 
         push(&["-name", &format!("sandbox-{}", self.sandbox_id)]);
         push(&["-uuid", &self.uuid]);
+        // QEMU installs the filter after parsing its options and before the
+        // guest runs: everything the guest can reach is filtered.
+        if !self.seccomp_sandbox.is_empty() {
+            push(&["-sandbox", &self.seccomp_sandbox]);
+        }
         // tb-size is a property of the TCG accelerator object, which only
         // `-accel` can set; QEMU refuses `-accel` next to `-machine accel=`,
         // so the accelerator is named in exactly one of the two places.
@@ -281,6 +288,7 @@ mod tests {
             initrd: "/i".into(),
             kernel_cmdline: cmdline,
             qmp_socket: "/run/kata/abc/qmp.sock".into(),
+            seccomp_sandbox: crate::config::DEFAULT_SECCOMP_SANDBOX.into(),
             vsock: Some(vsock),
             share,
         }
@@ -495,7 +503,10 @@ mod tests {
             let append = values(&args, "-append");
             assert_eq!(append.len(), 1);
             assert!(
-                append[0].ends_with(&format!("agent.log=info agent.shared_fs={}", r.agent_fs)),
+                append[0].ends_with(&format!(
+                    "agent.log=info agent.shared_fs={} agent.debug_console=0",
+                    r.agent_fs
+                )),
                 "row {i}: {}",
                 append[0]
             );
@@ -515,6 +526,20 @@ mod tests {
         .to_args();
         assert_eq!(values(&args, "-name"), vec!["sandbox-abc"]);
         assert_eq!(values(&args, "-accel"), vec!["tcg,tb-size=64"]);
+        // Issue 14: QEMU ran with no seccomp filter.
+        assert_eq!(
+            values(&args, "-sandbox"),
+            vec!["on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"]
+        );
+        let mut unfiltered = spec(
+            Accel::Tcg,
+            VsockDevice::Hybrid {
+                socket: "/s".into(),
+            },
+            ShareDevice::None,
+        );
+        unfiltered.seccomp_sandbox.clear();
+        assert!(!unfiltered.to_args().iter().any(|a| a == "-sandbox"));
         assert_eq!(
             values(&args, "-machine"),
             vec!["q35,memory-backend=entire-guest-memory"]
