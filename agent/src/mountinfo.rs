@@ -3,7 +3,7 @@
 
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// Decodes a field's octal escapes; anything else, an escape that is not
 /// three octal digits or does not fit a byte included, stays as written.
@@ -43,9 +43,39 @@ pub fn text(field: &str) -> String {
     String::from_utf8_lossy(&unescape(field)).into_owned()
 }
 
+/// The mount points at or below `dir` in a mountinfo text, deepest (last
+/// mounted) first: the order they can be detached in.
+pub fn mount_points_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut points: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(path)
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.reverse();
+    points
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mount_points_under_a_directory_deepest_first() {
+        let text = "30 1 0:2 / / rw - ext4 /dev/vda rw\n\
+                    41 30 0:40 / /run/shared rw - virtiofs kataShared rw\n\
+                    62 41 0:41 / /run/shared/c1/rootfs rw - virtiofs none rw\n\
+                    63 62 0:42 / /run/shared/c1/rootfs/a\\040b rw - tmpfs t rw\n\
+                    64 41 0:43 / /run/shared/c10/rootfs rw - virtiofs none rw\n";
+        assert_eq!(
+            mount_points_under(text, Path::new("/run/shared/c1")),
+            vec![
+                PathBuf::from("/run/shared/c1/rootfs/a b"),
+                PathBuf::from("/run/shared/c1/rootfs"),
+            ]
+        );
+        assert!(mount_points_under(text, Path::new("/nope")).is_empty());
+    }
 
     #[test]
     fn escapes() {

@@ -286,6 +286,7 @@ impl Sandbox {
             Ok(c) => c,
             Err(e) => {
                 storage::unmount_all(&mounted);
+                crate::container::release_share_submounts(&id);
                 return Err(e);
             }
         };

@@ -571,6 +571,7 @@ impl Container {
                 tracing::warn!(container_id = %self.id, mount_point = %mp.display(), error = %e, "cannot unmount storage");
             }
         }
+        release_share_submounts(&self.id);
         std::fs::remove_dir_all(&self.dir).map_err(|e| AgentError::io("removing", &self.dir, e))?;
         tracing::info!(container_id = %self.id, "container removed");
         Ok(())
@@ -578,5 +579,23 @@ impl Container {
 
     fn init_exit_rx(&self) -> tokio::sync::watch::Receiver<Option<i32>> {
         self.init.exit_receiver()
+    }
+}
+
+/// The host binds the container's rootfs and volumes into the share as
+/// mounts of their own, which virtio-fs (`--announce-submounts`) shows
+/// the guest as submounts under `<share>/<id>`, mounted on first use.
+/// Nothing else unmounts them in the guest: without this, every
+/// container left one in the guest's mount table. Called when a container
+/// is removed and when its create fails.
+pub fn release_share_submounts(container_id: &str) {
+    let entry = Path::new(kata_agent_protocol::guest::SHARED_FS_MOUNT).join(container_id);
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    for mp in crate::mountinfo::mount_points_under(&text, &entry) {
+        if let Err(e) = nix::mount::umount2(&mp, nix::mount::MntFlags::MNT_DETACH) {
+            tracing::warn!(container_id, mount_point = %mp.display(), error = %e, "cannot unmount a share submount");
+        }
     }
 }
