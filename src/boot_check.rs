@@ -136,13 +136,19 @@ async fn probe(
     }
     let name = "boot-check-probe";
     let content = format!("visible {}", nonce());
-    let path = sandbox.vm.paths.share_dir.join(name);
-    std::fs::write(&path, &content).map_err(|source| BootCheckError::Probe {
+    let share = &sandbox.vm.paths.share_dir;
+    let path = share.join(name);
+    let probe_err = |source| BootCheckError::Probe {
         path: path.display().to_string(),
         source,
-    })?;
+    };
+    // The share root is read-only to the guest, and so outside the shim's
+    // own windows.
+    crate::storage::with_writable_share(share, || std::fs::write(&path, &content))
+        .map_err(|e| probe_err(std::io::Error::other(e)))?
+        .map_err(probe_err)?;
     let d = sandbox.agent.guest_details(name).await;
-    let _ = std::fs::remove_file(&path);
+    let _ = crate::storage::with_writable_share(share, || std::fs::remove_file(&path));
     let d = d?;
     let visible = d
         .shared_fs

@@ -548,8 +548,10 @@ fn ephemeral_storage_and_read_only_share_volumes() {
 
     // A volume from the share, bound read-only.
     let vol = pod.share().join("vol1");
-    std::fs::create_dir_all(&vol).expect("mkdir volume");
-    std::fs::write(vol.join("x"), "from host\n").expect("write volume file");
+    pod.share_write(|| {
+        std::fs::create_dir_all(&vol).expect("mkdir volume");
+        std::fs::write(vol.join("x"), "from host\n").expect("write volume file");
+    });
     let root = pod.rootfs("v");
     pod.run(
         "v",

@@ -322,8 +322,10 @@ fn container_path_escapes_are_rejected() {
     let pod = Pod::boot("escapes");
     // A rootfs that is a symlink to the guest's /.
     let link_root = pod.share().join("evil1");
-    std::fs::create_dir_all(&link_root).expect("mkdir");
-    std::os::unix::fs::symlink("/", link_root.join("rootfs")).expect("symlink");
+    pod.share_write(|| {
+        std::fs::create_dir_all(&link_root).expect("mkdir");
+        std::os::unix::fs::symlink("/", link_root.join("rootfs")).expect("symlink");
+    });
     let s = spec(&format!("{GUEST_SHARE}/evil1/rootfs"), &["/bin/true"]);
     let mut req = agent::CreateContainerRequest::new();
     req.container_id = "evil1".into();

@@ -98,27 +98,16 @@ pub(super) fn clone_mount(
     // SAFETY: open_tree just returned this fd; closing it dissolves the
     // detached tree if it is never attached.
     let tree = unsafe { OwnedFd::from_raw_fd(tree_fd) };
-    if readonly != ReadOnly::No {
-        // SAFETY: zeroed is a valid mount_attr (no attribute changes).
-        let mut attr: libc::mount_attr = unsafe { std::mem::zeroed() };
-        attr.attr_set = libc::MOUNT_ATTR_RDONLY;
-        // SAFETY: `attr` is a live mount_attr of the size passed, and the
-        // path is the NUL-terminated empty string.
-        check(unsafe {
-            libc::syscall(
-                libc::SYS_mount_setattr,
-                tree.as_raw_fd(),
-                EMPTY.as_ptr(),
-                libc::AT_EMPTY_PATH as libc::c_uint
-                    | if readonly == ReadOnly::Recursive {
-                        rec
-                    } else {
-                        0
-                    },
-                &attr as *const libc::mount_attr,
-                std::mem::size_of::<libc::mount_attr>(),
-            )
-        })?;
+    // Whatever the guest makes in a bind (it writes as root on the host,
+    // through virtiofsd or QEMU's 9p) is inert on the host side: no setuid
+    // program, no device node that opens the host's device. The guest's own
+    // kernel still honours both in the guest; only the host-side copy of
+    // the mount carries the flags.
+    set_attr(&tree, libc::MOUNT_ATTR_NOSUID | libc::MOUNT_ATTR_NODEV, rec)?;
+    match readonly {
+        ReadOnly::No => {}
+        ReadOnly::Recursive => set_attr(&tree, libc::MOUNT_ATTR_RDONLY, rec)?,
+        ReadOnly::Top => set_attr(&tree, libc::MOUNT_ATTR_RDONLY, 0)?,
     }
     // SAFETY: both fds are live and both paths are the NUL-terminated empty
     // string.
@@ -130,6 +119,27 @@ pub(super) fn clone_mount(
             target.as_raw_fd(),
             EMPTY.as_ptr(),
             libc::MOVE_MOUNT_F_EMPTY_PATH | libc::MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    })?;
+    Ok(())
+}
+
+/// Sets `attr` on the detached mount tree `tree` (`rec`: on every mount
+/// of it).
+fn set_attr(tree: &OwnedFd, attr: u64, rec: libc::c_uint) -> io::Result<()> {
+    // SAFETY: zeroed is a valid mount_attr (no attribute changes).
+    let mut a: libc::mount_attr = unsafe { std::mem::zeroed() };
+    a.attr_set = attr;
+    // SAFETY: `a` is a live mount_attr of the size passed, and the path is
+    // the NUL-terminated empty string.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            EMPTY.as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | rec,
+            &a as *const libc::mount_attr,
+            std::mem::size_of::<libc::mount_attr>(),
         )
     })?;
     Ok(())

@@ -14,8 +14,11 @@
 
 mod fsops;
 mod rootfs;
+mod share;
 #[cfg(test)]
 mod tests;
+
+pub use share::{ROOT_BYTES, ROOT_INODES, prepare_share, release_share, with_writable_share};
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -23,7 +26,6 @@ use std::path::{Component, Path, PathBuf};
 
 use containerd_shim_protos::api::Mount;
 use nix::fcntl::OFlag;
-use nix::mount::MsFlags;
 use serde_json::Value;
 use ttrpc::Code;
 
@@ -70,54 +72,6 @@ impl StorageError {
 fn io_err(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> StorageError {
     let path = path.into();
     move |source| StorageError::Io { what, path, source }
-}
-
-/// Makes the share dir a bind mount of itself with shared propagation, so
-/// that binds made under it after virtiofsd started propagate into
-/// virtiofsd's (slave) mount namespace. Called once, after the share dir is
-/// created and before virtiofsd starts. Idempotent.
-pub fn prepare_share(share_dir: &Path) -> Result<(), StorageError> {
-    let canon = std::fs::canonicalize(share_dir).map_err(io_err("resolve", share_dir))?;
-    let infos = crate::mounts::read_mountinfo().map_err(io_err("read", "/proc/self/mountinfo"))?;
-    match infos.iter().rev().find(|m| m.mount_point == canon) {
-        // Re-sharing would cut virtiofsd's copy off from its master.
-        Some(m) if m.is_shared() => return Ok(()),
-        Some(_) => {}
-        None => {
-            nix::mount::mount(
-                Some(&canon),
-                &canon,
-                None::<&str>,
-                MsFlags::MS_BIND,
-                None::<&str>,
-            )
-            .map_err(|e| io_err("bind-mount", &canon)(e.into()))?;
-            // Private first: the bind leaves the parent's peer group, so
-            // container binds do not spread to the host's other namespaces.
-            if let Err(e) = make(&canon, MsFlags::MS_PRIVATE) {
-                let _ = nix::mount::umount2(&canon, nix::mount::MntFlags::MNT_DETACH);
-                return Err(e);
-            }
-        }
-    }
-    make(&canon, MsFlags::MS_SHARED)?;
-    tracing::debug!(path = %canon.display(), "share is a shared mount");
-    Ok(())
-}
-
-fn make(path: &Path, propagation: MsFlags) -> Result<(), StorageError> {
-    nix::mount::mount(None::<&str>, path, None::<&str>, propagation, None::<&str>)
-        .map_err(|e| io_err("set propagation of", path)(e.into()))
-}
-
-/// Unmounts everything under the share and the share's own bind.
-/// Idempotent, tolerant.
-pub fn release_share(share_dir: &Path) {
-    match crate::mounts::unmount_under(share_dir) {
-        Ok(0) => {}
-        Ok(n) => tracing::debug!(path = %share_dir.display(), mounts = n, "share released"),
-        Err(e) => tracing::warn!(path = %share_dir.display(), error = %e, "cannot release share"),
-    }
 }
 
 /// A container ready to be created in the guest.
@@ -179,6 +133,13 @@ impl ContainerMounts {
     /// guest-written files) stays and is reported, rather than its content
     /// being deleted.
     fn remove_share_entries(&self) {
+        if let Err(e) = with_writable_share(&self.share_dir, || self.remove_share_entries_now()) {
+            tracing::warn!(sandbox_id = %self.sandbox_id, container_id = %self.container_id,
+                error = %crate::logging::error_chain(&e), "cannot remove share entries");
+        }
+    }
+
+    fn remove_share_entries_now(&self) {
         let (sandbox_id, container_id) = (&self.sandbox_id, &self.container_id);
         let report = |path: &Path, e: io::Error| {
             tracing::warn!(sandbox_id, container_id, path = %path.display(), error = %e,
@@ -354,10 +315,22 @@ impl ContainerMounts {
             }
         }
         let root_fd = self.open_root(root, rootfs)?;
+        with_writable_share(&self.share_dir, || {
+            self.bind_into_share(&share, root_fd, volumes)
+        })?
+    }
 
+    /// Makes `<share>/<cid>/{rootfs,volumes/*}` and binds the container's
+    /// root and volumes onto them.
+    fn bind_into_share(
+        &self,
+        share: &OwnedFd,
+        root_fd: OwnedFd,
+        volumes: Vec<(&Volume, (OwnedFd, bool))>,
+    ) -> Result<(), StorageError> {
         let cpath = self.share_dir.join(&self.container_id);
         let cdir =
-            fsops::ensure_dir(&share, &self.container_id).map_err(io_err("create", &cpath))?;
+            fsops::ensure_dir(share, &self.container_id).map_err(io_err("create", &cpath))?;
         let target_path = cpath.join("rootfs");
         let target = fsops::ensure_dir(&cdir, "rootfs").map_err(io_err("create", &target_path))?;
         fsops::clone_mount(&root_fd, &target, true, ReadOnly::No)

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use nix::mount::MsFlags;
+
 use super::*;
 use crate::mounts::{is_mount_point, mounts_under, parse_mountinfo, unmount_under};
 
@@ -105,7 +107,7 @@ fn share_binds_reach_a_slave_namespace_read_only_and_leave_it() {
     assert_eq!(
         mounts_under(&share).expect("mounts").len(),
         1,
-        "one self-bind"
+        "one tmpfs root"
     );
 
     // Started after prepare_share, like virtiofsd.
@@ -170,6 +172,139 @@ fn share_binds_reach_a_slave_namespace_read_only_and_leave_it() {
     release_share(&share);
     assert!(mounts_under(&share).expect("mounts").is_empty());
     drop(child);
+}
+
+/// Issue 14: the share was a plain directory on the node's `/run`,
+/// writable at its root by the guest, and the non-recursive cleanup left
+/// what the guest wrote there after the pod.
+#[test]
+fn share_root_is_a_bounded_read_only_tmpfs_that_takes_the_guests_files_with_it() {
+    let s = Scratch::in_run();
+    let share = s.dir("share");
+    prepare_share(&share).expect("prepare");
+    let infos = crate::mounts::read_mountinfo().expect("mountinfo");
+    let m = infos
+        .iter()
+        .rev()
+        .find(|m| m.mount_point == share)
+        .expect("root mount");
+    assert_eq!(m.fstype, "tmpfs", "{m:?}");
+    for flag in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(
+            m.options.split(',').any(|o| o == flag),
+            "{flag} missing: {m:?}"
+        );
+    }
+    // The guest (virtiofsd or QEMU, root on the host) cannot create
+    // anything at the root.
+    assert_eq!(
+        errno(std::fs::write(share.join("guest-file"), "x")),
+        Some(libc::EROFS)
+    );
+    assert_eq!(
+        errno(std::fs::create_dir(share.join("guest-dir"))),
+        Some(libc::EROFS)
+    );
+
+    // The shim's own entries are made in a window; the container's rootfs
+    // bind beneath is writable as its spec says.
+    let bundle = s.dir("bundle");
+    s.dir("bundle/rootfs");
+    let mut p = prepare_container(&share, "sb", "c1", &bundle, spec("rootfs", json!([])), &[])
+        .expect("prepare");
+    std::fs::write(share.join("c1/rootfs/written"), "by the container").expect("rootfs writable");
+    // Binds carry nosuid and nodev on the host side: a setuid program or a
+    // device node the guest makes in its rootfs is inert on the node.
+    let infos = crate::mounts::read_mountinfo().expect("mountinfo");
+    let bind = infos
+        .iter()
+        .rev()
+        .find(|m| m.mount_point == share.join("c1/rootfs"))
+        .expect("rootfs bind");
+    for flag in ["nosuid", "nodev"] {
+        assert!(
+            bind.options.split(',').any(|o| o == flag),
+            "{flag} missing: {bind:?}"
+        );
+    }
+    nix::sys::stat::mknod(
+        &share.join("c1/rootfs/null"),
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .expect("mknod, as a guest's root can");
+    assert_eq!(
+        errno(std::fs::File::open(share.join("c1/rootfs/null")).map(drop)),
+        Some(libc::EACCES),
+        "a device node made in the share does not open the host's device"
+    );
+    std::fs::remove_file(share.join("c1/rootfs/null")).expect("rm");
+    assert_eq!(
+        errno(std::fs::write(share.join("x"), "x")),
+        Some(libc::EROFS),
+        "read-only again"
+    );
+
+    // What a guest could race in during a window is bounded, whatever the
+    // node's /run is.
+    let filled = with_writable_share(&share, || {
+        let mut f = std::fs::File::create(share.join("flood")).expect("create");
+        let chunk = vec![0u8; 64 << 10];
+        let mut written = 0u64;
+        let err = loop {
+            match std::io::Write::write(&mut f, &chunk) {
+                Ok(n) => written += n as u64,
+                Err(e) => break e,
+            }
+            assert!(
+                written <= 2 * ROOT_BYTES,
+                "no bound: {written} bytes written"
+            );
+        };
+        (written, err.raw_os_error())
+    })
+    .expect("window");
+    println!(
+        "the guest's flood of the share root stopped at {} bytes",
+        filled.0
+    );
+    assert_eq!(filled.1, Some(libc::ENOSPC));
+    assert!(filled.0 <= ROOT_BYTES, "{} > {ROOT_BYTES}", filled.0);
+
+    p.mounts.release_share();
+    release_share(&share);
+    assert!(mounts_under(&share).expect("mounts").is_empty());
+    let left: Vec<_> = std::fs::read_dir(&share).expect("share").collect();
+    assert!(
+        left.is_empty(),
+        "the guest's files went with the tmpfs: {left:?}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(bundle.join("rootfs/written")).expect("the container's write"),
+        "by the container",
+        "the container's rootfs is its own, not the share's"
+    );
+}
+
+/// A share the shim did not mount (an older shim's plain directory) is
+/// never remounted: a remount of the filesystem under it would change the
+/// node's `/run` or root disk.
+#[test]
+fn a_share_that_is_not_the_shims_tmpfs_is_never_remounted() {
+    let s = Scratch::in_run();
+    let share = s.dir("plain-share");
+    let before = crate::mounts::read_mountinfo().expect("mountinfo");
+    let ran = with_writable_share(&share, || std::fs::write(share.join("f"), "x").is_ok())
+        .expect("no remount");
+    assert!(ran);
+    let after = crate::mounts::read_mountinfo().expect("mountinfo");
+    let opts = |v: &[crate::mounts::MountInfo]| -> Vec<String> {
+        v.iter()
+            .map(|m| format!("{} {}", m.mount_point.display(), m.options))
+            .collect()
+    };
+    assert_eq!(opts(&before), opts(&after), "no mount changed");
 }
 
 #[test]

@@ -300,7 +300,8 @@ impl Vm {
                     .as_ref()
                     .expect("virtio-fs resolved the daemon binary");
                 // Binds made under the share later (container rootfs and
-                // volumes) must reach virtiofsd's own mount namespace.
+                // volumes) must reach virtiofsd's own mount namespace; the
+                // root is a bounded, read-only tmpfs (storage::share).
                 crate::storage::prepare_share(&self.paths.share_dir)?;
                 let sock = self.paths.virtiofsd();
                 let mut cmd = Command::new(bin);
@@ -316,9 +317,14 @@ impl Vm {
                 ready?;
                 Ok(ShareDevice::VirtioFs { socket: sock })
             }
-            ShareKind::NineP => Ok(ShareDevice::NineP {
-                dir: self.paths.share_dir.clone(),
-            }),
+            ShareKind::NineP => {
+                // QEMU serves 9p from the node's mount namespace; the root
+                // is bounded and read-only all the same.
+                crate::storage::prepare_share(&self.paths.share_dir)?;
+                Ok(ShareDevice::NineP {
+                    dir: self.paths.share_dir.clone(),
+                })
+            }
             ShareKind::None => Ok(ShareDevice::None),
         }
     }

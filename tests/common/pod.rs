@@ -31,12 +31,17 @@ impl Pod {
     /// Boots the VM and waits for the agent, without CreateSandbox (for
     /// tests that send their own).
     pub fn boot_vm(test: &str) -> Pod {
+        Pod::boot_config(test, &Pod::test_config())
+    }
+
+    /// The default configuration with the test image.
+    pub fn test_config() -> Config {
         let (kernel, initrd, _) = test_image();
         let mut config = Config::default();
         config.hypervisor.qemu.kernel = kernel;
         config.hypervisor.qemu.initrd = initrd;
         config.agent.kata.dial_timeout = 60;
-        Pod::boot_config(test, &config)
+        config
     }
 
     /// Boots the VM of `config` and waits for the agent, without
@@ -68,14 +73,19 @@ impl Pod {
     /// pod's containers when `sandbox_pidns`.
     pub fn boot_with(test: &str, sandbox_pidns: bool) -> Pod {
         let pod = Pod::boot_vm(test);
+        pod.create_sandbox(sandbox_pidns);
+        pod
+    }
+
+    /// The guest's CreateSandbox, as the shim sends it.
+    pub fn create_sandbox(&self, sandbox_pidns: bool) {
         let mut req = agent::CreateSandboxRequest::new();
-        req.sandbox_id = pod.id.clone();
+        req.sandbox_id = self.id.clone();
         req.hostname = "kata-pod".into();
         req.sandbox_pidns = sandbox_pidns;
-        pod.call("CreateSandbox", |a| async move {
+        self.call("CreateSandbox", |a| async move {
             a.raw().create_sandbox(call_context(CALL), &req).await
         });
-        pod
     }
 
     pub fn agent(&self) -> AgentClient {
@@ -113,12 +123,37 @@ impl Pod {
         self.rt.block_on(f(agent))
     }
 
-    /// Writes a busybox rootfs for `cid` into the host side of the share
-    /// and returns its guest path.
+    /// Runs `f` with the share's root writable, as the shim makes its own
+    /// entries (the root is read-only to the guest otherwise).
+    pub fn share_write<T>(&self, f: impl FnOnce() -> T) -> T {
+        kata_shim::storage::with_writable_share(&self.share(), f).expect("share window")
+    }
+
+    /// Writes a busybox rootfs for `cid` into a bundle outside the share
+    /// and binds it to `<share>/<cid>/rootfs` the way the shim binds a
+    /// container's rootfs (`storage::prepare_container`), and returns its
+    /// guest path.
     pub fn rootfs(&self, cid: &str) -> String {
-        let root = self.share().join(cid).join("rootfs");
-        write_busybox_rootfs(&root);
+        let bundle = self.staging().join(cid);
+        write_busybox_rootfs(&bundle.join("rootfs"));
+        let spec = json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs"},
+            "process": {"args": ["/bin/true"], "cwd": "/"},
+            "linux": {"namespaces": [{"type": "mount"}]},
+        });
+        // A test that reuses an id gets a fresh bind, as the shim releases
+        // a container's binds when it exits.
+        kata_shim::mounts::unmount_beneath(&self.share(), Path::new(cid)).expect("release");
+        kata_shim::storage::prepare_container(&self.share(), &self.id, cid, &bundle, spec, &[])
+            .expect("bind the rootfs into the share");
         format!("{GUEST_SHARE}/{cid}/rootfs")
+    }
+
+    /// Where this pod's test rootfs trees are written: on the host, out of
+    /// the share, removed with the pod.
+    fn staging(&self) -> PathBuf {
+        std::env::temp_dir().join(format!("kata-test-rootfs-{}", self.id))
     }
 
     pub fn create(&self, cid: &str, spec: &Value) {
@@ -229,13 +264,9 @@ impl Drop for Pod {
         if let Some(sb) = self.sandbox.take() {
             let share = sb.vm.paths.share_dir.clone();
             let report = self.rt.block_on(sb.shutdown());
-            // The rootfs trees written by the test are ours to remove; the
-            // VM is gone, so nothing in the guest uses them any more.
-            if let Ok(entries) = std::fs::read_dir(&share) {
-                for e in entries.flatten() {
-                    let _ = std::fs::remove_dir_all(e.path());
-                }
-            }
+            // Shutdown unmounted the share and its binds; the rootfs trees
+            // written by the test are ours to remove.
+            let _ = std::fs::remove_dir_all(self.staging());
             let _ = std::fs::remove_dir(&share);
             eprintln!("pod {} stopped: {}", self.id, report.how);
         }
