@@ -50,3 +50,5 @@ pub mod stdio;
 pub mod storage;
 pub mod task;
 pub mod vm;
+#[cfg(test)]
+mod fuzz_tests;

@@ -24,7 +24,7 @@ use super::{Endpoint, NeighborInfo, NetworkError, RouteInfo, tap_name};
 
 /// A usable link: its index in the namespace and what the guest sees.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Link {
+pub(crate) struct Link {
     pub index: u32,
     pub endpoint: Endpoint,
 }
@@ -140,7 +140,7 @@ pub(super) async fn find(handle: &Handle, name: &str) -> Result<Option<Brief>, N
 
 /// Splits the links into usable ones (numbered in index order, which names
 /// their taps) and skipped ones with the reason.
-pub(super) fn select_links(
+pub(crate) fn select_links(
     links: &[LinkMessage],
     addrs: &[AddressMessage],
 ) -> (Vec<Link>, Vec<(String, &'static str)>) {
@@ -261,7 +261,7 @@ fn route_ip(a: &RouteAddress) -> Option<IpAddr> {
 /// The route the guest needs, if this is one: a unicast route of the main
 /// table through an endpoint, not made by the kernel (the guest's kernel
 /// makes those from the addresses), not to link-local or multicast space.
-pub(super) fn route_info(msg: &RouteMessage, names: &HashMap<u32, &str>) -> Option<RouteInfo> {
+pub(crate) fn route_info(msg: &RouteMessage, names: &HashMap<u32, &str>) -> Option<RouteInfo> {
     let h = &msg.header;
     let mut table = u32::from(h.table);
     let (mut dest, mut gateway, mut source, mut oif, mut metric) = (None, None, None, None, 0);
@@ -312,7 +312,7 @@ pub(super) fn route_info(msg: &RouteMessage, names: &HashMap<u32, &str>) -> Opti
 
 /// The neighbour the guest needs, if this is one: permanent, with an IP
 /// and a link-layer address, on an endpoint.
-pub(super) fn neighbor_info(
+pub(crate) fn neighbor_info(
     msg: &NeighbourMessage,
     names: &HashMap<u32, &str>,
 ) -> Option<NeighborInfo> {

@@ -25,7 +25,7 @@
 //! thread that enters the namespace (only that thread does) and exits after
 //! (see `netns.rs`); callers on tokio use `spawn_blocking`.
 
-mod discover;
+pub(crate) mod discover;
 mod error;
 mod netns;
 mod tap;

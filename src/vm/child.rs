@@ -289,7 +289,7 @@ fn exit_status_unknown() -> ExitStatus {
 /// skipping the rest up to its newline: the guest controls the console, and
 /// a line that never ends must not grow the shim's memory. False at the end
 /// of the stream (or on an error) with nothing read.
-async fn read_line_capped(
+pub(crate) async fn read_line_capped(
     r: &mut (impl AsyncBufRead + Unpin),
     buf: &mut Vec<u8>,
     max: usize,
@@ -314,7 +314,7 @@ async fn read_line_capped(
     }
 }
 
-async fn pump(
+pub(crate) async fn pump(
     stream: impl AsyncRead + Unpin,
     what: &'static str,
     sandbox_id: String,
