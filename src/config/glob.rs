@@ -3,7 +3,8 @@
 //! `*` is any run of characters other than `/`, `?` is one character other
 //! than `/`, `[abc]`, `[a-z]` and `[!a-z]` are classes, `\` escapes.
 //! A pattern matches the whole text. Matching is a dynamic programme over
-//! (pattern, text) positions, so it is quadratic at worst, never exponential.
+//! (pattern, text) positions, so it is quadratic at worst, never exponential,
+//! and iterative, so it never recurses on its input.
 
 /// Why a pattern cannot be used.
 pub fn check(pattern: &str) -> Result<(), String> {
@@ -27,45 +28,55 @@ pub fn check(pattern: &str) -> Result<(), String> {
 
 /// Whether `text` matches `pattern` as a whole. An invalid pattern matches
 /// nothing.
+///
+/// Iterative, one row of text positions per pattern element, so neither
+/// the pattern nor the text (an annotation key a pod chooses) can make it
+/// recurse: a recursive match overflowed a worker thread's stack on a key
+/// of 22,000 characters.
 pub fn matches(pattern: &str, text: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
     let t: Vec<char> = text.chars().collect();
-    // memo[pi * (t.len() + 1) + ti]: None unknown, Some(result).
-    let mut memo = vec![None; (p.len() + 1) * (t.len() + 1)];
-    matches_at(&p, &t, 0, 0, &mut memo)
-}
-
-fn matches_at(p: &[char], t: &[char], pi: usize, ti: usize, memo: &mut [Option<bool>]) -> bool {
-    let slot = pi * (t.len() + 1) + ti;
-    if let Some(r) = memo[slot] {
-        return r;
-    }
-    let r = if pi == p.len() {
-        ti == t.len()
-    } else {
-        match p[pi] {
-            // Either the star matches nothing more, or it takes one more
-            // character that is not a separator.
-            '*' => {
-                matches_at(p, t, pi + 1, ti, memo)
-                    || (ti < t.len() && t[ti] != '/' && matches_at(p, t, pi, ti + 1, memo))
+    // row[ti]: the pattern so far matches t[..ti].
+    let mut row = vec![false; t.len() + 1];
+    row[0] = true;
+    let mut pi = 0;
+    while pi < p.len() {
+        let mut next = vec![false; t.len() + 1];
+        if p[pi] == '*' {
+            // The star takes any run of characters other than `/`.
+            next[0] = row[0];
+            for ti in 1..=t.len() {
+                next[ti] = row[ti] || (next[ti - 1] && t[ti - 1] != '/');
             }
-            '?' => ti < t.len() && t[ti] != '/' && matches_at(p, t, pi + 1, ti + 1, memo),
-            '[' => match class_len(&p[pi..]) {
-                Some(n) if ti < t.len() && t[ti] != '/' && class_matches(&p[pi..pi + n], t[ti]) => {
-                    matches_at(p, t, pi + n, ti + 1, memo)
+            pi += 1;
+        } else {
+            let (len, one): (usize, Box<dyn Fn(char) -> bool>) = match p[pi] {
+                '?' => (1, Box::new(|c| c != '/')),
+                '[' => match class_len(&p[pi..]) {
+                    Some(n) => {
+                        let class = &p[pi..pi + n];
+                        (n, Box::new(move |c| c != '/' && class_matches(class, c)))
+                    }
+                    None => return false,
+                },
+                '\\' if pi + 1 < p.len() => {
+                    let lit = p[pi + 1];
+                    (2, Box::new(move |c| c == lit))
                 }
-                _ => false,
-            },
-            '\\' if pi + 1 < p.len() => {
-                ti < t.len() && t[ti] == p[pi + 1] && matches_at(p, t, pi + 2, ti + 1, memo)
+                '\\' => return false,
+                lit => (1, Box::new(move |c| c == lit)),
+            };
+            for ti in 1..=t.len() {
+                next[ti] = row[ti - 1] && one(t[ti - 1]);
             }
-            '\\' => false,
-            c => ti < t.len() && t[ti] == c && matches_at(p, t, pi + 1, ti + 1, memo),
+            pi += len;
         }
-    };
-    memo[slot] = Some(r);
-    r
+        row = next;
+        if !row.contains(&true) {
+            return false;
+        }
+    }
+    row[t.len()]
 }
 
 /// Length of the class starting at `p[0] == '['`, closing `]` included.

@@ -57,8 +57,11 @@ pub fn metrics(s: &StatsContainerResponse) -> Metrics {
             slab_unreclaimable: st("slab_unreclaimable"),
             pgfault: st("pgfault"),
             pgmajfault: st("pgmajfault"),
-            workingset_refault: st("workingset_refault_anon") + st("workingset_refault_file"),
-            workingset_activate: st("workingset_activate_anon") + st("workingset_activate_file"),
+            // Guest-reported: summed without overflow.
+            workingset_refault: st("workingset_refault_anon")
+                .saturating_add(st("workingset_refault_file")),
+            workingset_activate: st("workingset_activate_anon")
+                .saturating_add(st("workingset_activate_file")),
             workingset_nodereclaim: st("workingset_nodereclaim"),
             pgrefill: st("pgrefill"),
             pgscan: st("pgscan"),

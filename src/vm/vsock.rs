@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use nix::errno::Errno;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::config::VsockMode;
@@ -172,14 +172,31 @@ pub async fn dial_hybrid(
     }
 }
 
+/// Longest handshake reply kept: `OK <port>` is a few bytes, and a longer
+/// line is only ever quoted in an error.
+const REPLY_MAX: usize = 128;
+
+/// The reply line, at most [`REPLY_MAX`] bytes of it: the rest of an
+/// over-long line is read and dropped up to its newline (or the caller's
+/// timeout), so a peer that never sends one cannot grow the shim's memory.
 async fn read_line(stream: &mut UnixStream) -> io::Result<String> {
-    let mut reader = BufReader::with_capacity(1, stream);
-    let mut line = String::new();
-    let n = reader.read_line(&mut line).await?;
-    if n == 0 {
-        return Ok("connection closed".to_string());
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        if stream.read(&mut byte).await? == 0 {
+            if line.is_empty() {
+                return Ok("connection closed".to_string());
+            }
+            break;
+        }
+        if byte[0] == b'\n' {
+            break;
+        }
+        if line.len() < REPLY_MAX {
+            line.push(byte[0]);
+        }
     }
-    Ok(line.trim_end().to_string())
+    Ok(String::from_utf8_lossy(&line).trim_end().to_string())
 }
 
 #[cfg(test)]
