@@ -32,6 +32,8 @@ pub mod config;
 pub mod ctl;
 pub mod error;
 pub mod events;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod guest;
 pub mod host_cgroup;
 pub mod ids;
@@ -50,5 +52,3 @@ pub mod stdio;
 pub mod storage;
 pub mod task;
 pub mod vm;
-#[cfg(test)]
-mod fuzz_tests;
