@@ -404,41 +404,17 @@ fn globs_check_and_match_consistently() {
 
 /// `glob::matches` used to recurse once per character a `*` consumes, so
 /// its depth grew with the text: on a 2 MiB stack (a tokio worker's) a text
-/// of about 22,000 characters overflowed it. `overrides::apply` matches every
-/// `io.katacontainers.config.hypervisor.<name>` annotation's name against
-/// `enable_annotations`, so with a glob such as `*` enabled, one annotation
-/// key of that length aborted the shim during Create. It is iterative now.
-/// The matching runs in a child test process, since a stack overflow
-/// aborts the process.
+/// of about 22,000 characters overflowed it. `overrides::apply` matches
+/// every `io.katacontainers.config.hypervisor.<name>` annotation's name
+/// against `enable_annotations`, so with a glob such as `*` enabled, one
+/// annotation key of that length aborted the shim during Create. It is
+/// iterative now: random texts of up to 256 Ki characters against
+/// `*`-globs, each on a thread with a tokio worker's 2 MiB stack (an
+/// overflow would abort the test binary, a loud failure).
 #[test]
 fn globs_match_long_texts_without_deep_recursion() {
-    let out = std::process::Command::new(std::env::current_exe().expect("the test binary"))
-        .args(["--ignored", "--exact", "--nocapture"])
-        .arg("fuzz_tests::config::glob_long_texts_child")
-        .env("KATA_FUZZ_GLOB_CHILD", "1")
-        .output()
-        .expect("run the child");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert!(
-        out.status.success(),
-        "matching long texts failed ({}): {}",
-        out.status,
-        lines[lines.len().saturating_sub(3)..].join(" | ")
-    );
-}
-
-/// The child of [`globs_match_long_texts_without_deep_recursion`]: random
-/// texts of up to 256 Ki characters against `*`-globs, each on a thread
-/// with a tokio worker's 2 MiB stack. Does nothing unless started by it.
-#[test]
-#[ignore = "run by globs_match_long_texts_without_deep_recursion"]
-fn glob_long_texts_child() {
-    if std::env::var_os("KATA_FUZZ_GLOB_CHILD").is_none() {
-        return;
-    }
     run(
-        "glob_long_texts_child",
+        "globs_match_long_texts_without_deep_recursion",
         0xc0f1_6000_0000_0016,
         200,
         Duration::from_secs(10),
