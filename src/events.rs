@@ -40,7 +40,9 @@ pub fn timestamp(t: std::time::SystemTime) -> Timestamp {
     ts
 }
 
-/// Most events waiting to be forwarded; beyond it the oldest is dropped.
+/// Most events waiting to be forwarded; beyond it the oldest OOM event, or
+/// else the oldest other event that may be dropped, makes room (see
+/// [`Event::evictable`]).
 const QUEUE_CAP: usize = 1024;
 /// Bound on one connect and on one Forward call.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -95,6 +97,13 @@ impl Event {
             Event::Paused(e) => &e.container_id,
             Event::Resumed(e) => &e.container_id,
         }
+    }
+
+    /// Whether a full queue may drop it. Never an exit or a delete: a lost
+    /// `/tasks/exit` leaves containerd's task running forever, and they are
+    /// bounded by the pod's processes, not by anything the guest sends.
+    pub fn evictable(&self) -> bool {
+        !matches!(self, Event::Exit(_) | Event::Delete(_))
     }
 
     /// The event as an `Any` whose type URL is the bare proto full name
@@ -260,16 +269,31 @@ impl EventSink for Publisher {
         );
         let mut st = lock(&q.state);
         if st.events.len() >= QUEUE_CAP {
-            if let Some(old) = st.events.pop_front() {
+            // The guest's OOM reports go first: they are what a flood is
+            // made of. Exits and deletes stay, beyond the cap if need be.
+            let victim = st
+                .events
+                .iter()
+                .position(|q| matches!(q.event, Event::Oom(_)))
+                .or_else(|| st.events.iter().position(|q| q.event.evictable()));
+            let dropped = match victim {
+                Some(i) => st.events.remove(i).map(|q| q.event),
+                None if event.evictable() => Some(event.clone()),
+                None => None,
+            };
+            if let Some(old) = dropped {
                 st.dropped += 1;
                 // One line per hundred drops is enough to see the problem.
                 if st.dropped % 100 == 1 {
                     tracing::warn!(
-                        topic = old.event.topic(),
-                        id = old.event.id(),
+                        topic = old.topic(),
+                        id = old.id(),
                         dropped = st.dropped,
-                        "event queue full, dropping the oldest event"
+                        "event queue full, dropping an event that may be dropped"
                     );
+                }
+                if victim.is_none() {
+                    return;
                 }
             }
         }
@@ -604,6 +628,59 @@ mod tests {
         assert!(format!("{publisher:?}").contains("address: None"));
     }
 
+    /// Issue 14: the queue dropped its oldest entry at 1024, so a guest
+    /// flooding OOM reports could push a real `/tasks/exit` out.
+    #[tokio::test]
+    async fn a_full_queue_never_drops_an_exit_or_a_delete() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let publisher = Publisher::new(Some(socket(&dir).display().to_string()), "default".into());
+        let oom = |id: &str| {
+            Event::Oom(TaskOOM {
+                container_id: id.into(),
+                ..Default::default()
+            })
+        };
+        publisher.publish(exit("real-exit", 137));
+        for i in 0..(QUEUE_CAP * 3) {
+            publisher.publish(oom(&format!("flood{i}")));
+        }
+        let mut delete = TaskDelete::new();
+        delete.id = "real-delete".into();
+        publisher.publish(delete.into());
+        for i in 0..QUEUE_CAP {
+            publisher.publish(oom(&format!("more{i}")));
+        }
+        let q = publisher.queue.as_ref().expect("queue");
+        {
+            let st = lock(&q.state);
+            assert!(st.events.len() <= QUEUE_CAP, "{}", st.events.len());
+            let ids: Vec<&str> = st.events.iter().map(|q| q.event.id()).collect();
+            // The forwarder may hold the first exit in flight.
+            assert!(
+                ids.contains(&"real-exit") || st.in_flight,
+                "the exit was dropped"
+            );
+            assert!(ids.contains(&"real-delete"), "the delete was dropped");
+            assert!(st.dropped >= 3 * QUEUE_CAP as u64, "dropped {}", st.dropped);
+        }
+        // A queue of exits only keeps every one, and drops a newcomer that
+        // may be dropped instead.
+        let publisher = Publisher::new(Some(socket(&dir).display().to_string()), "default".into());
+        for i in 0..(QUEUE_CAP as u32 + 10) {
+            publisher.publish(exit(&format!("e{i}"), i));
+        }
+        publisher.publish(oom("late"));
+        let q = publisher.queue.as_ref().expect("queue");
+        let st = lock(&q.state);
+        let exits = st
+            .events
+            .iter()
+            .filter(|q| matches!(q.event, Event::Exit(_)))
+            .count();
+        assert!(exits + 1 >= QUEUE_CAP + 10, "exits kept: {exits}");
+        assert!(!st.events.iter().any(|q| q.event.id() == "late"));
+    }
+
     #[tokio::test]
     async fn the_queue_is_bounded_and_drops_the_oldest() {
         // Nobody listens: the forwarder is stuck retrying the first event
@@ -611,7 +688,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let publisher = Publisher::new(Some(socket(&dir).display().to_string()), "default".into());
         for i in 0..(QUEUE_CAP as u32 + 10) {
-            publisher.publish(exit(&format!("e{i}"), i));
+            publisher.publish(create(&format!("e{i}")));
         }
         let q = publisher.queue.as_ref().expect("queue");
         let st = lock(&q.state);

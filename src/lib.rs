@@ -45,6 +45,7 @@ pub mod mounts;
 pub mod network;
 pub mod oci;
 pub mod persist;
+pub mod ratelimit;
 pub mod sandbox;
 pub mod sizing;
 pub mod state;

@@ -30,6 +30,7 @@ mod create;
 mod monitor;
 pub mod namespaces;
 pub mod network;
+pub mod oom;
 pub mod process;
 
 use std::collections::HashMap;

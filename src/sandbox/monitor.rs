@@ -3,13 +3,15 @@
 //! forwarding the guest's OOM events.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use containerd_shim_protos::events::task::TaskOOM;
 
 use crate::agent_client::AgentClient;
 use crate::events::Event;
+use crate::ratelimit::quote_guest;
 use crate::sandbox::container::Container;
+use crate::sandbox::oom::{self, OomFilter, Verdict};
 use crate::sandbox::process::Process;
 use crate::sandbox::{Lifecycle, Sandbox};
 use crate::state::{Exit, UNKNOWN_EXIT};
@@ -80,10 +82,22 @@ async fn watch_vm(
 }
 
 /// Forwards each OOM the agent reports: a `/tasks/oom` event for
-/// containerd, and an empty `<bundle>/oom` file for CRI-O.
+/// containerd, and an empty `<bundle>/oom` file for CRI-O. The guest picks
+/// the ids and the rate, so `oom::OomFilter` paces, deduplicates and
+/// quiets them first.
 async fn forward_ooms(sb: Arc<Sandbox>, agent: AgentClient) {
     let mut dead = sb.dead_watch();
+    let mut filter = OomFilter::new(Instant::now());
     loop {
+        // A flood waits in the guest: its next report is asked for only
+        // when the pace allows.
+        let pause = filter.pause(Instant::now());
+        if !pause.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = dead.wait_for(|d| *d) => return,
+            }
+        }
         let call = agent.get_oom_event();
         let ev = tokio::select! {
             r = call => r,
@@ -91,18 +105,26 @@ async fn forward_ooms(sb: Arc<Sandbox>, agent: AgentClient) {
         };
         match ev {
             Ok(container_id) => {
-                let Ok(c) = sb.container(&container_id) else {
-                    tracing::warn!(sandbox_id = %sb.id, container_id = %container_id, "OOM of an unknown container");
-                    continue;
-                };
-                tracing::warn!(sandbox_id = %sb.id, container_id = %c.id, "container hit its memory limit");
-                if c.crio {
-                    write_oom_file(&sb.id, &c);
+                let c = sb.container(&container_id).ok();
+                match filter.admit(&container_id, c.is_some(), Instant::now()) {
+                    Verdict::Unknown(Some(suppressed)) => {
+                        tracing::warn!(sandbox_id = %sb.id,
+                            container_id = %quote_guest(&container_id, oom::QUOTED_ID_MAX),
+                            suppressed, "the guest reported an OOM of a container this sandbox does not have; dropped (one warning per 10 s)");
+                    }
+                    Verdict::Unknown(None) | Verdict::Duplicate => {}
+                    Verdict::Forward => {
+                        let Some(c) = c else { continue };
+                        tracing::warn!(sandbox_id = %sb.id, container_id = %c.id, "container hit its memory limit");
+                        if c.crio {
+                            write_oom_file(&sb.id, &c);
+                        }
+                        sb.publish(Event::Oom(TaskOOM {
+                            container_id: c.id.clone(),
+                            ..Default::default()
+                        }));
+                    }
                 }
-                sb.publish(Event::Oom(TaskOOM {
-                    container_id: c.id.clone(),
-                    ..Default::default()
-                }));
             }
             Err(e) => {
                 if *sb.dead_watch().borrow() {
