@@ -55,6 +55,7 @@ impl SandboxVm {
         let connected = async {
             let agent = AgentClient::connect(
                 &vm.agent_addr,
+                vm.agent_token.as_ref(),
                 timeout,
                 vm.exit_watch(),
                 || vm.recent_output(),

@@ -115,6 +115,62 @@ fn guest_made_setuid_and_device_files_are_inert_on_the_host() {
     }
 }
 
+/// Issue 14: under kernel vhost-vsock any local user could reach the agent
+/// (it listened on VMADDR_CID_ANY, the CID is in QEMU's argv, and nothing
+/// was checked). Every connection now starts with the sandbox's token; the
+/// check is the same whatever the transport, and is shown here over
+/// hybrid vsock.
+#[test]
+fn the_agent_refuses_a_connection_without_the_sandboxs_token() {
+    use kata_shim::vm::token::{AgentToken, AuthError};
+    use kata_shim::vm::vsock::dial_hybrid;
+    let pod = Pod::boot_vm("token");
+    let sb = pod.sandbox.as_ref().expect("booted");
+    let uds = sb.vm.paths.vsock_uds();
+    let token = sb
+        .vm
+        .agent_token
+        .clone()
+        .expect("a sandbox with a share has a token");
+    let port = kata_agent_protocol::AGENT_VSOCK_PORT;
+    let wait = Duration::from_secs(5);
+    pod.rt.block_on(async {
+        // No token: the agent reads the ttrpc request as the token line,
+        // refuses it and closes; the call fails.
+        let s = dial_hybrid(&uds, port, wait).await.expect("dial");
+        let client = kata_shim::agent_client::AgentClient::from_socket(s.into());
+        let e = client
+            .check_health(wait)
+            .await
+            .expect_err("answered without a token");
+        println!("without a token: {e}");
+        // Someone else's token.
+        let mut s = dial_hybrid(&uds, port, wait).await.expect("dial");
+        let other = AgentToken::generate().expect("token");
+        assert_eq!(
+            other.present(&mut s, wait).await,
+            Err(AuthError::Refused("DENIED".into()))
+        );
+        // The sandbox's own token: the agent answers.
+        let mut s = dial_hybrid(&uds, port, wait).await.expect("dial");
+        token.present(&mut s, wait).await.expect("the right token");
+        let client = kata_shim::agent_client::AgentClient::from_socket(s.into());
+        client
+            .check_health(wait)
+            .await
+            .expect("health with the token");
+    });
+    // The token is nowhere in QEMU's argv, which every local user can read.
+    let pid = sb.vm.pid();
+    let argv = std::fs::read(format!("/proc/{pid}/cmdline")).expect("argv");
+    let secret = std::fs::read_to_string(pod.share().join(kata_agent_protocol::auth::FILE))
+        .expect("token file");
+    assert!(
+        !String::from_utf8_lossy(&argv).contains(secret.trim()),
+        "the token is in QEMU's argv"
+    );
+}
+
 #[test]
 fn seccomp_profile_blocks_a_syscall() {
     let pod = Pod::boot("seccomp");

@@ -125,6 +125,23 @@ fn exec_runs_a_shell_with_a_debug_image() {
         "{}",
         show(&o)
     );
+    // A root shell is served only to a peer with the sandbox's token
+    // (issue 14): without it, the console answers DENIED and runs nothing.
+    let uds = pod.sandbox.as_ref().expect("booted").vm.paths.vsock_uds();
+    let refused = pod.rt.block_on(async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let port = kata_agent_protocol::DEBUG_CONSOLE_VSOCK_PORT;
+        let wait = std::time::Duration::from_secs(5);
+        let mut s = kata_shim::vm::vsock::dial_hybrid(&uds, port, wait)
+            .await
+            .expect("dial");
+        s.write_all(b"echo NO_TOKEN_SHELL\n").await.expect("write");
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(wait, s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).to_string()
+    });
+    println!("without the token the debug console said {refused:?}");
+    assert_eq!(refused, "DENIED\n");
     drop(pod);
 }
 

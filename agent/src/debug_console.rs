@@ -22,6 +22,7 @@ use nix::sys::socket::{
     AddressFamily, Backlog, SockFlag, SockType, VsockAddr, accept4, bind, listen, socket,
 };
 
+use crate::auth::Token;
 use crate::error::{AgentError, Result};
 
 /// What a peer reads when the image has no shell.
@@ -35,7 +36,9 @@ pub fn no_shell_message(shell: &Path) -> String {
 
 /// Binds the vsock port and serves it on its own thread for the life of
 /// PID 1. Errors binding are returned; errors per connection are logged.
-pub fn start() -> Result<()> {
+/// With `token`, a connection gets a shell only after it sent the shim's
+/// token (`crate::auth`).
+pub fn start(token: Option<Token>) -> Result<()> {
     let listener = socket(
         AddressFamily::Vsock,
         SockType::Stream,
@@ -52,7 +55,7 @@ pub fn start() -> Result<()> {
     listen(&listener, backlog).map_err(|e| internal("listen", e))?;
     std::thread::Builder::new()
         .name("debug-console".into())
-        .spawn(move || accept_loop(listener))
+        .spawn(move || accept_loop(listener, token))
         .map_err(|e| AgentError::Internal(format!("debug console thread: {e}")))?;
     tracing::warn!(
         port = DEBUG_CONSOLE_VSOCK_PORT,
@@ -67,7 +70,7 @@ fn internal(what: &str, e: nix::Error) -> AgentError {
     ))
 }
 
-fn accept_loop(listener: OwnedFd) {
+fn accept_loop(listener: OwnedFd, token: Option<Token>) {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&listener);
     loop {
         match accept4(fd, SockFlag::SOCK_CLOEXEC) {
@@ -75,6 +78,14 @@ fn accept_loop(listener: OwnedFd) {
                 // SAFETY: accept4 just returned this descriptor; nothing
                 // else owns it.
                 let conn = unsafe { OwnedFd::from_raw_fd(raw) };
+                if let Some(t) = &token {
+                    if !crate::auth::check_blocking(&conn, t) {
+                        tracing::warn!(
+                            "debug console: a connection without the shim's token was refused"
+                        );
+                        continue;
+                    }
+                }
                 match serve(conn, Path::new(DEBUG_SHELL)) {
                     Ok(Some(child)) => {
                         tracing::info!(pid = child.id(), "debug console: shell started")

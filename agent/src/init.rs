@@ -200,14 +200,22 @@ async fn boot_and_serve() -> Result<()> {
     let reaper = Reaper::start()?;
 
     mount_share(&cfg, &paths).await;
+    // The shim's token, left at the share's root before boot: every
+    // connection to the agent and the debug console must present it.
+    let token = crate::auth::Token::load(&paths.share_mount);
 
     let addr = format!("vsock://-1:{AGENT_VSOCK_PORT}");
-    let mut running =
-        server::start_with_reaper(&addr, paths, server::DestroyAction::PowerOff, Some(reaper))
-            .await?;
-    tracing::info!(%addr, "serving the agent API");
+    let mut running = server::start_with_reaper(
+        &addr,
+        paths,
+        server::DestroyAction::PowerOff,
+        Some(reaper),
+        token.clone(),
+    )
+    .await?;
+    tracing::info!(%addr, authenticated = token.is_some(), "serving the agent API");
     if cfg.debug_console {
-        if let Err(e) = crate::debug_console::start() {
+        if let Err(e) = crate::debug_console::start(token) {
             tracing::error!(error = %e, "cannot start the debug console");
         }
     }

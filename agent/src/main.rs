@@ -6,6 +6,7 @@
 //! `--listen unix:///path.sock` to serve the same services on a Unix socket
 //! without any init duties.
 
+mod auth;
 mod config;
 mod container;
 mod debug_console;

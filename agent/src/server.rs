@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use futures_util::StreamExt;
 use kata_agent_protocol::agent::{
     AddArpNeighborsRequest, ContainerRequest, CreateContainerRequest, CreateSandboxRequest,
     DestroySandboxRequest, Empty, ExecProcessRequest, GuestDetailsRequest, GuestDetailsResponse,
@@ -21,8 +22,10 @@ use kata_agent_protocol::health::{
 };
 use kata_agent_protocol::{AGENT_VERSION, PROTOCOL_VERSION, agent_ttrpc, health_ttrpc};
 use tokio::sync::mpsc;
+use ttrpc::r#async::transport::{Listener, Socket};
 use ttrpc::r#async::{Server, TtrpcContext};
 
+use crate::auth::Token;
 use crate::details::{self, GuestPaths};
 use crate::error::{AgentError, Result};
 use crate::network;
@@ -522,15 +525,17 @@ impl Running {
 /// Binds `addr` (a ttrpc address: `vsock://-1:1024`, `unix:///path`),
 /// registers both services and starts accepting.
 pub async fn start(addr: &str, paths: GuestPaths, on_destroy: DestroyAction) -> Result<Running> {
-    start_with_reaper(addr, paths, on_destroy, None).await
+    start_with_reaper(addr, paths, on_destroy, None, None).await
 }
 
-/// [`start`] with PID 1's reaper (test mode starts one on first use).
+/// [`start`] with PID 1's reaper (test mode starts one on first use) and,
+/// with `token`, only connections that present it (`crate::auth`).
 pub async fn start_with_reaper(
     addr: &str,
     paths: GuestPaths,
     on_destroy: DestroyAction,
     reaper: Option<Reaper>,
+    token: Option<Token>,
 ) -> Result<Running> {
     let (destroy_tx, destroy_rx) = mpsc::channel(1);
     let sandbox = Arc::new(Sandbox::new(paths.share_mount.clone(), reaper));
@@ -540,9 +545,14 @@ pub async fn start_with_reaper(
         destroy_tx,
         on_destroy,
     });
+    let listener =
+        Listener::bind(addr).map_err(|e| AgentError::Server(format!("binding {addr}: {e}")))?;
+    let listener = match token {
+        Some(token) => authenticated(listener, token),
+        None => listener,
+    };
     let mut server = Server::new()
-        .bind(addr)
-        .map_err(|e| AgentError::Server(format!("binding {addr}: {e}")))?
+        .add_listener(listener)
         .register_service(health_ttrpc::create_health(Arc::new(HealthService)))
         .register_service(agent_ttrpc::create_agent_service(agent));
     server
@@ -550,6 +560,32 @@ pub async fn start_with_reaper(
         .await
         .map_err(|e| AgentError::Server(format!("starting on {addr}: {e}")))?;
     Ok(Running { server, destroy_rx })
+}
+
+/// The connections of `listener` that present `token`, each checked on a
+/// task of its own so that a silent peer delays nobody else.
+fn authenticated(mut listener: Listener, token: Token) -> Listener {
+    let (tx, rx) = mpsc::channel::<Socket>(16);
+    tokio::spawn(async move {
+        while let Some(conn) = listener.next().await {
+            match conn {
+                Ok(mut sock) => {
+                    let (tx, token) = (tx.clone(), token.clone());
+                    tokio::spawn(async move {
+                        if crate::auth::check(&mut sock, &token).await {
+                            let _ = tx.send(sock).await;
+                        } else {
+                            tracing::warn!("a connection without the shim's token was refused");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!(error = %e, "accepting a connection failed"),
+            }
+        }
+    });
+    Listener::new(futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|s| (Ok::<_, std::io::Error>(s), rx))
+    }))
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use ttrpc::context;
 
 use crate::metrics::Metrics;
 use crate::vm::AgentAddr;
+use crate::vm::token::AgentToken;
 
 /// Errors reaching or talking to the agent.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -107,21 +108,33 @@ pub fn call_context(timeout: Option<Duration>) -> context::Context {
     }
 }
 
-async fn dial_once(addr: &AgentAddr) -> Result<Socket, String> {
+async fn dial_once(addr: &AgentAddr, token: Option<&AgentToken>) -> Result<Socket, String> {
     match addr {
         AgentAddr::Hybrid(uds) => {
-            crate::vm::vsock::dial_hybrid(uds, AGENT_VSOCK_PORT, HANDSHAKE_TIMEOUT)
+            let mut s = crate::vm::vsock::dial_hybrid(uds, AGENT_VSOCK_PORT, HANDSHAKE_TIMEOUT)
                 .await
-                .map(Socket::from)
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string())?;
+            if let Some(t) = token {
+                t.present(&mut s, HANDSHAKE_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(Socket::from(s))
         }
-        AgentAddr::Vhost(cid) => tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(
-            *cid as u32,
-            AGENT_VSOCK_PORT,
-        ))
-        .await
-        .map(Socket::from)
-        .map_err(|e| format!("vsock connect to cid {cid}: {e}")),
+        AgentAddr::Vhost(cid) => {
+            let mut s = tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(
+                *cid as u32,
+                AGENT_VSOCK_PORT,
+            ))
+            .await
+            .map_err(|e| format!("vsock connect to cid {cid}: {e}"))?;
+            if let Some(t) = token {
+                t.present(&mut s, HANDSHAKE_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())?;
+            }
+            Ok(Socket::from(s))
+        }
     }
 }
 
@@ -166,6 +179,7 @@ impl AgentClient {
     /// still bringing its vsock device up can wedge vhost-device-vsock.
     pub async fn connect(
         addr: &AgentAddr,
+        token: Option<&AgentToken>,
         timeout: Duration,
         mut vm_exit: Option<watch::Receiver<Option<ExitStatus>>>,
         vm_output: impl Fn() -> String,
@@ -209,7 +223,7 @@ impl AgentClient {
                 return Err(AgentError::DialTimeout { timeout, last });
             }
             let attempt = async {
-                let sock = dial_once(addr).await?;
+                let sock = dial_once(addr, token).await?;
                 let client = AgentClient::from_socket(sock);
                 let left = deadline
                     .saturating_duration_since(Instant::now())

@@ -20,6 +20,7 @@ use kata_agent_protocol::guest::DEBUG_CONSOLE_ERROR_PREFIX;
 
 use crate::ids;
 use crate::layout::SandboxPaths;
+use crate::vm::token::AgentToken;
 use crate::vm::vsock::{VsockError, dial_hybrid};
 
 /// How long the guest gets to answer `CONNECT`.
@@ -99,9 +100,21 @@ pub fn run(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let token = AgentToken::read(&paths.share_dir);
     let stream = rt
         .block_on(async {
-            let s = dial_hybrid(&uds, DEBUG_CONSOLE_VSOCK_PORT, HANDSHAKE_TIMEOUT).await?;
+            let mut s = dial_hybrid(&uds, DEBUG_CONSOLE_VSOCK_PORT, HANDSHAKE_TIMEOUT).await?;
+            // The agent serves the console only to a peer that presents
+            // the sandbox's token (root can read it from the share).
+            if let Some(t) = &token {
+                t.present(&mut s, HANDSHAKE_TIMEOUT)
+                    .await
+                    .map_err(|source| VsockError::Auth {
+                        path: uds.display().to_string(),
+                        port: DEBUG_CONSOLE_VSOCK_PORT,
+                        source,
+                    })?;
+            }
             s.into_std().map_err(|source| VsockError::Connect {
                 path: uds.display().to_string(),
                 source,

@@ -9,6 +9,7 @@
 pub mod accel;
 pub mod child;
 pub mod qemu;
+pub mod token;
 pub mod vsock;
 
 use std::os::fd::AsRawFd;
@@ -113,6 +114,9 @@ pub struct Vm {
     pub accel: cmdline::Accel,
     pub share: ShareKind,
     pub agent_addr: AgentAddr,
+    /// What the agent wants on every connection; `None` without a share,
+    /// where it cannot be handed over (the agent then asks for none).
+    pub agent_token: Option<token::AgentToken>,
     /// When QEMU was spawned; boot phases are measured from here.
     pub spawned_at: Instant,
     /// From the start call until QEMU was spawned (helpers included).
@@ -218,6 +222,7 @@ impl Vm {
             accel: plan.accel,
             share: plan.share,
             agent_addr: AgentAddr::Vhost(0),
+            agent_token: None,
             spawned_at: Instant::now(),
             spawn_duration: Duration::ZERO,
             qemu: None,
@@ -231,6 +236,7 @@ impl Vm {
             vm.create_dirs()?;
             let vsock = vm.start_vsock(&plan, opts).await?;
             let share = vm.start_share(config, &plan, opts).await?;
+            vm.hand_over_token()?;
             vm.spawn_qemu(config, &plan, opts, vsock, share)?;
             vm.spawn_duration = vm.spawned_at - began;
             vm.connect_qmp().await
@@ -283,6 +289,25 @@ impl Vm {
                 Ok(dev)
             }
         }
+    }
+
+    /// Leaves a fresh agent token at the root of the share, before the
+    /// guest can run (see `token`).
+    fn hand_over_token(&mut self) -> Result<(), VmError> {
+        if self.share == ShareKind::None {
+            return Ok(());
+        }
+        let share = &self.paths.share_dir;
+        let err = |source: std::io::Error| VmError::Dir {
+            path: share.join(kata_agent_protocol::auth::FILE),
+            source,
+        };
+        let token = token::AgentToken::generate().map_err(err)?;
+        crate::storage::with_writable_share(share, || token.write(share))
+            .map_err(|e| err(std::io::Error::other(e)))?
+            .map_err(err)?;
+        self.agent_token = Some(token);
+        Ok(())
     }
 
     /// The shared directory's device: virtiofsd for virtio-fs.

@@ -61,6 +61,13 @@ pub enum VsockError {
         port: u32,
         reply: String,
     },
+    #[error("hybrid vsock {path}: port {port}: {source}")]
+    Auth {
+        path: String,
+        port: u32,
+        #[source]
+        source: crate::vm::token::AuthError,
+    },
 }
 
 /// Lowest CID a guest may use (0-2 are reserved for the hypervisor, local

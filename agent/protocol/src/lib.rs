@@ -81,6 +81,38 @@ pub mod guest {
     pub const DEBUG_CONSOLE_ERROR_PREFIX: &str = "kata-agent: debug console: ";
 }
 
+/// How the shim proves itself to the agent and to the debug console.
+///
+/// Before QEMU starts, the shim writes a fresh random token to
+/// [`FILE`] at the root of the sandbox share (read-only to the guest, 0700
+/// on the host, so readable only by the shim's side and this guest). The
+/// first line on every connection to either port is [`PREFIX`] and the
+/// token; the agent answers [`OK`] and then speaks ttrpc (or starts the
+/// shell), or answers [`DENIED`] and closes. Under kernel vhost-vsock any
+/// local user can connect to the guest's ports: the token is what keeps
+/// them out. Hybrid vsock is also guarded by its 0700 socket directory.
+pub mod auth {
+    /// The token file at the root of the share.
+    pub const FILE: &str = ".kata-agent-token";
+    /// The token: 32 random bytes as 64 lowercase hex digits.
+    pub const TOKEN_HEX_LEN: usize = 64;
+    /// First bytes of the client's line: `AUTH <token>\n`.
+    pub const PREFIX: &str = "AUTH ";
+    /// The agent's answers, each followed by a newline.
+    pub const OK: &str = "OK";
+    pub const DENIED: &str = "DENIED";
+    /// Longest line either side reads; anything longer is refused.
+    pub const LINE_MAX: usize = 128;
+
+    /// Whether `token` has the token's shape.
+    pub fn well_formed(token: &str) -> bool {
+        token.len() == TOKEN_HEX_LEN
+            && token
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    }
+}
+
 /// How the agent and shim name the shared filesystem kinds on the command line.
 pub mod shared_fs {
     /// virtio-fs through virtiofsd.
