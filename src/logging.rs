@@ -27,6 +27,11 @@ pub const LOG_ENV: &str = "KATA_LOG";
 /// The serving shim's log file when the bundle's FIFO has no reader.
 pub const FALLBACK_LOG: &str = "shim.log";
 
+/// Most bytes `shim.log` holds: it lives on the node's `/run`, and guest
+/// console lines reach it. Past the cap it is truncated and starts again,
+/// so the newest lines are kept.
+pub const FALLBACK_LOG_MAX: u64 = 16 << 20;
+
 /// A pipe write of at most this many bytes is atomic: a line either goes
 /// in whole or not at all, never interleaved or cut by a full pipe.
 const PIPE_BUF: usize = libc::PIPE_BUF;
@@ -97,6 +102,10 @@ pub struct LogSink {
     /// Writes go to a pipe: cap lines at `PIPE_BUF` so each is atomic.
     fifo: bool,
     path: String,
+    /// Bytes in the fallback file, against [`FALLBACK_LOG_MAX`].
+    size: Arc<std::sync::atomic::AtomicU64>,
+    /// The cap, [`FALLBACK_LOG_MAX`] outside tests.
+    max: u64,
 }
 
 impl LogSink {
@@ -109,15 +118,20 @@ impl LogSink {
                 file: Some(Arc::new(file)),
                 fifo: true,
                 path: fifo_path.display().to_string(),
+                size: Arc::default(),
+                max: u64::MAX,
             };
         }
         if let Some(dir) = fallback_dir {
             let path = dir.join(FALLBACK_LOG);
             if let Some(file) = open_fallback(dir, &path) {
+                let len = file.metadata().map(|m| m.len()).unwrap_or(0);
                 return LogSink {
                     file: Some(Arc::new(file)),
                     fifo: false,
                     path: path.display().to_string(),
+                    size: Arc::new(std::sync::atomic::AtomicU64::new(len)),
+                    max: FALLBACK_LOG_MAX,
                 };
             }
         }
@@ -125,6 +139,22 @@ impl LogSink {
             file: None,
             fifo: false,
             path: String::new(),
+            size: Arc::default(),
+            max: u64::MAX,
+        }
+    }
+
+    /// Truncates the fallback file when `more` bytes would take it past
+    /// its cap (the file is opened for appending: the next line starts it).
+    fn make_room(&self, file: &File, more: usize) {
+        use std::sync::atomic::Ordering;
+        if self.fifo {
+            return;
+        }
+        let more = more as u64;
+        let after = self.size.fetch_add(more, Ordering::Relaxed) + more;
+        if after > self.max && file.set_len(0).is_ok() {
+            self.size.store(more, Ordering::Relaxed);
         }
     }
 
@@ -178,6 +208,7 @@ impl Write for LogSink {
         } else {
             buf
         };
+        self.make_room(file, line.len());
         let mut rest = line;
         while !rest.is_empty() {
             match (&**file).write(rest) {
@@ -422,6 +453,31 @@ mod tests {
         let mut none = LogSink::open(&bundle, None);
         assert!(none.file.is_none());
         assert_eq!(none.write(b"lost\n").expect("write"), 5);
+    }
+
+    /// Issue 14: the fallback `shim.log` under `/run` had no size limit,
+    /// and guest console lines reach it.
+    #[test]
+    fn the_fallback_log_stays_under_its_cap_and_keeps_the_newest_lines() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bundle = dir.path().join("bundle");
+        std::fs::create_dir(&bundle).expect("bundle");
+        let shim_dir = dir.path().join("shim");
+        let mut sink = LogSink::open(&bundle, Some(&shim_dir));
+        sink.max = 64 << 10;
+        let path = shim_dir.join(FALLBACK_LOG);
+        let mut peak = 0;
+        for i in 0..10_000 {
+            writeln!(sink, "guest console line {i:05} {}", "x".repeat(100)).expect("write");
+            peak = peak.max(std::fs::metadata(&path).expect("stat").len());
+        }
+        println!("10,000 lines of 126 bytes: the log peaked at {peak} bytes");
+        assert!(peak <= 64 << 10, "{peak}");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert!(text.ends_with(&format!("line 09999 {}\n", "x".repeat(100))));
+        assert!(text.starts_with("guest console line "), "whole lines only");
+        // The real cap.
+        assert_eq!(FALLBACK_LOG_MAX, 16 << 20);
     }
 
     #[test]

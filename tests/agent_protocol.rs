@@ -38,6 +38,17 @@ impl agent_ttrpc::AgentService for FakeAgent {
         r.agent_version = "fake".into();
         Ok(r)
     }
+
+    /// A hostile guest: twice what was asked for.
+    async fn read_stdout(
+        &self,
+        _ctx: &TtrpcContext,
+        req: agent::ReadStreamRequest,
+    ) -> ttrpc::Result<agent::ReadStreamResponse> {
+        let mut r = agent::ReadStreamResponse::new();
+        r.data = vec![b'x'; 2 * req.len as usize];
+        Ok(r)
+    }
 }
 
 async fn client_for(protocol_version: u32) -> (tempfile::TempDir, Server, AgentClient) {
@@ -104,5 +115,33 @@ async fn unimplemented_rpc_is_reported_as_an_rpc_error() {
         }
         other => panic!("unexpected {other:?}"),
     }
+    server.shutdown().await.expect("shutdown");
+}
+
+/// Issue 14: a 32 KiB read was answered with whatever fit under ttrpc's
+/// 4 MiB cap, and the shim took it.
+#[tokio::test]
+async fn a_reply_larger_than_the_read_is_a_protocol_error() {
+    let (_d, mut server, client) = client_for(PROTOCOL_VERSION).await;
+    let e = client
+        .read_stdout("c1", "", 32 << 10)
+        .await
+        .expect_err("64 KiB for a 32 KiB read");
+    assert!(
+        matches!(
+            e,
+            AgentError::Protocol {
+                call: "ReadStdout",
+                ..
+            }
+        ),
+        "{e:?}"
+    );
+    assert_eq!(e.code(), ttrpc::Code::DATA_LOSS);
+    assert!(
+        e.to_string()
+            .contains("65536 bytes in reply to a read of 32768"),
+        "{e}"
+    );
     server.shutdown().await.expect("shutdown");
 }

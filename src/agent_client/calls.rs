@@ -270,6 +270,13 @@ impl AgentClient {
             })
             .await?;
         self.answered();
+        // ttrpc bounds a reply at 4 MiB; the read asked for `len`.
+        if data.len() > len as usize {
+            return Err(AgentError::Protocol {
+                call: name,
+                problem: format!("{} bytes in reply to a read of {len}", data.len()),
+            });
+        }
         Ok(data)
     }
 

@@ -41,6 +41,10 @@ pub enum AgentError {
         #[source]
         source: ttrpc::Error,
     },
+    /// The guest answered something the protocol does not allow (more
+    /// bytes than were asked for, for instance).
+    #[error("agent call {call} broke the protocol: {problem}")]
+    Protocol { call: &'static str, problem: String },
 }
 
 impl AgentError {
@@ -57,6 +61,8 @@ impl AgentError {
                 ttrpc::Code::OK | ttrpc::Code::UNKNOWN => ttrpc::Code::INTERNAL,
                 c => c,
             },
+            // What the guest sent cannot be trusted for this stream.
+            AgentError::Protocol { .. } => ttrpc::Code::DATA_LOSS,
             _ => ttrpc::Code::UNAVAILABLE,
         }
     }
