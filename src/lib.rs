@@ -26,6 +26,7 @@
 
 pub mod agent_client;
 pub mod annotations;
+pub mod blocking;
 pub mod boot_check;
 pub mod bootstrap;
 pub mod config;

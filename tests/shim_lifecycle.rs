@@ -117,3 +117,45 @@ fn stalled_vm_makes_every_container_exit_255() {
         .expect("SIGSTOP QEMU");
     });
 }
+
+/// Issue 14: the lifecycle lock was held across the guest's
+/// CreateContainer, whose deadline is 120 s, and the sandbox's death
+/// waits for that lock. A VM that stalls while a Create waits on it is now
+/// declared dead at the health checks' pace: the containers exit with 255
+/// and the Create fails, well before the Create's own deadline.
+#[test]
+fn a_create_waiting_on_a_stalled_vm_does_not_hold_up_its_death() {
+    let mut crio = Crio::new("create-stall");
+    let sid = crio.run_pod_sandbox(&PodConfig::new("create-stall"));
+    let app = crio.create_container(&sid, "app", &["/bin/sleep", "1000"]);
+    crio.start_container(&app);
+    let qemu = qemu_pids(&sid);
+    assert_eq!(qemu.len(), 1, "{qemu:?}");
+    let late = crio.prepare_container(&sid, "late", &["/bin/true"]);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(qemu[0] as i32),
+        nix::sys::signal::Signal::SIGSTOP,
+    )
+    .expect("SIGSTOP QEMU");
+    let began = Instant::now();
+    // Blocks until the shim answers: the guest never will.
+    let created = crio.create_prepared(late);
+    let create_took = began.elapsed();
+    eprintln!("the Create on the stalled VM failed after {create_took:?}: {created:?}");
+    assert!(created.is_err(), "a Create on a stalled VM succeeded");
+    // The Create's own deadline is 120 s; death comes after two failed
+    // 5 s health checks (each up to 8 s). A wide margin either way.
+    assert!(
+        create_took < Duration::from_secs(90),
+        "the Create held the sandbox up for {create_took:?}"
+    );
+    for id in [&app, &sid] {
+        let done = crio
+            .init_exit(id, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{id} did not exit after the Create failed"));
+        assert_eq!(done.wait.expect("Wait").exit_status, 255);
+    }
+    eprintln!("every container exited 255 after {:?}", began.elapsed());
+    crio.remove_pod(&sid);
+    crio.assert_no_leaks(&sid);
+}

@@ -205,7 +205,7 @@ impl Sandbox {
     pub(super) async fn undo_boot(&self, lc: &mut Lifecycle) {
         self.teardown_vm(lc).await;
         if let Some(cg) = lc.host_cgroup.take() {
-            cg.remove();
+            crate::blocking::run(|| cg.remove());
         }
         self.persist(lc);
     }

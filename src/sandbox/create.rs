@@ -93,22 +93,45 @@ impl Sandbox {
         }
         let agent = self.agent()?;
         let share_dir = crate::layout::SandboxPaths::new(&self.id).share_dir;
-        let prepared = crate::storage::prepare_container(
-            &share_dir,
-            &self.id,
-            &req.id,
-            &bundle,
-            spec,
-            &req.rootfs,
-        )?;
+        // Under the lock, so a second Create of the same id finds these
+        // mounts (ALREADY_EXISTS); mount syscalls and volume sources (an
+        // NFS or FUSE source can hang) off the async workers.
+        let prepared = crate::blocking::run(|| {
+            crate::storage::prepare_container(
+                &share_dir,
+                &self.id,
+                &req.id,
+                &bundle,
+                spec,
+                &req.rootfs,
+            )
+        })?;
+        // Not across the guest call: its deadline is 120 s, and die and
+        // Delete take the lock.
+        drop(lc);
         let mut mounts = prepared.mounts;
-        if let Err(e) = agent
+        let created = agent
             .create_container(&req.id, prepared.guest_spec_json, sandbox_namespaces)
-            .await
-        {
+            .await;
+        let lc = self.lifecycle.lock().await;
+        // The sandbox may have died meanwhile; `die` released the shares
+        // of the containers it knew, and this one it did not.
+        let state = lock(&self.state).clone();
+        let refused = match created {
+            Err(e) => Some(Error::agent(&req.id)(e)),
+            Ok(()) if !state.is_running() => Some(Error::FailedPrecondition(format!(
+                "sandbox {} became {} while container {} was being created",
+                self.id,
+                state.name(),
+                req.id
+            ))),
+            Ok(()) => None,
+        };
+        if let Some(e) = refused {
+            drop(lc);
             mounts.release_share();
             mounts.release_bundle_rootfs();
-            return Err(Error::agent(&req.id)(e));
+            return Err(e);
         }
         let terminal = req.terminal;
         let init = Arc::new(Process::new(&req.id, "", io, terminal, None));

@@ -324,7 +324,8 @@ impl Sandbox {
         crate::storage::release_share(&paths.share_dir);
         crate::layout::remove_sandbox_dirs(&self.id, &paths);
         if let Some(cg) = lc.host_cgroup.take() {
-            cg.remove();
+            // Waits up to seconds for QEMU's last threads to leave.
+            crate::blocking::run(|| cg.remove());
         }
         persist::remove(&self.id);
         tracing::info!(sandbox_id = %self.id, "sandbox torn down");
@@ -354,7 +355,8 @@ impl Sandbox {
                 )
             })
             .collect();
-        if let Err(e) = s.save() {
+        // An fsync: off the async workers.
+        if let Err(e) = crate::blocking::run(|| s.save()) {
             tracing::warn!(sandbox_id = %self.id, error = %crate::logging::error_chain(&e), "cannot persist the sandbox state");
         }
     }
