@@ -86,6 +86,7 @@ uninstall:
 # .config/nextest.toml; a global leak check closes the suite.
 test: deps build
 	@$(PHASE) lint $(MAKE) --no-print-directory lint
+	@$(PHASE) hostile-agent $(CARGO) build --release --locked -p kata-agent --features hostile --target-dir target/hostile
 	@$(PHASE) image $(TARGET)/kata-guest-image --agent $(TARGET)/kata-agent --output-dir $(CURDIR)/target/test-images
 	@$(PHASE) tests $(CARGO) nextest run --release --locked --workspace --no-fail-fast
 	@$(PHASE) leak-check scripts/leak-check.sh

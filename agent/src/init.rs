@@ -143,6 +143,8 @@ async fn boot_and_serve() -> Result<()> {
 
     let paths = GuestPaths::default();
     let cmdline = paths.kernel_cmdline();
+    #[cfg(feature = "hostile")]
+    crate::hostile::init(cmdline.as_deref().unwrap_or(""));
     let cfg = match &cmdline {
         Ok(c) => config::parse_cmdline(c),
         Err(_) => Ok(Config::default()),
@@ -203,6 +205,8 @@ async fn boot_and_serve() -> Result<()> {
     // The shim's token, left at the share's root before boot: every
     // connection to the agent and the debug console must present it.
     let token = crate::auth::Token::load(&paths.share_mount);
+    #[cfg(feature = "hostile")]
+    let share_mount = paths.share_mount.clone();
 
     let addr = format!("vsock://-1:{AGENT_VSOCK_PORT}");
     let mut running = server::start_with_reaper(
@@ -221,6 +225,8 @@ async fn boot_and_serve() -> Result<()> {
     }
     // Log-level independent: the shim waits for this line before dialing.
     println!("{}", kata_agent_protocol::guest::READY_MARKER);
+    #[cfg(feature = "hostile")]
+    crate::hostile::start(&share_mount);
     // At normal priority: a lowered one (SCHED_IDLE, then nice 19) left
     // the thread preempted while it held the log writer, and container
     // creations stalled for 30-120 s (libcontainer forks while another

@@ -13,6 +13,8 @@ mod debug_console;
 mod details;
 mod error;
 mod forksafe;
+#[cfg(feature = "hostile")]
+mod hostile;
 mod init;
 mod locks;
 mod logging;

@@ -396,6 +396,12 @@ impl agent_ttrpc::AgentService for AgentService {
     }
 
     async fn get_oom_event(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<OomEvent> {
+        #[cfg(feature = "hostile")]
+        if crate::hostile::is(crate::hostile::Mode::OomStorm) {
+            let mut e = OomEvent::new();
+            e.container_id = crate::hostile::unknown_oom_id();
+            return Ok(e);
+        }
         let res = self.sandbox.next_oom().await.map(|id| {
             let mut e = OomEvent::new();
             e.container_id = id;
@@ -480,6 +486,10 @@ impl AgentService {
                 .process(&req.container_id, &req.exec_id)
                 .await?;
             let len = usize::try_from(req.len).unwrap_or(MAX_READ).min(MAX_READ);
+            #[cfg(feature = "hostile")]
+            if crate::hostile::is(crate::hostile::Mode::BigReplies) {
+                return Ok(vec![b'x'; 2 * len]);
+            }
             if stderr {
                 p.io.read_stderr(len).await
             } else {
