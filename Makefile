@@ -88,7 +88,9 @@ test: deps build
 	@$(PHASE) lint $(MAKE) --no-print-directory lint
 	@$(PHASE) hostile-agent $(CARGO) build --release --locked -p kata-agent --features hostile --target-dir target/hostile
 	@$(PHASE) image $(TARGET)/kata-guest-image --agent $(TARGET)/kata-agent --output-dir $(CURDIR)/target/test-images
+	@rm -f target/tmp/hostile-figures.txt
 	@$(PHASE) tests $(CARGO) nextest run --release --locked --workspace --no-fail-fast
+	@echo "== hostile-guest figures"; cat target/tmp/hostile-figures.txt 2>/dev/null || echo "(none recorded)"
 	@$(PHASE) leak-check scripts/leak-check.sh
 
 # The walk-through: a runc pod and a kata pod side by side through CRI, on

@@ -80,7 +80,7 @@ fn container_isolation() {
         &[
             "/bin/sh",
             "-c",
-            "touch /x && echo WRITABLE; echo KCORE_BYTES $(wc -c </proc/kcore 2>/dev/null); grep CapEff /proc/self/status; hostname",
+            "touch /x && echo WRITABLE; echo KCORE_BYTES $(wc -c </proc/kcore 2>/dev/null); grep -E 'Cap(Eff|Inh|Amb)' /proc/self/status; hostname",
         ],
     );
     s["root"]["readonly"] = json!(true);
@@ -104,6 +104,14 @@ fn container_isolation() {
         out.contains("CapEff:\t0000000000000020"),
         "capabilities not dropped: {out}"
     );
+    // CVE-2022-29162 (and crun's, CRI-O's): a spec without inheritable or
+    // ambient capabilities gets none from the runtime.
+    for set in ["CapInh", "CapAmb"] {
+        assert!(
+            out.contains(&format!("{set}:\t0000000000000000")),
+            "{set} is not empty: {out}"
+        );
+    }
     assert!(out.contains("kata-pod"), "hostname: {out}");
     pod.remove("c1");
 }

@@ -19,6 +19,21 @@ use containerd_shim_protos::api;
 /// shim peaks around 15-20 MiB here.
 const SHIM_RSS_MAX_KIB: u64 = 64 << 10;
 
+/// Prints a figure and keeps it in `target/tmp/hostile-figures.txt`, which
+/// `make test` shows after the run (nextest hides a passing test's output).
+fn figure(line: String) {
+    use std::io::Write;
+    println!("{line}");
+    let path = tmp_dir().join("hostile-figures.txt");
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = writeln!(f, "{line}");
+    }
+}
+
 /// The hostile agent `make test` built, in a guest image of its own.
 fn hostile_initrd() -> PathBuf {
     static BUILD: Once = Once::new();
@@ -141,11 +156,11 @@ fn a_console_flood_leaves_the_shim_bounded_and_the_neighbour_answering() {
     let sid = crio.run_pod_sandbox(&PodConfig::new("flood"));
     let shim = shim_pid(&sid);
     let (peak, answered) = watch(shim, &nb, Duration::from_secs(20));
-    println!(
+    figure(format!(
         "console flood (64 KiB writes without a newline, 20 s): shim peak RSS {} KiB \
          (bound {SHIM_RSS_MAX_KIB} KiB); the neighbour answered {answered} of {answered} probes",
         peak
-    );
+    ));
     assert!(peak < SHIM_RSS_MAX_KIB, "shim peak RSS {peak} KiB");
     assert_eq!(
         status(&crio.state(&sid)),
@@ -170,10 +185,10 @@ fn an_oom_storm_of_unknown_ids_is_paced_and_a_real_exit_still_arrives() {
         .init_exit(&app, Duration::from_secs(30))
         .expect("the app's exit arrived through the storm");
     let code = done.wait.expect("Wait").exit_status;
-    println!(
+    figure(format!(
         "OOM storm (unknown 4 KiB ids, answered at once): shim peak RSS {peak} KiB; the app's \
          exit {code} arrived; the neighbour answered {answered} probes"
-    );
+    ));
     assert_eq!(code, 3);
     assert!(peak < SHIM_RSS_MAX_KIB, "shim peak RSS {peak} KiB");
     crio.remove_pod(&sid);
@@ -201,7 +216,7 @@ fn replies_larger_than_asked_never_become_output_nor_harm_the_shim() {
     let (peak, answered) = watch(shim, &nb, Duration::from_secs(20));
     let st = crio.state(&sid);
     let (out, err) = crio.output(&sid);
-    println!(
+    figure(format!(
         "replies twice the size asked: Start {}; the pod is {:?} (exit {}); shim peak RSS {peak} \
          KiB; {} bytes of stdout and {} of stderr reached the log; the neighbour answered \
          {answered} probes",
@@ -214,7 +229,7 @@ fn replies_larger_than_asked_never_become_output_nor_harm_the_shim() {
         st.exit_status,
         out.len(),
         err.len()
-    );
+    ));
     assert!(
         out.is_empty() && err.is_empty(),
         "oversized replies were taken as output"
@@ -242,12 +257,12 @@ fn a_share_flood_writes_nothing_on_the_hosts_run() {
         .map(|e| e.file_name().to_string_lossy().to_string())
         .collect();
     let during = run_used_bytes();
-    println!(
+    figure(format!(
         "share flood (1 GiB asked): host /run used {} KiB before, {} KiB during; the share's \
          root holds {entries:?}",
         before / 1024,
         during / 1024
-    );
+    ));
     assert!(
         entries.iter().all(|e| !e.starts_with("flood-")),
         "the guest created files at the share's root: {entries:?}"

@@ -239,3 +239,83 @@ fn crio_oom_kill_writes_the_oom_file() {
     crio.remove_pod(&sid);
     crio.assert_no_leaks(&sid);
 }
+
+/// CVE-2024-25621 (world-traversable state directories) and CVE-2020-15257
+/// (a shim API on an abstract socket, reachable from any process in the
+/// host's network namespace): every directory of a running sandbox is
+/// root's alone, and every socket that names it is a path socket in one.
+#[test]
+fn crio_sandbox_directories_are_private_and_its_sockets_are_paths() {
+    use std::os::unix::fs::MetadataExt;
+    let mut crio = Crio::new("private");
+    let sid = crio.run_pod_sandbox(&PodConfig::new("private"));
+    let paths = kata_shim::layout::SandboxPaths::new(&sid);
+    for dir in [
+        paths.state_dir.clone(),
+        paths.share_dir.clone(),
+        kata_shim::layout::shim_dir(&sid),
+    ] {
+        let m = std::fs::metadata(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        println!(
+            "{} mode {:o} uid {}",
+            dir.display(),
+            m.mode() & 0o7777,
+            m.uid()
+        );
+        assert_eq!(m.mode() & 0o077, 0, "{} is open to others", dir.display());
+        assert_eq!(m.uid(), 0, "{} is not root's", dir.display());
+    }
+    let unix = std::fs::read_to_string("/proc/net/unix").expect("/proc/net/unix");
+    let named: Vec<&str> = unix
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(7))
+        .filter(|p| p.contains(&sid) || p.contains(&sid[..12]) || p.contains("kata"))
+        .collect();
+    println!("sockets naming the sandbox: {named:?}");
+    assert!(
+        named.iter().any(|p| p.ends_with("shim.sock")),
+        "the shim's socket is not listed: {named:?}"
+    );
+    let abstract_: Vec<&&str> = named.iter().filter(|p| p.starts_with('@')).collect();
+    assert!(abstract_.is_empty(), "abstract sockets: {abstract_:?}");
+    // GHSA-2gv2-cffp-j227: virtiofsd keeps its own sandbox and seccomp
+    // filter (the shim never passes `--sandbox none` or `--seccomp none`).
+    // With its namespace sandbox it forks: the parent only waits, the
+    // child serves the guest, confined.
+    let fsd: Vec<(u32, Vec<String>)> = processes()
+        .into_iter()
+        .filter(|(_, argv)| {
+            argv.first().is_some_and(|a| a.ends_with("virtiofsd"))
+                && argv.iter().any(|a| a.contains(&sid))
+        })
+        .collect();
+    assert!(!fsd.is_empty(), "the pod's virtiofsd is not running");
+    let line = fsd[0].1.join(" ");
+    for off in [
+        "--sandbox none",
+        "--sandbox=none",
+        "--seccomp none",
+        "--seccomp=none",
+    ] {
+        assert!(!line.contains(off), "virtiofsd runs with {off}: {line}");
+    }
+    let modes: Vec<(u32, String)> = fsd
+        .iter()
+        .map(|(pid, _)| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let mode = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Seccomp:"))
+                .map(|m| m.trim().to_string())
+                .unwrap_or_default();
+            (*pid, mode)
+        })
+        .collect();
+    println!("virtiofsd processes (pid, Seccomp): {modes:?}; argv {line}");
+    assert!(
+        modes.iter().any(|(_, m)| m == "2"),
+        "no virtiofsd process of the pod has a seccomp filter: {modes:?}"
+    );
+    crio.remove_pod(&sid);
+    crio.assert_no_leaks(&sid);
+}
