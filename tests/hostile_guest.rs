@@ -277,3 +277,61 @@ fn a_share_flood_writes_nothing_on_the_hosts_run() {
     crio.remove_pod(&sid);
     crio.assert_no_leaks(&sid);
 }
+
+/// Every connection to the agent starts with 4 KiB of garbage where ttrpc
+/// frames belong: the shim never gets a sane answer, so the pod's Create
+/// fails at the dial deadline with a clear error, the shim does not grow,
+/// the neighbour keeps answering, and nothing is left.
+#[test]
+fn garbage_on_the_agent_connection_fails_the_pod_clearly() {
+    let mut crio = hostile_crio("garbage", "garbage");
+    let nb = Neighbour::start("garbage");
+    let began = Instant::now();
+    let (sid, created) = crio.try_create_pod_sandbox(&PodConfig::new("garbage"));
+    let e = created.expect_err("a pod whose agent speaks garbage was created");
+    let msg = format!("{e:?}");
+    figure(format!(
+        "garbage on every agent connection: the pod's Create failed after {:?}: {}; the \
+         neighbour still answers: {}",
+        began.elapsed(),
+        msg.chars().take(300).collect::<String>(),
+        nb.answers()
+    ));
+    assert!(msg.contains("agent did not answer"), "{msg}");
+    assert!(nb.answers(), "the neighbour stopped answering");
+    // CRI-O's own /dev/shm of the pod stays CRI-O's to unmount.
+    crio.unmount_own_shm(&sid);
+    crio.assert_no_leaks(&sid);
+    nb.stop();
+}
+
+/// Every connection starts with replies to calls the shim never made
+/// (stream ids it never used): the shim's client drops them, and the pod
+/// works as if they had not been sent.
+#[test]
+fn replies_to_calls_never_made_are_ignored() {
+    let mut crio = hostile_crio("stray", "stray-replies");
+    let sid = crio.run_pod_sandbox(&PodConfig::new("stray"));
+    let app = crio.create_container(
+        &sid,
+        "app",
+        &["/bin/sh", "-c", "echo intact-output; exit 7"],
+    );
+    crio.start_container(&app);
+    let shim = shim_pid(&sid);
+    let done = crio
+        .init_exit(&app, Duration::from_secs(30))
+        .expect("the app's exit");
+    let code = done.wait.expect("Wait").exit_status;
+    let (out, _) = crio.output(&app);
+    let out = String::from_utf8_lossy(&out).to_string();
+    figure(format!(
+        "stray replies on every agent connection: the app exited {code} with {out:?}; shim \
+         peak RSS {} KiB",
+        peak_rss_kib(shim)
+    ));
+    assert_eq!(code, 7);
+    assert!(out.contains("intact-output"), "{out:?}");
+    crio.remove_pod(&sid);
+    crio.assert_no_leaks(&sid);
+}

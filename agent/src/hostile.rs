@@ -23,6 +23,12 @@ pub enum Mode {
     BigReplies,
     /// Writes as much as it can into the share's root.
     ShareFlood,
+    /// Sends 4 KiB of garbage on every connection, where ttrpc frames
+    /// belong.
+    Garbage,
+    /// Sends replies to calls the shim never made (stream ids it never
+    /// used) on every connection, then serves it normally.
+    StrayReplies,
 }
 
 static MODE: OnceLock<Mode> = OnceLock::new();
@@ -37,6 +43,8 @@ pub fn init(cmdline: &str) {
                 "oom-storm" => Some(Mode::OomStorm),
                 "big-replies" => Some(Mode::BigReplies),
                 "share-flood" => Some(Mode::ShareFlood),
+                "garbage" => Some(Mode::Garbage),
+                "stray-replies" => Some(Mode::StrayReplies),
                 _ => None,
             });
     if let Some(m) = mode {
@@ -83,6 +91,35 @@ pub fn start(share: &std::path::Path) {
             }
             println!("kata-agent: hostile share flood wrote {written} bytes; errors: {errors:?}");
         });
+    }
+}
+
+/// Writes what [`Mode::Garbage`] or [`Mode::StrayReplies`] put on a new,
+/// authenticated connection before ttrpc serves it.
+pub async fn corrupt_connection<S: tokio::io::AsyncWrite + Unpin>(sock: &mut S) {
+    use tokio::io::AsyncWriteExt;
+    if is(Mode::Garbage) {
+        // xorshift: fixed, so a failure reproduces.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let junk: Vec<u8> = (0..4096)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let _ = sock.write_all(&junk).await;
+    }
+    if is(Mode::StrayReplies) {
+        // ttrpc frames: length (0: an empty Response), stream id (odd ids
+        // far above any the shim has used), type 2 (response), flags 0.
+        for id in [0x7fff_fff1u32, 0x7fff_fff3, 0x7fff_fff5] {
+            let mut frame = vec![0u8, 0, 0, 0];
+            frame.extend_from_slice(&id.to_be_bytes());
+            frame.extend_from_slice(&[2, 0]);
+            let _ = sock.write_all(&frame).await;
+        }
     }
 }
 

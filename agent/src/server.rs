@@ -583,6 +583,8 @@ fn authenticated(mut listener: Listener, token: Token) -> Listener {
                     let (tx, token) = (tx.clone(), token.clone());
                     tokio::spawn(async move {
                         if crate::auth::check(&mut sock, &token).await {
+                            #[cfg(feature = "hostile")]
+                            crate::hostile::corrupt_connection(&mut sock).await;
                             let _ = tx.send(sock).await;
                         } else {
                             tracing::warn!("a connection without the shim's token was refused");
