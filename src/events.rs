@@ -276,15 +276,15 @@ impl EventSink for Publisher {
                 .iter()
                 .position(|q| matches!(q.event, Event::Oom(_)))
                 .or_else(|| st.events.iter().position(|q| q.event.evictable()));
-            let dropped = match victim {
-                Some(i) => st.events.remove(i).map(|q| q.event),
-                None if event.evictable() => Some(event.clone()),
-                None => None,
-            };
-            if let Some(old) = dropped {
+            let dropped = victim.and_then(|i| st.events.remove(i)).map(|q| q.event);
+            // Nothing may go: a newcomer that may be dropped is, and an exit
+            // or a delete stays beyond the cap.
+            let newcomer_dropped = dropped.is_none() && event.evictable();
+            if dropped.is_some() || newcomer_dropped {
                 st.dropped += 1;
                 // One line per hundred drops is enough to see the problem.
                 if st.dropped % 100 == 1 {
+                    let old = dropped.as_ref().unwrap_or(&event);
                     tracing::warn!(
                         topic = old.topic(),
                         id = old.id(),
@@ -292,9 +292,9 @@ impl EventSink for Publisher {
                         "event queue full, dropping an event that may be dropped"
                     );
                 }
-                if victim.is_none() {
-                    return;
-                }
+            }
+            if newcomer_dropped {
+                return;
             }
         }
         st.events.push_back(Queued {

@@ -117,31 +117,34 @@ pub fn call_context(timeout: Option<Duration>) -> context::Context {
 async fn dial_once(addr: &AgentAddr, token: Option<&AgentToken>) -> Result<Socket, String> {
     match addr {
         AgentAddr::Hybrid(uds) => {
-            let mut s = crate::vm::vsock::dial_hybrid(uds, AGENT_VSOCK_PORT, HANDSHAKE_TIMEOUT)
+            let s = crate::vm::vsock::dial_hybrid(uds, AGENT_VSOCK_PORT, HANDSHAKE_TIMEOUT)
                 .await
                 .map_err(|e| e.to_string())?;
-            if let Some(t) = token {
-                t.present(&mut s, HANDSHAKE_TIMEOUT)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(Socket::from(s))
+            Ok(Socket::from(authenticated(s, token).await?))
         }
         AgentAddr::Vhost(cid) => {
-            let mut s = tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(
+            let s = tokio_vsock::VsockStream::connect(tokio_vsock::VsockAddr::new(
                 *cid as u32,
                 AGENT_VSOCK_PORT,
             ))
             .await
             .map_err(|e| format!("vsock connect to cid {cid}: {e}"))?;
-            if let Some(t) = token {
-                t.present(&mut s, HANDSHAKE_TIMEOUT)
-                    .await
-                    .map_err(|e| e.to_string())?;
-            }
-            Ok(Socket::from(s))
+            Ok(Socket::from(authenticated(s, token).await?))
         }
     }
+}
+
+/// `stream` once the agent took the sandbox's token (when there is one).
+async fn authenticated<S>(mut stream: S, token: Option<&AgentToken>) -> Result<S, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if let Some(t) = token {
+        t.present(&mut stream, HANDSHAKE_TIMEOUT)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(stream)
 }
 
 impl AgentClient {

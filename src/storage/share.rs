@@ -56,10 +56,10 @@ static WINDOW: Mutex<()> = Mutex::new(());
 pub fn prepare_share(share_dir: &Path) -> Result<(), StorageError> {
     let canon = std::fs::canonicalize(share_dir).map_err(io_err("resolve", share_dir))?;
     let infos = crate::mounts::read_mountinfo().map_err(io_err("read", "/proc/self/mountinfo"))?;
-    match infos.iter().rev().find(|m| m.mount_point == canon) {
+    let own = match infos.iter().rev().find(|m| m.mount_point == canon) {
         // Re-sharing would cut virtiofsd's copy off from its master.
         Some(m) if m.is_shared() => return Ok(()),
-        Some(_) => {}
+        Some(m) => is_own(m),
         None => {
             let options = format!("size={ROOT_BYTES},nr_inodes={ROOT_INODES},mode=0700");
             nix::mount::mount(
@@ -76,10 +76,11 @@ pub fn prepare_share(share_dir: &Path) -> Result<(), StorageError> {
                 let _ = nix::mount::umount2(&canon, nix::mount::MntFlags::MNT_DETACH);
                 return Err(e);
             }
+            true
         }
-    }
+    };
     make(&canon, MsFlags::MS_SHARED)?;
-    if is_own_root(&canon) {
+    if own {
         remount(&canon, true)?;
     }
     tracing::debug!(path = %canon.display(), "share root is a read-only shared tmpfs");
@@ -101,8 +102,12 @@ fn is_own_root(canon: &Path) -> bool {
             .iter()
             .rev()
             .find(|m| m.mount_point == canon)
-            .is_some_and(|m| m.fstype == "tmpfs" && m.source == SOURCE)
+            .is_some_and(is_own)
     })
+}
+
+fn is_own(m: &crate::mounts::MountInfo) -> bool {
+    m.fstype == "tmpfs" && m.source == SOURCE
 }
 
 fn remount(canon: &Path, read_only: bool) -> Result<(), StorageError> {

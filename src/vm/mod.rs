@@ -303,9 +303,7 @@ impl Vm {
             source,
         };
         let token = token::AgentToken::generate().map_err(err)?;
-        crate::storage::with_writable_share(share, || token.write(share))
-            .map_err(|e| err(std::io::Error::other(e)))?
-            .map_err(err)?;
+        crate::storage::with_writable_share(share, || token.write(share))?.map_err(err)?;
         self.agent_token = Some(token);
         Ok(())
     }

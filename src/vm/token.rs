@@ -10,8 +10,10 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 use std::time::Duration;
 
-use kata_agent_protocol::auth::{DENIED, FILE, LINE_MAX, OK, PREFIX, well_formed};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use kata_agent_protocol::auth::{DENIED, FILE, OK, PREFIX, well_formed};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+use crate::vm::vsock::read_reply_line;
 
 /// The token of one sandbox.
 #[derive(Clone, PartialEq, Eq)]
@@ -74,25 +76,12 @@ impl AgentToken {
             .write_all(line.as_bytes())
             .await
             .map_err(|e| AuthError::Io(e.to_string()))?;
-        // Byte by byte: what follows the answer belongs to ttrpc or the
-        // shell.
-        let answer = tokio::time::timeout(timeout, async {
-            let mut got = Vec::new();
-            let mut byte = [0u8; 1];
-            loop {
-                match stream.read(&mut byte).await {
-                    Ok(1) if byte[0] == b'\n' => break,
-                    Ok(1) if got.len() < LINE_MAX => got.push(byte[0]),
-                    Ok(1) => {}
-                    Ok(_) => return Err("the connection closed".to_string()),
-                    Err(e) => return Err(e.to_string()),
-                }
-            }
-            Ok(String::from_utf8_lossy(&got).to_string())
-        })
-        .await
-        .map_err(|_| AuthError::NoAnswer(timeout))?
-        .map_err(AuthError::Refused)?;
+        let answer = match tokio::time::timeout(timeout, read_reply_line(stream)).await {
+            Err(_) => return Err(AuthError::NoAnswer(timeout)),
+            Ok(Err(e)) => return Err(AuthError::Refused(e.to_string())),
+            Ok(Ok((_, false))) => return Err(AuthError::Refused("the connection closed".into())),
+            Ok(Ok((line, true))) => line,
+        };
         match answer.as_str() {
             OK => Ok(()),
             DENIED => Err(AuthError::Refused(DENIED.into())),
@@ -103,6 +92,8 @@ impl AgentToken {
 
 #[cfg(test)]
 mod tests {
+    use tokio::io::AsyncReadExt;
+
     use super::*;
 
     #[test]

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use nix::errno::Errno;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
 use crate::config::VsockMode;
@@ -166,11 +166,12 @@ pub async fn dial_hybrid(
         })?;
     // Read byte by byte so nothing after the reply line is consumed: the rest
     // of the stream belongs to ttrpc.
-    let reply = tokio::time::timeout(handshake_timeout, read_line(&mut stream)).await;
+    let reply = tokio::time::timeout(handshake_timeout, read_reply_line(&mut stream)).await;
     let reply = match reply {
         Err(_) => "no reply".to_string(),
         Ok(Err(e)) => format!("read failed: {e}"),
-        Ok(Ok(line)) => line,
+        Ok(Ok((line, false))) if line.is_empty() => "connection closed".to_string(),
+        Ok(Ok((line, _))) => line.trim_end().to_string(),
     };
     if reply.starts_with("OK ") {
         Ok(stream)
@@ -179,31 +180,34 @@ pub async fn dial_hybrid(
     }
 }
 
-/// Longest handshake reply kept: `OK <port>` is a few bytes, and a longer
-/// line is only ever quoted in an error.
-const REPLY_MAX: usize = 128;
+/// Longest reply line kept (the handshake's and the agent token's): `OK
+/// <port>` is a few bytes, and a longer line is only ever quoted in an
+/// error.
+pub(crate) const REPLY_MAX: usize = 128;
 
-/// The reply line, at most [`REPLY_MAX`] bytes of it: the rest of an
-/// over-long line is read and dropped up to its newline (or the caller's
-/// timeout), so a peer that never sends one cannot grow the shim's memory.
-async fn read_line(stream: &mut UnixStream) -> io::Result<String> {
+/// A peer's reply line, read byte by byte so that nothing after it is
+/// consumed (the rest of the stream belongs to ttrpc or a shell), at most
+/// [`REPLY_MAX`] bytes of it: the rest of an over-long line is read and
+/// dropped up to its newline (or the caller's timeout), so a peer that
+/// never sends one cannot grow the shim's memory. The flag says whether a
+/// newline ended it (false: the peer closed first).
+pub(crate) async fn read_reply_line<S: AsyncRead + Unpin>(
+    stream: &mut S,
+) -> io::Result<(String, bool)> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
-    loop {
+    let ended = loop {
         if stream.read(&mut byte).await? == 0 {
-            if line.is_empty() {
-                return Ok("connection closed".to_string());
-            }
-            break;
+            break false;
         }
         if byte[0] == b'\n' {
-            break;
+            break true;
         }
         if line.len() < REPLY_MAX {
             line.push(byte[0]);
         }
-    }
-    Ok(String::from_utf8_lossy(&line).trim_end().to_string())
+    };
+    Ok((String::from_utf8_lossy(&line).into_owned(), ended))
 }
 
 #[cfg(test)]
