@@ -78,22 +78,14 @@ fn accept_loop(listener: OwnedFd, token: Option<Token>) {
                 // SAFETY: accept4 just returned this descriptor; nothing
                 // else owns it.
                 let conn = unsafe { OwnedFd::from_raw_fd(raw) };
-                if let Some(t) = &token {
-                    if !crate::auth::check_blocking(&conn, t) {
-                        tracing::warn!(
-                            "debug console: a connection without the shim's token was refused"
-                        );
-                        continue;
-                    }
-                }
-                match serve(conn, Path::new(DEBUG_SHELL)) {
-                    Ok(Some(child)) => {
-                        tracing::info!(pid = child.id(), "debug console: shell started")
-                    }
-                    Ok(None) => {
-                        tracing::warn!(shell = DEBUG_SHELL, "debug console: no shell in this image")
-                    }
-                    Err(e) => tracing::error!(error = %e, "debug console: cannot start a shell"),
+                let token = token.clone();
+                // A thread per connection: a peer that is slow to send its
+                // token delays nobody else.
+                let spawned = std::thread::Builder::new()
+                    .name("debug-console-conn".into())
+                    .spawn(move || serve_checked(conn, token.as_ref()));
+                if let Err(e) = spawned {
+                    tracing::error!(error = %e, "debug console: cannot start a connection thread");
                 }
             }
             Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => {}
@@ -103,6 +95,21 @@ fn accept_loop(listener: OwnedFd, token: Option<Token>) {
                 std::thread::sleep(std::time::Duration::from_secs(1));
             }
         }
+    }
+}
+
+/// Checks the peer's token, if there is one, then gives it a shell.
+fn serve_checked(conn: OwnedFd, token: Option<&Token>) {
+    if let Some(t) = token {
+        if !crate::auth::check_blocking(&conn, t) {
+            tracing::warn!("debug console: a connection without the shim's token was refused");
+            return;
+        }
+    }
+    match serve(conn, Path::new(DEBUG_SHELL)) {
+        Ok(Some(child)) => tracing::info!(pid = child.id(), "debug console: shell started"),
+        Ok(None) => tracing::warn!(shell = DEBUG_SHELL, "debug console: no shell in this image"),
+        Err(e) => tracing::error!(error = %e, "debug console: cannot start a shell"),
     }
 }
 

@@ -25,6 +25,9 @@ use crate::vm::vsock::{VsockError, dial_hybrid};
 
 /// How long the guest gets to answer `CONNECT`.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Wait for the console's answer to the token: one attempt only, on a
+/// host that may be busy.
+const TOKEN_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Sent when stdin ends. Hybrid vsock cannot half-close: when the Unix
 /// socket's write side is shut down, vhost-device-vsock closes the whole
@@ -107,7 +110,7 @@ pub fn run(
             // The agent serves the console only to a peer that presents
             // the sandbox's token (root can read it from the share).
             if let Some(t) = &token {
-                t.present(&mut s, HANDSHAKE_TIMEOUT)
+                t.present(&mut s, TOKEN_TIMEOUT)
                     .await
                     .map_err(|source| VsockError::Auth {
                         path: uds.display().to_string(),
