@@ -91,9 +91,12 @@ for tool in vhost-device-vsock virtiofsd; do
         say "building $tool with cargo install --locked (a few minutes)"
         cargo install --locked --quiet "$tool"
     fi
-    if [ ! -e "/usr/local/bin/$tool" ]; then
-        ln -sf "$CARGO_BIN/$tool" "/usr/local/bin/$tool"
-        say "linked /usr/local/bin/$tool"
+    # A copy, not a link into root's home (0700): with rootless = true the
+    # helper runs as an unprivileged uid that must be able to execute it.
+    if [ -x "$CARGO_BIN/$tool" ] && { [ ! -e "/usr/local/bin/$tool" ] || [ -L "/usr/local/bin/$tool" ]; }; then
+        rm -f "/usr/local/bin/$tool"
+        install -m 0755 "$CARGO_BIN/$tool" "/usr/local/bin/$tool"
+        say "installed /usr/local/bin/$tool"
     fi
 done
 say "all dependencies present"

@@ -40,6 +40,8 @@ pub struct Report {
     /// QEMU's seccomp mode while the guest was up, from `/proc/<pid>/status`:
     /// `filter` under `-sandbox on` (`seccompsandbox`), `disabled` without.
     pub qemu_seccomp: String,
+    /// The uid QEMU ran as: 0, or the sandbox's own with `rootless`.
+    pub qemu_uid: Option<u32>,
     pub agent_version: String,
     pub protocol_version: u32,
     pub kernel_release: String,
@@ -67,6 +69,7 @@ pub async fn run(config: &Config, sandbox_id: &str) -> Result<Report, BootCheckE
             // The boot future is dropped: its children are killed on drop,
             // and its directories are removed here.
             crate::layout::remove_sandbox_dirs(sandbox_id, &crate::layout::SandboxPaths::new(sandbox_id));
+            crate::vm::rootless::release(sandbox_id);
             return Err(BootCheckError::Interrupted(s));
         }
     };
@@ -79,7 +82,10 @@ pub async fn run(config: &Config, sandbox_id: &str) -> Result<Report, BootCheckE
         Err(e) => format!("unknown ({e})"),
     };
     let vm = &sandbox.vm;
-    let qemu_seccomp = seccomp_mode(vm.pid());
+    let qemu_status =
+        std::fs::read_to_string(format!("/proc/{}/status", vm.pid())).unwrap_or_default();
+    let qemu_seccomp = seccomp_mode(&qemu_status);
+    let qemu_uid = effective_uid(&qemu_status);
     let (accel, qemu_pid, spawn, ready) = (
         vm.accel.as_str().to_string(),
         vm.pid(),
@@ -107,6 +113,7 @@ pub async fn run(config: &Config, sandbox_id: &str) -> Result<Report, BootCheckE
         qemu_pid,
         vm_status,
         qemu_seccomp,
+        qemu_uid,
         agent_version: d.agent_version,
         protocol_version: d.protocol_version,
         kernel_release: d.kernel_release,
@@ -171,9 +178,14 @@ async fn interrupted() -> &'static str {
     }
 }
 
+/// The effective uid in a process's status.
+fn effective_uid(status: &str) -> Option<u32> {
+    let uids = status.lines().find_map(|l| l.strip_prefix("Uid:"))?;
+    uids.split_whitespace().nth(1)?.parse().ok()
+}
+
 /// The `Seccomp:` field of a process's status, in words.
-fn seccomp_mode(pid: u32) -> String {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+fn seccomp_mode(status: &str) -> String {
     let mode = status
         .lines()
         .find_map(|l| l.strip_prefix("Seccomp:"))

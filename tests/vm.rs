@@ -6,6 +6,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::pod::{Pod, spec};
 use common::*;
 
 #[test]
@@ -260,4 +261,135 @@ fn missing_kernel_is_named_with_the_fix() {
     );
     assert!(err.contains("kata-guest-image"), "{err}");
     assert_no_leaks(&id);
+}
+
+/// One line's fields of a /proc/<pid>/status.
+fn status_fields(pid: u32, key: &str) -> Vec<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key).and_then(|r| r.strip_prefix(':')))
+        .unwrap_or_else(|| panic!("{key} missing from the status of {pid}"))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Issue 14: `rootless = true` runs QEMU and vhost-device-vsock as a uid
+/// of the sandbox's own, without capabilities or groups, and two pods
+/// never share one; containers still run from the virtio-fs share, and
+/// the uid is free again after the pod.
+#[test]
+fn rootless_vms_run_as_their_own_unprivileged_uids() {
+    let mut config = Pod::test_config();
+    let q = &mut config.hypervisor.qemu;
+    q.rootless = true;
+    let first = q.rootless_first_uid;
+    let range = first..first + q.rootless_uids;
+    let pods = [
+        Pod::boot_config("rootless-a", &config),
+        Pod::boot_config("rootless-b", &config),
+    ];
+    let mut uids = Vec::new();
+    for pod in &pods {
+        let vm = &pod.sandbox.as_ref().expect("booted").vm;
+        let uid = vm.vmm_user.as_ref().expect("a rootless VM has a user").uid;
+        assert!(
+            range.contains(&uid),
+            "{uid} is outside the configured range"
+        );
+        let claim = std::path::Path::new(kata_shim::vm::rootless::CLAIMS).join(uid.to_string());
+        assert_eq!(
+            std::fs::read_link(&claim).expect("claim"),
+            std::path::Path::new(&pod.id)
+        );
+        for (name, pid) in vm.process_pids() {
+            let want_uid = if name == "virtiofsd" { 0 } else { uid };
+            let uid_s = want_uid.to_string();
+            println!(
+                "{}: {name} pid {pid}: Uid {:?} Gid {:?} Groups {:?} CapEff {:?} NoNewPrivs {:?} Seccomp {:?}",
+                pod.id,
+                status_fields(pid, "Uid"),
+                status_fields(pid, "Gid"),
+                status_fields(pid, "Groups"),
+                status_fields(pid, "CapEff"),
+                status_fields(pid, "NoNewPrivs"),
+                status_fields(pid, "Seccomp"),
+            );
+            assert_eq!(status_fields(pid, "Uid"), vec![uid_s.as_str(); 4], "{name}");
+            if name == "virtiofsd" {
+                // It keeps root in its own sandbox to serve files with
+                // their owners.
+                continue;
+            }
+            assert_eq!(status_fields(pid, "Gid"), vec![uid_s.as_str(); 4], "{name}");
+            assert!(
+                status_fields(pid, "Groups").is_empty(),
+                "{name}: no groups under TCG"
+            );
+            assert_eq!(status_fields(pid, "CapEff"), ["0000000000000000"], "{name}");
+            assert_eq!(status_fields(pid, "CapPrm"), ["0000000000000000"], "{name}");
+            assert_eq!(status_fields(pid, "NoNewPrivs"), ["1"], "{name}");
+        }
+        assert_eq!(
+            status_fields(vm.pid(), "Seccomp"),
+            ["2"],
+            "QEMU keeps its -sandbox filter"
+        );
+        uids.push(uid);
+    }
+    assert_ne!(uids[0], uids[1], "two pods never share a uid");
+
+    // The share still works for containers: files of every owner, written
+    // and read back from the guest.
+    let pod = &pods[0];
+    pod.create_sandbox(false);
+    let root = pod.rootfs("c1");
+    pod.run(
+        "c1",
+        &spec(
+            &root,
+            &[
+                "/bin/sh",
+                "-c",
+                "echo hi > /tmp/f && chown 1234 /tmp/f && stat -c '%u %s' /tmp/f /bin/busybox",
+            ],
+        ),
+    );
+    let out = String::from_utf8_lossy(&pod.read_all("c1", "", false)).to_string();
+    assert_eq!(pod.wait("c1", ""), 0, "container output: {out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.first(), Some(&"1234 3"), "{out}");
+    assert!(lines.get(1).is_some_and(|l| l.starts_with("0 ")), "{out}");
+    pod.remove("c1");
+
+    let ids: Vec<String> = pods.iter().map(|p| p.id.clone()).collect();
+    drop(pods);
+    let claims = std::fs::read_dir(kata_shim::vm::rootless::CLAIMS)
+        .map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+        .unwrap_or_default();
+    for (id, uid) in ids.iter().zip(&uids) {
+        assert!(
+            !claims
+                .iter()
+                .any(|c| std::fs::read_link(c).is_ok_and(|o| o == std::path::Path::new(id))),
+            "claim of {id} left: {claims:?}"
+        );
+        let running: Vec<u32> = processes()
+            .into_iter()
+            .map(|(pid, _)| pid)
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                    s.lines().any(|l| {
+                        l.starts_with("Uid:")
+                            && l.split_whitespace().nth(1) == Some(&uid.to_string())
+                    })
+                })
+            })
+            .collect();
+        assert!(
+            running.is_empty(),
+            "processes of uid {uid} left: {running:?}"
+        );
+    }
 }

@@ -213,6 +213,10 @@ fn teardown(sid: &str, id: &str, state: Option<SandboxRecord>, bundle: Option<&P
         None if share_clear => crate::layout::remove_sandbox_dirs(sid, &paths),
         None => {}
     }
+    // After the kills above: a rootless VM's uid is free once its
+    // processes are gone, and a claim left here would stay until its
+    // range ran out.
+    crate::vm::rootless::release(sid);
     persist::remove(sid);
 }
 

@@ -153,6 +153,15 @@ pub struct Qemu {
     /// QEMU's `-sandbox` (its seccomp filter), as Kata's key of the same
     /// name; empty: no filter.
     pub seccompsandbox: String,
+    /// Run QEMU and vhost-device-vsock as an unprivileged uid and gid of
+    /// their own, one per sandbox, as Kata's key of the same name
+    /// (`vm::rootless`).
+    pub rootless: bool,
+    /// First uid (and gid) of the range rootless VMs take theirs from.
+    pub rootless_first_uid: u32,
+    /// How many uids that range holds: at most this many rootless VMs run
+    /// at once.
+    pub rootless_uids: u32,
     pub vsock: VsockMode,
     /// Candidate `vhost-device-vsock` binaries for hybrid vsock.
     pub vhost_user_vsock_daemon: Vec<PathBuf>,
@@ -200,6 +209,9 @@ impl Default for Qemu {
             default_memory: 2048,
             kernel_params: String::new(),
             seccompsandbox: DEFAULT_SECCOMP_SANDBOX.into(),
+            rootless: false,
+            rootless_first_uid: DEFAULT_ROOTLESS_FIRST_UID,
+            rootless_uids: 65_536,
             vsock: VsockMode::Auto,
             vhost_user_vsock_daemon: vec![
                 "/usr/libexec/vhost-device-vsock".into(),
@@ -502,6 +514,9 @@ impl Config {
                 ),
             ));
         }
+        if let Some((key, problem)) = rootless_problem(q) {
+            return Err(invalid(key, problem));
+        }
         if !(4096..=(64 << 20)).contains(&q.msize_9p) {
             return Err(invalid(
                 "hypervisor.qemu.msize_9p",
@@ -564,6 +579,44 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Where rootless uids start by default: far above the uids of users,
+/// system services and the usual subordinate-id ranges (100000 up).
+pub const DEFAULT_ROOTLESS_FIRST_UID: u32 = 2_000_000_000;
+
+/// Which rootless setting of `q` cannot work, and why, if one cannot.
+fn rootless_problem(q: &Qemu) -> Option<(&'static str, String)> {
+    let (first, count) = (q.rootless_first_uid, q.rootless_uids);
+    let end = u64::from(first) + u64::from(count);
+    if first < 65_536 {
+        return Some((
+            "hypervisor.qemu.rootless_first_uid",
+            format!(
+                "is {first}, must be at least 65536: above the uids of users and system \
+                 services (65534 is nobody)"
+            ),
+        ));
+    }
+    if count == 0 || end > 1 << 31 {
+        return Some((
+            "hypervisor.qemu.rootless_uids",
+            format!(
+                "is {count}: the range from rootless_first_uid ({first}) must hold at least \
+                 one uid and end at or below 2147483648"
+            ),
+        ));
+    }
+    if q.rootless && q.shared_fs == SharedFs::Virtio9p {
+        return Some((
+            "hypervisor.qemu.rootless",
+            "is true with shared_fs = \"virtio-9p\": 9p is served by QEMU itself, and an \
+             unprivileged QEMU can neither read the image's root-only files nor keep their \
+             owners; use virtio-fs (virtiofsd keeps its privileges in its own sandbox) or none"
+                .into(),
+        ));
+    }
+    None
 }
 
 /// QEMU's seccomp filter by default: a guest that takes QEMU over cannot use

@@ -263,3 +263,48 @@ fn seccompsandbox_defaults_on_and_can_be_turned_off() {
         .expect("Kata's default");
     assert!(kata.hypervisor.qemu.seccompsandbox.starts_with("on,"));
 }
+
+#[test]
+fn rootless_is_off_by_default_and_its_range_and_share_are_checked() {
+    let c = parse("").expect("defaults");
+    assert!(!c.hypervisor.qemu.rootless);
+    assert_eq!(
+        c.hypervisor.qemu.rootless_first_uid,
+        DEFAULT_ROOTLESS_FIRST_UID
+    );
+    let on = parse("[hypervisor.qemu]\nrootless = true\n").expect("rootless with virtio-fs");
+    assert!(on.hypervisor.qemu.rootless);
+    parse("[hypervisor.qemu]\nrootless = true\nshared_fs = \"none\"\n").expect("without a share");
+    for (text, key, says) in [
+        (
+            "[hypervisor.qemu]\nrootless = true\nshared_fs = \"virtio-9p\"\n",
+            "hypervisor.qemu.rootless",
+            "9p is served by QEMU itself",
+        ),
+        (
+            "[hypervisor.qemu]\nrootless_first_uid = 0\n",
+            "hypervisor.qemu.rootless_first_uid",
+            "at least 65536",
+        ),
+        (
+            "[hypervisor.qemu]\nrootless_uids = 0\n",
+            "hypervisor.qemu.rootless_uids",
+            "at least one uid",
+        ),
+        (
+            "[hypervisor.qemu]\nrootless_first_uid = 2147483000\nrootless_uids = 1000\n",
+            "hypervisor.qemu.rootless_uids",
+            "2147483648",
+        ),
+    ] {
+        match parse(text) {
+            Err(ConfigError::Invalid {
+                key: k, problem, ..
+            }) => {
+                assert_eq!(k, key, "{text}");
+                assert!(problem.contains(says), "{text}: {problem}");
+            }
+            other => panic!("{text}: expected invalid {key}, got {other:?}"),
+        }
+    }
+}

@@ -9,6 +9,7 @@
 pub mod accel;
 pub mod child;
 pub mod qemu;
+pub mod rootless;
 pub mod token;
 pub mod vsock;
 
@@ -50,6 +51,8 @@ pub enum VmError {
     Vsock(#[from] vsock::VsockError),
     #[error("QMP")]
     Qmp(#[from] QmpError),
+    #[error(transparent)]
+    Rootless(#[from] rootless::RootlessError),
     #[error("preparing the share")]
     Share(#[from] crate::storage::StorageError),
     #[error("cannot create {path}")]
@@ -126,6 +129,9 @@ pub struct Vm {
     vsock_daemon: Option<Supervised>,
     fs_daemon: Option<Supervised>,
     vhost: Option<vsock::VhostCid>,
+    /// The unprivileged identity of QEMU and vhost-device-vsock, when
+    /// `rootless`.
+    pub vmm_user: Option<rootless::VmmUser>,
     dirs_created: bool,
 }
 
@@ -175,6 +181,18 @@ impl Plan {
             SharedFs::Virtio9p | SharedFs::None => None,
         };
         let share = choose_share(q.shared_fs, fs_bin.is_some());
+        if q.rootless {
+            if share == ShareKind::NineP {
+                return Err(rootless::RootlessError::NinePShare.into());
+            }
+            use rootless::{Access, check_usable_by_others};
+            for path in [&q.kernel, &q.initrd] {
+                check_usable_by_others(path, Access::Read)?;
+            }
+            for bin in std::iter::once(&qemu_bin).chain(&vsock_bin) {
+                check_usable_by_others(bin, Access::Execute)?;
+            }
+        }
         if q.shared_fs == SharedFs::VirtioFs && fs_bin.is_none() {
             tracing::warn!(
                 sandbox_id,
@@ -230,10 +248,12 @@ impl Vm {
             vsock_daemon: None,
             fs_daemon: None,
             vhost: None,
+            vmm_user: None,
             dirs_created: false,
         };
         let started = async {
             vm.create_dirs()?;
+            vm.claim_user(config)?;
             let vsock = vm.start_vsock(&plan, opts).await?;
             let share = vm.start_share(config, &plan, opts).await?;
             vm.hand_over_token()?;
@@ -266,6 +286,9 @@ impl Vm {
                     .arg(format!("--socket={}", ctl.display()))
                     .arg(format!("--uds-path={}", uds.display()));
                 join_cgroup(&mut cmd, opts);
+                if let Some(user) = &self.vmm_user {
+                    user.apply(&mut cmd);
+                }
                 let d = Supervised::spawn(
                     "vhost-device-vsock",
                     cmd,
@@ -338,6 +361,16 @@ impl Vm {
                 let ready = d.wait_for_socket(&sock, HELPER_READY).await;
                 self.fs_daemon = Some(d);
                 ready?;
+                if let Some(user) = &self.vmm_user {
+                    // virtiofsd keeps root and makes its socket root's; the
+                    // VM's own user is the one client it should have.
+                    std::os::unix::fs::chown(&sock, Some(user.uid), Some(user.gid)).map_err(
+                        |source| VmError::Dir {
+                            path: sock.clone(),
+                            source,
+                        },
+                    )?;
+                }
                 Ok(ShareDevice::VirtioFs { socket: sock })
             }
             ShareKind::NineP => {
@@ -439,7 +472,10 @@ impl Vm {
                 });
             }
         }
-        tracing::info!(sandbox_id = %sid, accel = self.accel.as_str(), share = ?self.share,
+        if let Some(user) = &self.vmm_user {
+            user.apply(&mut cmd);
+        }
+        tracing::info!(sandbox_id = %sid, uid = self.vmm_user.as_ref().map(|u| u.uid), accel = self.accel.as_str(), share = ?self.share,
             vsock = ?plan.vsock, qemu = %plan.qemu_bin.display(), "starting VM");
         tracing::debug!(sandbox_id = %sid, argv = ?spec.to_args(), "qemu argv");
         let qemu = Supervised::spawn("qemu", cmd, &sid, LineKind::GuestConsole)?;
@@ -461,6 +497,29 @@ impl Vm {
                 _ => Err(e.into()),
             },
         }
+    }
+
+    /// With `rootless`, a uid of the sandbox's own, which then owns the
+    /// state directory where QEMU and vhost-device-vsock make their sockets
+    /// (it stays 0700: root and that uid only).
+    fn claim_user(&mut self, config: &Config) -> Result<(), VmError> {
+        let q = &config.hypervisor.qemu;
+        if !q.rootless {
+            return Ok(());
+        }
+        let kvm = match self.accel {
+            cmdline::Accel::Kvm => rootless::kvm_group(),
+            cmdline::Accel::Tcg => None,
+        };
+        let user =
+            rootless::VmmUser::claim(&self.sandbox_id, q.rootless_first_uid, q.rootless_uids, kvm)?;
+        let (uid, gid) = (user.uid, user.gid);
+        self.vmm_user = Some(user);
+        let dir = &self.paths.state_dir;
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid)).map_err(|source| VmError::Dir {
+            path: dir.clone(),
+            source,
+        })
     }
 
     fn create_dirs(&mut self) -> Result<(), VmError> {
@@ -603,6 +662,9 @@ impl Vm {
             crate::storage::release_share(&self.paths.share_dir);
             crate::layout::remove_sandbox_dirs(&self.sandbox_id, &self.paths);
             self.dirs_created = false;
+        }
+        if self.vmm_user.take().is_some() {
+            rootless::release(&self.sandbox_id);
         }
     }
 }

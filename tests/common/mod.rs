@@ -237,6 +237,16 @@ fn find_leaks(sandbox_id: &str, rootfs: &[PathBuf]) -> Vec<String> {
             leaks.push(format!("directory {}", dir.display()));
         }
     }
+    // A rootless VM's uid claim (`vm::rootless`).
+    for claim in std::fs::read_dir(kata_shim::vm::rootless::CLAIMS)
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if std::fs::read_link(claim.path()).is_ok_and(|o| o == Path::new(sandbox_id)) {
+            leaks.push(format!("rootless uid claim {}", claim.path().display()));
+        }
+    }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     for m in mounts.lines().filter(|l| l.contains(sandbox_id)) {
         leaks.push(format!("mount {m}"));
