@@ -99,4 +99,12 @@ for tool in vhost-device-vsock virtiofsd; do
         say "installed /usr/local/bin/$tool"
     fi
 done
+# `make test` runs the suite with cargo-nextest (test groups keep VM tests two
+# at a time); a fresh node has cargo but not it.
+if cargo nextest --version >/dev/null 2>&1; then
+    say "found $(cargo nextest --version 2>/dev/null | head -1)"
+else
+    say "building cargo-nextest with cargo install --locked (a few minutes)"
+    cargo install --locked --quiet cargo-nextest
+fi
 say "all dependencies present"
