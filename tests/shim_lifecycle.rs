@@ -159,3 +159,45 @@ fn a_create_waiting_on_a_stalled_vm_does_not_hold_up_its_death() {
     crio.remove_pod(&sid);
     crio.assert_no_leaks(&sid);
 }
+
+/// Issue 15: CRI-O runs no `delete` for a VM runtime, so nothing but the
+/// shim itself ends its VM. A `kill -9` of the shim used to leave QEMU,
+/// virtiofsd and vhost-device-vsock running for good; they now die with
+/// it (the parent-death signal, set by the one thread that forks them).
+/// The driver's drop then runs the binary's own `delete`, which finds the
+/// persisted state and leaves nothing.
+#[test]
+fn a_killed_shim_takes_its_vm_and_helpers_with_it() {
+    let mut crio = Crio::new("shim-kill9");
+    let sid = crio.run_pod_sandbox(&PodConfig::new("shim-kill9"));
+    let app = crio.create_container(&sid, "app", &["/bin/sleep", "1000"]);
+    crio.start_container(&app);
+    let shim: u32 = std::fs::read_to_string(crio.bundle(&sid).join("shim.pid"))
+        .expect("shim.pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let vm = vm_processes(&sid);
+    let mut names: Vec<&str> = vm.iter().map(|(n, _)| n.as_str()).collect();
+    names.sort_unstable();
+    // virtiofsd is two: its launcher and its sandboxed child.
+    names.dedup();
+    assert_eq!(
+        names,
+        ["qemu-system-x86_64", "vhost-device-vsock", "virtiofsd"],
+        "{vm:?}"
+    );
+    kill9(shim);
+    let began = Instant::now();
+    for (name, pid) in &vm {
+        assert!(
+            wait_gone(*pid, Duration::from_secs(10)),
+            "{name} {pid} outlived its shim by 10 s"
+        );
+    }
+    eprintln!(
+        "{} VM processes were gone {:?} after the shim's kill -9",
+        vm.len(),
+        began.elapsed()
+    );
+}

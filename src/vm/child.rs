@@ -81,6 +81,59 @@ const LINES_PER_SECOND: u32 = 200;
 /// Longest line kept; the guest controls the console.
 const MAX_LINE: usize = 4096;
 
+/// Spawns `cmd` so that it is killed when the shim dies, however it dies:
+/// a VM must not outlive its shim (a `kill -9` of the shim under CRI-O,
+/// which runs no `delete`, left QEMU and its helpers running).
+///
+/// The parent-death signal fires when the *thread* that forked the child
+/// ends, and tokio's threads come and go (`block_in_place`, the blocking
+/// pool), so every VM process is forked by one thread that lives as long
+/// as the shim. The signal is set last before exec, after any change of
+/// credentials (`rootless`), which would clear it.
+fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
+    type Job = (
+        Command,
+        tokio::runtime::Handle,
+        std::sync::mpsc::SyncSender<std::io::Result<Child>>,
+    );
+    static SPAWNER: std::sync::OnceLock<std::sync::mpsc::Sender<Job>> = std::sync::OnceLock::new();
+    let parent = std::process::id();
+    // SAFETY: the closure runs in the forked child before exec and only
+    // calls prctl(2) and getppid(2), which are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The shim died between fork and prctl: nothing would kill us.
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("vm-spawner".into())
+            .spawn(move || {
+                for (mut cmd, runtime, reply) in rx {
+                    // The child is reaped by the caller's runtime.
+                    let _entered = runtime.enter();
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("start the VM spawner thread");
+        tx
+    });
+    let (reply, answer) = std::sync::mpsc::sync_channel(1);
+    let gone = || std::io::Error::other("the VM spawner thread is gone");
+    spawner
+        .send((cmd, tokio::runtime::Handle::current(), reply))
+        .map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
+}
+
 /// A running helper process.
 #[derive(Debug)]
 pub struct Supervised {
@@ -108,8 +161,7 @@ impl Supervised {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         let mut child: Child =
-            cmd.spawn()
-                .map_err(|source| ChildError::Spawn { what, path, source })?;
+            spawn_tied(cmd).map_err(|source| ChildError::Spawn { what, path, source })?;
         let pid = child.id().unwrap_or(0);
         let tail = std::sync::Arc::new(std::sync::Mutex::new(std::collections::VecDeque::new()));
         let (ready_tx, ready) = watch::channel(false);
