@@ -3,6 +3,7 @@
 //! container here; the domain work is in `container/`.
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -27,9 +28,53 @@ struct SandboxInfo {
     sandbox_pidns: bool,
     /// Mount points of the sandbox storages.
     storages: Vec<PathBuf>,
-    /// The sandbox container's init pid: the first container of the pod,
+    /// The sandbox container's init: the first container of the pod,
     /// whose namespaces the others join where the pod shares them.
-    sandbox_init: Option<i32>,
+    sandbox_init: Option<SandboxInit>,
+}
+
+/// The sandbox container's init and its shareable namespaces, opened while
+/// it was alive. Joining by `/proc/<pid>/ns/<type>` would follow the pid:
+/// once the init exits, the pid is free, and whichever process takes it
+/// next would hand later containers its namespaces (the guest's own, say).
+#[derive(Debug)]
+struct SandboxInit {
+    process: Arc<Process>,
+    namespaces: PinnedNamespaces,
+}
+
+/// Namespaces of one process, held by the agent's own fds.
+#[derive(Debug)]
+struct PinnedNamespaces {
+    pid: i32,
+    fds: Vec<(&'static str, OwnedFd)>,
+}
+
+impl PinnedNamespaces {
+    /// Opens `/proc/<pid>/ns/<type>` of each shareable type.
+    fn open(pid: i32) -> Result<PinnedNamespaces> {
+        let fds = SHAREABLE
+            .iter()
+            .map(|(name, _)| {
+                let path = format!("/proc/{pid}/ns/{name}");
+                std::fs::File::open(&path)
+                    .map(|f| (*name, OwnedFd::from(f)))
+                    .map_err(|e| AgentError::io("opening", &path, e))
+            })
+            .collect::<Result<_>>()?;
+        Ok(PinnedNamespaces { pid, fds })
+    }
+
+    /// A path to the pinned namespace `name`, as libcontainer's children
+    /// (which hold a copy of the agent's fds) open it.
+    fn path(&self, name: &str) -> Option<PathBuf> {
+        let (_, fd) = self.fds.iter().find(|(n, _)| *n == name)?;
+        Some(PathBuf::from(format!(
+            "/proc/{}/fd/{}",
+            std::process::id(),
+            fd.as_raw_fd()
+        )))
+    }
 }
 
 /// The namespace types a container may join from the sandbox container,
@@ -40,12 +85,13 @@ const SHAREABLE: [(&str, LinuxNamespaceType); 3] = [
     ("uts", LinuxNamespaceType::Uts),
 ];
 
-/// `/proc/<pid>/ns/<type>` of the sandbox container's init, for each
-/// namespace `container_id` joins (`sandbox_pidns`: the pod asked for one
-/// pid namespace for all).
+/// The pinned namespace of the sandbox container's init (`None` until
+/// there is one; `exited`: it has exited) for each namespace
+/// `container_id` joins (`sandbox_pidns`: the pod asked for one pid
+/// namespace for all).
 fn sandbox_joins(
     container_id: &str,
-    sandbox_init: Option<i32>,
+    sandbox_init: Option<(&PinnedNamespaces, bool)>,
     requested: &[String],
     sandbox_pidns: bool,
 ) -> Result<Vec<(LinuxNamespaceType, PathBuf)>> {
@@ -64,15 +110,14 @@ fn sandbox_joins(
             };
             // The first container is the sandbox's own: there is nothing
             // to join yet, it makes the namespaces the others will join.
-            let pid = sandbox_init?;
-            let path = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
-            Some(if path.exists() {
-                Ok((typ, path))
-            } else {
-                Err(AgentError::FailedPrecondition(format!(
+            let (pinned, exited) = sandbox_init?;
+            Some(match pinned.path(name) {
+                Some(path) if !exited => Ok((typ, path)),
+                _ => Err(AgentError::FailedPrecondition(format!(
                     "container {container_id:?} joins the pod's {name} namespace, \
-                     but the sandbox container's init (pid {pid}) has exited"
-                )))
+                     but the sandbox container's init (pid {}) has exited",
+                    pinned.pid
+                ))),
             })
         })
         .collect()
@@ -245,19 +290,14 @@ impl Sandbox {
         if self.containers.lock().await.contains_key(&id) {
             return Err(AgentError::AlreadyExists(format!("container {id:?}")));
         }
-        let (sandbox_id, mut roots, sandbox_init, shared_pidns) = {
+        let (sandbox_id, mut roots, shared_pidns) = {
             let info = self.info.lock().await;
             let info = info.as_ref().ok_or_else(|| {
                 AgentError::FailedPrecondition("CreateSandbox must come first".into())
             })?;
             let mut roots = vec![self.share.clone(), PathBuf::from(SANDBOX_SHM)];
             roots.extend(info.storages.iter().cloned());
-            (
-                info.id.clone(),
-                roots,
-                info.sandbox_init,
-                info.sandbox_pidns,
-            )
+            (info.id.clone(), roots, info.sandbox_pidns)
         };
         // The container's storages are its own: when the create fails they
         // must not stay mounted (a retry would stack another mount on them).
@@ -269,7 +309,16 @@ impl Sandbox {
                 roots.push(st.mount_point.clone());
                 mounted.push(st.mount_point);
             }
-            let joins = sandbox_joins(&id, sandbox_init, sandbox_namespaces, shared_pidns)?;
+            let joins = {
+                let info = self.info.lock().await;
+                let init = info.as_ref().and_then(|i| i.sandbox_init.as_ref());
+                sandbox_joins(
+                    &id,
+                    init.map(|i| (&i.namespaces, i.process.exit_status().is_some())),
+                    sandbox_namespaces,
+                    shared_pidns,
+                )?
+            };
             let terminal = spec::rewrite(
                 &mut spec,
                 &spec::PodContext {
@@ -290,13 +339,28 @@ impl Sandbox {
                 return Err(e);
             }
         };
-        *crate::locks::lock(&c.oom_watch) = Some(self.oom.watch(id.clone(), c.cgroup_dir()));
-        {
-            let mut info = self.info.lock().await;
-            if let Some(info) = info.as_mut().filter(|i| i.sandbox_init.is_none()) {
-                info.sandbox_init = Some(c.init.pid);
+        let first = (self.info.lock().await)
+            .as_ref()
+            .is_some_and(|i| i.sandbox_init.is_none());
+        if first {
+            // The init waits for StartContainer: alive, and its pid ours.
+            let namespaces = match PinnedNamespaces::open(c.init.pid) {
+                Ok(n) => n,
+                Err(e) => {
+                    if let Err(re) = c.remove(0).await {
+                        tracing::warn!(container_id = %id, error = %re, "cannot remove a sandbox container whose namespaces cannot be held");
+                    }
+                    return Err(e);
+                }
+            };
+            if let Some(info) = self.info.lock().await.as_mut() {
+                info.sandbox_init = Some(SandboxInit {
+                    process: Arc::clone(&c.init),
+                    namespaces,
+                });
             }
         }
+        *crate::locks::lock(&c.oom_watch) = Some(self.oom.watch(id.clone(), c.cgroup_dir()));
         self.containers.lock().await.insert(id, c);
         Ok(())
     }
@@ -403,20 +467,41 @@ mod tests {
         let j = sandbox_joins("sb", None, &names(&["pid", "ipc"]), true).expect("first");
         assert!(j.is_empty());
         let me = i32::try_from(std::process::id()).expect("pid");
-        let j = sandbox_joins("c", Some(me), &names(&["ipc", "uts"]), true).expect("app");
-        let got: Vec<_> = j
-            .iter()
-            .map(|(t, p)| (*t, p.display().to_string()))
-            .collect();
+        let pinned = PinnedNamespaces::open(me).expect("pin");
+        let j =
+            sandbox_joins("c", Some((&pinned, false)), &names(&["ipc", "uts"]), true).expect("app");
+        // Each path is an fd of ours, naming the namespace the pid had.
+        for (typ, path) in &j {
+            assert!(
+                path.starts_with(format!("/proc/{me}/fd/")),
+                "{}",
+                path.display()
+            );
+            let name = SHAREABLE.iter().find(|(_, t)| t == typ).expect("type").0;
+            assert_eq!(
+                std::fs::read_link(path).expect("fd"),
+                std::fs::read_link(format!("/proc/{me}/ns/{name}")).expect("ns")
+            );
+        }
+        let types: Vec<_> = j.iter().map(|(t, _)| *t).collect();
         assert_eq!(
-            got,
+            types,
             [
-                (LinuxNamespaceType::Ipc, format!("/proc/{me}/ns/ipc")),
-                (LinuxNamespaceType::Uts, format!("/proc/{me}/ns/uts")),
-                (LinuxNamespaceType::Pid, format!("/proc/{me}/ns/pid")),
+                LinuxNamespaceType::Ipc,
+                LinuxNamespaceType::Uts,
+                LinuxNamespaceType::Pid
             ]
         );
-        let e = sandbox_joins("c", Some(me), &names(&["mnt"]), false).expect_err("mnt");
+        // Once the init has exited, nothing is joined, whoever has its pid.
+        let e =
+            sandbox_joins("c", Some((&pinned, true)), &names(&["ipc"]), false).expect_err("exited");
+        assert_eq!(e.code(), ttrpc::Code::FAILED_PRECONDITION);
+        assert!(
+            e.to_string().contains(&format!("(pid {me}) has exited")),
+            "{e}"
+        );
+        let e =
+            sandbox_joins("c", Some((&pinned, false)), &names(&["mnt"]), false).expect_err("mnt");
         assert_eq!(e.code(), ttrpc::Code::INVALID_ARGUMENT);
         assert!(e.to_string().contains("sandbox_namespaces"), "{e}");
     }
