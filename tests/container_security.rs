@@ -778,3 +778,545 @@ fn device_cgroup_rules_are_enforced() {
     let r = run_to_end(&pod, "c2", &s);
     assert_eq!(r.out, "KMSG_OK\nNULL_OK\n", "{r}");
 }
+
+/// CreateContainer without the panic of `Pod::create`: the refusal's code
+/// and message, which must say what went wrong.
+fn try_create(
+    pod: &Pod,
+    cid: &str,
+    spec: &Value,
+    sandbox_namespaces: &[&str],
+) -> Result<(), String> {
+    let mut req = agent::CreateContainerRequest::new();
+    req.container_id = cid.into();
+    req.oci_spec_json = serde_json::to_vec(spec).expect("json");
+    req.sandbox_namespaces = sandbox_namespaces.iter().map(|s| s.to_string()).collect();
+    refusal(
+        pod.try_call(|a| async move { a.raw().create_container(call_context(CALL), &req).await }),
+    )
+}
+
+/// ExecProcess without the panic of `Pod::exec`.
+fn try_exec(pod: &Pod, cid: &str, eid: &str, process: &Value) -> Result<(), String> {
+    let mut req = agent::ExecProcessRequest::new();
+    req.container_id = cid.into();
+    req.exec_id = eid.into();
+    req.process_json = serde_json::to_vec(process).expect("json");
+    refusal(pod.try_call(|a| async move { a.raw().exec_process(call_context(CALL), &req).await }))
+}
+
+fn refusal<T>(r: ttrpc::Result<T>) -> Result<(), String> {
+    match r {
+        Ok(_) => Ok(()),
+        Err(ttrpc::Error::RpcStatus(st)) => {
+            assert_ne!(st.code(), ttrpc::Code::UNKNOWN, "{}", st.message());
+            assert_ne!(st.code(), ttrpc::Code::OK, "{}", st.message());
+            assert!(!st.message().is_empty(), "a refusal without a reason");
+            Err(format!("{:?}: {}", st.code(), st.message()))
+        }
+        Err(other) => panic!("transport error {other:?}"),
+    }
+}
+
+/// Reads an exec to its end.
+fn exec_to_end(pod: &Pod, cid: &str, eid: &str) -> Ran {
+    let out = String::from_utf8_lossy(&pod.read_all(cid, eid, false)).to_string();
+    let err = String::from_utf8_lossy(&pod.read_all(cid, eid, true)).to_string();
+    let code = pod.wait(cid, eid);
+    Ran { code, out, err }
+}
+
+/// The fd numbers of an `ls -l /proc/<pid>/fd` listing, with their
+/// targets (none for the directory fd `ls` closed before reading it).
+fn fd_listing(out: &str) -> Vec<(u32, String)> {
+    out.lines()
+        .filter(|l| l.starts_with('l'))
+        .filter_map(|l| {
+            let (name, target) = l.split_once(" -> ").unwrap_or((l, ""));
+            let fd = name.split_whitespace().last()?.parse().ok()?;
+            Some((fd, target.to_string()))
+        })
+        .collect()
+}
+
+/// The caps a process spec with `DEFAULT_CAPS` must end up with, as
+/// /proc/<pid>/status shows them (Docker's default set).
+const DEFAULT_CAPS_MASK: &str = "00000000a80425fb";
+
+fn with_caps(p: &mut Value, extra: &[&str]) {
+    for set in ["bounding", "effective", "permitted"] {
+        let caps = p["capabilities"][set].as_array_mut().expect("caps");
+        caps.extend(extra.iter().map(|c| json!(c)));
+    }
+}
+
+/// CVE-2024-21626: runc leaked a host directory fd into the container's
+/// init, and `cwd: /proc/self/fd/N` then put the process's working
+/// directory on the host. No host fd can reach the guest (another
+/// kernel); in the guest, a container process holds only its stdio, and a
+/// cwd through /proc/self/fd either fails or lands inside the rootfs, for
+/// the init and for an exec.
+#[test]
+fn no_fd_leaks_into_a_container_and_a_proc_self_fd_cwd_stays_inside() {
+    let pod = Pod::boot("fdleak");
+    // No shell between: `ls` itself holds fd 3 on the directory it lists.
+    let root = pod.rootfs("c1");
+    let r = run_to_end(
+        &pod,
+        "c1",
+        &spec(&root, &["/bin/ls", "-l", "/proc/self/fd"]),
+    );
+    assert_eq!(r.code, 0, "{r}");
+    let fds = fd_listing(&r.out);
+    let nums: Vec<u32> = fds.iter().map(|(n, _)| *n).collect();
+    assert_eq!(nums, [0, 1, 2, 3], "the init's fds: {r}");
+    for (n, target) in &fds[..3] {
+        assert!(target.starts_with("pipe:"), "fd {n} is not stdio: {r}");
+    }
+
+    // An exec's fds, and the init's as the exec sees them (PID 1 of the
+    // container's pid namespace).
+    let root = pod.rootfs("c2");
+    pod.run("c2", &spec(&root, &["/bin/sleep", "1000"]));
+    for (eid, pid, want) in [
+        ("e1", "self", &[0, 1, 2, 3][..]),
+        ("e2", "1", &[0, 1, 2][..]),
+    ] {
+        let mut p = process(&["/bin/ls", "-l", &format!("/proc/{pid}/fd")], false);
+        with_caps(&mut p, &["CAP_SYS_PTRACE"]);
+        pod.exec("c2", eid, &p);
+        let r = exec_to_end(&pod, "c2", eid);
+        assert_eq!(r.code, 0, "{eid}: {r}");
+        let nums: Vec<u32> = fd_listing(&r.out).iter().map(|(n, _)| *n).collect();
+        assert_eq!(nums, want, "/proc/{pid}/fd from an exec: {r}");
+    }
+
+    // The attack itself: every fd number the runtime could still hold
+    // while it sets the cwd.
+    let script = "readlink /proc/self/cwd";
+    for n in 3..=12 {
+        let cid = format!("cwd{n}");
+        let mut s = sh(&pod, &cid, script);
+        s["process"]["cwd"] = json!(format!("/proc/self/fd/{n}"));
+        match try_create(&pod, &cid, &s, &[]) {
+            Err(e) => println!("init cwd /proc/self/fd/{n}: refused: {e}"),
+            Ok(()) => {
+                pod.start(&cid);
+                let out = String::from_utf8_lossy(&pod.read_all(&cid, "", false)).to_string();
+                pod.wait(&cid, "");
+                pod.remove(&cid);
+                println!("init cwd /proc/self/fd/{n}: ran: {out:?}");
+                let cwd = out.lines().next().unwrap_or("");
+                assert!(
+                    cwd.starts_with('/') && !cwd.contains("unreachable"),
+                    "the init's cwd is outside its root: {out:?}"
+                );
+            }
+        }
+        let eid = format!("cwd{n}");
+        let mut p = process(&["/bin/sh", "-c", script], false);
+        p["cwd"] = json!(format!("/proc/self/fd/{n}"));
+        match try_exec(&pod, "c2", &eid, &p) {
+            Err(e) => println!("exec cwd /proc/self/fd/{n}: refused: {e}"),
+            Ok(()) => {
+                let r = exec_to_end(&pod, "c2", &eid);
+                println!("exec cwd /proc/self/fd/{n}: ran: {r}");
+                let cwd = r.out.lines().next().unwrap_or("");
+                assert!(
+                    cwd.starts_with('/') && !cwd.contains("unreachable"),
+                    "the exec's cwd is outside its root: {r}"
+                );
+            }
+        }
+    }
+
+    // A cwd through a /proc magic link that names a directory does work,
+    // and resolves in the container's root: the refusals above are about
+    // what the fds are, not about /proc paths.
+    let mut s = sh(&pod, "ctl", script);
+    s["process"]["cwd"] = json!("/proc/self/root/bin");
+    let r = run_to_end(&pod, "ctl", &s);
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.out.lines().next(), Some("/bin"), "{r}");
+    pod.signal("c2", "", 9);
+    assert_eq!(pod.wait("c2", ""), 137);
+    pod.remove("c2");
+}
+
+/// Kata 4.1.0 (#13615): the agent read /proc/sys/kernel/cap_last_cap after
+/// joining the container's mount namespace, where the container may have
+/// mounted its own file over it, and dropped capabilities only up to the
+/// number it read: an exec kept the rest. libcontainer asks the kernel
+/// (PR_CAPBSET_READ for every capability it knows), never that file.
+#[test]
+fn an_exec_drops_capabilities_whatever_cap_last_cap_says() {
+    let pod = Pod::boot("caplast");
+    let root = pod.rootfs("c1");
+    pod.run("c1", &spec(&root, &["/bin/sleep", "1000"]));
+    let last_cap = "/proc/sys/kernel/cap_last_cap";
+    let mut p = process(
+        &[
+            "/bin/sh",
+            "-c",
+            &format!(
+                "cat {last_cap}; echo 0 >/tmp/last && mount --bind /tmp/last {last_cap} && cat {last_cap}"
+            ),
+        ],
+        false,
+    );
+    with_caps(&mut p, &["CAP_SYS_ADMIN"]);
+    pod.exec("c1", "shadow", &p);
+    let r = exec_to_end(&pod, "c1", "shadow");
+    assert_eq!(r.code, 0, "{r}");
+    let lines: Vec<&str> = r.out.lines().collect();
+    let real = lines.first().copied().unwrap_or("");
+    assert!(real.parse::<u32>().is_ok_and(|n| n >= 31), "{r}");
+    assert_eq!(lines.get(1), Some(&"0"), "the shadow is not in place: {r}");
+
+    // A later exec joins that mount namespace and sees the shadow, and
+    // still has exactly the capabilities its spec names.
+    let script = format!("cat {last_cap}; grep ^Cap /proc/self/status");
+    pod.exec("c1", "e1", &process(&["/bin/sh", "-c", &script], false));
+    let r = exec_to_end(&pod, "c1", "e1");
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.out.lines().next(), Some("0"), "{r}");
+    for set in ["CapBnd", "CapPrm", "CapEff"] {
+        assert_eq!(
+            status_field(&r.out, set),
+            Some(DEFAULT_CAPS_MASK),
+            "{set}: {r}"
+        );
+    }
+    for set in ["CapInh", "CapAmb"] {
+        assert_eq!(
+            status_field(&r.out, set),
+            Some("0000000000000000"),
+            "{set}: {r}"
+        );
+    }
+    pod.signal("c1", "", 9);
+    assert_eq!(pod.wait("c1", ""), 137);
+    pod.remove("c1");
+
+    // The shadow was the container's own: a new container reads the
+    // kernel's value.
+    let r = run_to_end(&pod, "c2", &sh(&pod, "c2", &format!("cat {last_cap}")));
+    assert_eq!(r.out.trim(), real, "{r}");
+}
+
+/// Kata 4.1.0: a cwd outside the container's root. `..` and image
+/// symlinks resolve in the root (the kernel stops `..` there); a cwd that
+/// really is outside, through /proc/1/root of a container in the guest's
+/// pid namespace, is refused by libcontainer's getcwd check, for the init
+/// and for an exec.
+#[test]
+fn a_cwd_outside_the_rootfs_is_refused_or_stays_inside() {
+    let pod = Pod::boot("cwdescape");
+    let script = "readlink /proc/self/cwd; ls -A";
+    for (i, cwd) in ["/../../../..", "/escape", "/escape/../..", "/abs"]
+        .iter()
+        .enumerate()
+    {
+        let cid = format!("c{i}");
+        let s = {
+            let mut s = sh(&pod, &cid, script);
+            s["process"]["cwd"] = json!(cwd);
+            s
+        };
+        let rootfs = pod.share().join(&cid).join("rootfs");
+        std::os::unix::fs::symlink("../../../../../../..", rootfs.join("escape")).expect("symlink");
+        std::os::unix::fs::symlink("/run/kata-containers", rootfs.join("abs")).expect("symlink");
+        std::fs::create_dir_all(rootfs.join("run/kata-containers")).expect("mkdir");
+        std::fs::write(rootfs.join("run/kata-containers/in-the-rootfs"), "").expect("marker");
+        std::fs::write(rootfs.join("in-the-rootfs"), "").expect("marker");
+        let r = run_to_end(&pod, &cid, &s);
+        assert_eq!(r.code, 0, "cwd {cwd}: {r}");
+        let want = if *cwd == "/abs" {
+            "/run/kata-containers"
+        } else {
+            "/"
+        };
+        assert_eq!(r.out.lines().next(), Some(want), "cwd {cwd}: {r}");
+        assert!(
+            r.out.lines().any(|l| l == "in-the-rootfs"),
+            "cwd {cwd}: {r}"
+        );
+    }
+
+    // In the guest's pid namespace /proc/1 is the agent, whose root is the
+    // guest's.
+    let guest_pidns = |cid: &str, args: &[&str]| {
+        let root = pod.rootfs(cid);
+        let mut s = spec(&root, args);
+        s["linux"]["namespaces"] = json!([{"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]);
+        s
+    };
+    let mut s = guest_pidns("out", &["/bin/sh", "-c", script]);
+    s["process"]["cwd"] = json!("/proc/1/root");
+    let e = try_create(&pod, "out", &s, &[]).expect_err("a cwd in the guest's root was accepted");
+    assert!(e.contains("working directory"), "{e}");
+    let mut s = guest_pidns("out2", &["/bin/sh", "-c", script]);
+    s["process"]["cwd"] = json!("/proc/1/root/run");
+    let e = try_create(&pod, "out2", &s, &[]).expect_err("a cwd in the guest's /run was accepted");
+    assert!(e.contains("working directory"), "{e}");
+
+    // An exec into such a container meets the same check; `..` from its
+    // root stays there.
+    let s = guest_pidns("in", &["/bin/sleep", "1000"]);
+    pod.run("in", &s);
+    for (eid, cwd) in [("e1", "/proc/1/root"), ("e2", "/proc/1/root/run")] {
+        let mut p = process(&["/bin/sh", "-c", script], false);
+        p["cwd"] = json!(cwd);
+        let e = try_exec(&pod, "in", eid, &p).expect_err("an exec's cwd in the guest's root");
+        assert!(e.contains("working directory"), "exec cwd {cwd}: {e}");
+    }
+    let mut p = process(&["/bin/sh", "-c", script], false);
+    p["cwd"] = json!("/../..");
+    pod.exec("in", "e3", &p);
+    let r = exec_to_end(&pod, "in", "e3");
+    assert_eq!(r.code, 0, "{r}");
+    assert_eq!(r.out.lines().next(), Some("/"), "{r}");
+    assert!(r.out.lines().any(|l| l == "bin"), "{r}");
+    pod.signal("in", "", 9);
+    assert_eq!(pod.wait("in", ""), 137);
+    pod.remove("in");
+}
+
+/// Kata 4.1.0 (#13615): namespaces re-resolved by pid. A container joins
+/// the pod's namespaces through `/proc/<pid>/ns/*` of the sandbox
+/// container's init; once that init has exited its pid is free, and
+/// whichever process gets it next would hand the new container its
+/// namespaces. Here a privileged helper takes the pid on purpose
+/// (`ns_last_pid`) for a process in the guest's own pid namespace.
+#[test]
+fn a_reused_pid_of_the_sandbox_init_is_not_joined() {
+    let pod = Pod::boot("pidreuse");
+    let root = pod.rootfs("sb");
+    pod.run("sb", &spec(&root, &["/bin/sleep", "4242"]));
+    let guest_pidns = |cid: &str, script: &str| {
+        let mut s = sh(&pod, cid, script);
+        s["linux"]["namespaces"] = json!([{"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]);
+        s
+    };
+    let find = "for d in /proc/[0-9]*; do \
+                [ \"$(tr '\\0' ' ' <$d/cmdline 2>/dev/null)\" = '/bin/sleep 4242 ' ] && p=${d#/proc/}; \
+                done; echo $p; readlink /proc/$p/ns/ipc; readlink /proc/$p/ns/uts";
+    let r = run_to_end(&pod, "find", &guest_pidns("find", find));
+    let lines: Vec<&str> = r.out.lines().collect();
+    let pid: i32 = lines[0]
+        .parse()
+        .unwrap_or_else(|_| panic!("sandbox init pid: {r}"));
+    let sandbox_ns = lines[1..].join("\n");
+    assert!(sandbox_ns.starts_with("ipc:["), "{r}");
+
+    // A container joining the sandbox's namespaces works while its init
+    // lives.
+    let script = "cat /proc/1/cmdline | tr '\\0' ' '; echo; readlink /proc/self/ns/ipc; readlink /proc/self/ns/uts";
+    let app = |cid: &str| guest_pidns(cid, script);
+    try_create(&pod, "app0", &app("app0"), &["pid", "ipc", "uts"]).expect("joining a live sandbox");
+    pod.start("app0");
+    let out = String::from_utf8_lossy(&pod.read_all("app0", "", false)).to_string();
+    pod.wait("app0", "");
+    pod.remove("app0");
+    assert_eq!(
+        out,
+        format!("/bin/sleep 4242 \n{sandbox_ns}\n"),
+        "app0 is not in the sandbox's namespaces"
+    );
+
+    pod.signal("sb", "", 9);
+    assert_eq!(pod.wait("sb", ""), 137);
+
+    // The helper's child takes the pid, in the guest's pid namespace.
+    let mut s = guest_pidns(
+        "holder",
+        &format!(
+            "echo {} >/proc/sys/kernel/ns_last_pid; sleep 1000 & echo HOLDER $!; wait",
+            pid - 1
+        ),
+    );
+    s["linux"]["readonlyPaths"] = json!([]);
+    with_caps(&mut s["process"], &["CAP_SYS_ADMIN"]);
+    pod.run("holder", &s);
+    let mut seen = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !seen.contains('\n') && Instant::now() < deadline {
+        if let Some(chunk) = pod.read_within("holder", Duration::from_secs(5)) {
+            seen.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+    assert_eq!(
+        seen.trim(),
+        format!("HOLDER {pid}"),
+        "the pid was not taken over"
+    );
+
+    // Neither a new container nor an exec may follow the pid there.
+    let e = try_create(&pod, "app1", &app("app1"), &["pid"]);
+    if e.is_ok() {
+        pod.start("app1");
+        let out = String::from_utf8_lossy(&pod.read_all("app1", "", false)).to_string();
+        panic!("app1 joined the pid namespace of pid {pid}'s new owner; its pid 1 is {out:?}");
+    }
+    let e = e.expect_err("checked");
+    assert!(e.starts_with("FAILED_PRECONDITION"), "{e}");
+    let e = try_exec(
+        &pod,
+        "sb",
+        "e1",
+        &process(&["/bin/sh", "-c", script], false),
+    )
+    .expect_err("an exec into an exited container");
+    assert!(e.starts_with("FAILED_PRECONDITION"), "{e}");
+
+    pod.signal("holder", "", 9);
+    pod.wait("holder", "");
+    pod.remove("holder");
+    pod.remove("sb");
+}
+
+/// CVE-2025-31133 and its family (CVE-2025-52565, youki CVE-2025-62161):
+/// the runtime bind-mounts /dev/null over masked paths and the pty over
+/// /dev/console, and opens /dev/pts/ptmx; with one of them a symlink it
+/// mounted or opened the target instead (a procfs file, read-write where
+/// it should be masked). Here the image, or a volume, plants all three,
+/// pointing at /proc/sysrq-trigger, at a file of the image and out of the
+/// rootfs: no container runs with one of them followed, and nothing
+/// outside the rootfs is made.
+#[test]
+fn dev_null_console_and_ptmx_symlinks_neither_unmask_nor_escape() {
+    let pod = Pod::boot("devlinks");
+    let script = "stat -c '%F %t:%T' /dev/null /proc/kcore; wc -c </proc/kcore; \
+                  echo x >/proc/sysrq-trigger && echo SYSRQ_WRITABLE; \
+                  stat -c 'console %F %t' /dev/console; tty; true";
+    let links = [
+        ("dev/null", "../../../../../../../../../run/escaped-null"),
+        ("dev/console", "/victim"),
+        ("dev/ptmx", "/proc/sysrq-trigger"),
+        ("ptsvol/ptmx", "/proc/sysrq-trigger"),
+    ];
+    let plant = |cid: &str| -> std::path::PathBuf {
+        let rootfs = pod.share().join(cid).join("rootfs");
+        std::fs::create_dir_all(rootfs.join("ptsvol")).expect("mkdir ptsvol");
+        std::fs::write(rootfs.join("victim"), "untouched").expect("victim");
+        for (link, target) in links {
+            std::os::unix::fs::symlink(target, rootfs.join(link)).expect("symlink");
+        }
+        rootfs
+    };
+    // A planted symlink stays, or (dev/ptmx, on the image's /dev) is
+    // replaced by libcontainer's own; its target is never written.
+    let untouched = |cid: &str, rootfs: &std::path::Path| {
+        for (link, target) in links {
+            let now = std::fs::read_link(rootfs.join(link)).expect("still a symlink");
+            assert!(
+                now == std::path::Path::new(target)
+                    || (link == "dev/ptmx" && now == std::path::Path::new("pts/ptmx")),
+                "{cid}: {link} -> {}",
+                now.display()
+            );
+        }
+        assert_eq!(
+            std::fs::read_to_string(rootfs.join("victim")).expect("victim"),
+            "untouched",
+            "{cid}"
+        );
+    };
+
+    // The spec's /dev is a tmpfs of the container's own mount namespace:
+    // libcontainer makes null and ptmx there, and binds the pty on a
+    // console it creates with O_NOFOLLOW.
+    for (cid, terminal) in [("img", false), ("imgtty", true)] {
+        let mut s = sh(&pod, cid, script);
+        s["process"]["terminal"] = json!(terminal);
+        let rootfs = plant(cid);
+        let r = run_to_end(&pod, cid, &s);
+        assert_eq!(r.code, 0, "{cid}: {r}");
+        let lines: Vec<&str> = r.out.lines().map(str::trim).collect();
+        assert_eq!(
+            lines[..3],
+            [
+                "character special file 1:3",
+                "character special file 1:3",
+                "0"
+            ],
+            "{cid}: /dev/null and the masked /proc/kcore: {r}"
+        );
+        assert!(!r.out.contains("SYSRQ_WRITABLE"), "{cid}: {r}");
+        if terminal {
+            // 0x88 = 136, the pty slaves' major.
+            assert!(
+                r.out.contains("console character special file 88"),
+                "{cid}: {r}"
+            );
+            assert!(r.out.contains("/dev/pts/0"), "{cid}: {r}");
+        } else {
+            assert!(
+                !r.out.contains("console"),
+                "{cid}: a console without a terminal: {r}"
+            );
+        }
+        untouched(cid, &rootfs);
+    }
+
+    // Without the tmpfs /dev is the image's, on the share, which is nodev:
+    // libcontainer cannot open the /dev/null it makes there and refuses
+    // every such container, with the symlinks or without. Its mknod
+    // follows the planted null, resolved in the rootfs: the node lands in
+    // the image's /run, not the guest's.
+    for (cid, planted) in [("nodev", true), ("nodevctl", false)] {
+        let mut s = sh(&pod, cid, script);
+        s["process"]["terminal"] = json!(true);
+        s["mounts"]
+            .as_array_mut()
+            .expect("mounts")
+            .retain(|m| m["destination"] != "/dev");
+        let e = if planted {
+            let rootfs = plant(cid);
+            let e = try_create(&pod, cid, &s, &[]);
+            untouched(cid, &rootfs);
+            let made = std::fs::symlink_metadata(rootfs.join("run/escaped-null"));
+            assert!(made.is_ok(), "{cid}: the null was not made in the rootfs");
+            e
+        } else {
+            try_create(&pod, cid, &s, &[])
+        };
+        let e = e.expect_err("a container ran on the image's /dev");
+        println!("{cid}: {e}");
+    }
+
+    // A volume at /dev or /dev/pts (a directory another container could
+    // fill) holding the symlinks is refused too: volumes are nodev like
+    // the share, and the pty opened through the planted ptmx
+    // (/proc/sysrq-trigger) is no pty.
+    for (cid, dest) in [("voldev", "/dev"), ("volpts", "/dev/pts")] {
+        let mut s = sh(&pod, cid, script);
+        s["process"]["terminal"] = json!(true);
+        let rootfs = plant(cid);
+        let vol = if dest == "/dev" { "dev" } else { "ptsvol" };
+        for m in s["mounts"].as_array_mut().expect("mounts") {
+            if m["destination"] == dest {
+                *m = json!({
+                    "destination": dest, "type": "bind", "options": ["rbind", "rw"],
+                    "source": format!("{GUEST_SHARE}/{cid}/rootfs/{vol}"),
+                });
+            }
+        }
+        let e = try_create(&pod, cid, &s, &[]).expect_err("a container ran with a /dev volume");
+        println!("{cid}: {e}");
+        untouched(cid, &rootfs);
+    }
+
+    // Nothing was made in the guest's root; a new container is sound.
+    let mut s = sh(
+        &pod,
+        "after",
+        "test -d /proc/1/root/run/kata-containers && echo GUEST_ROOT; \
+         test -e /proc/1/root/run/escaped-null && echo ESCAPED; \
+         echo x >/proc/sysrq-trigger && echo SYSRQ_WRITABLE; echo ok",
+    );
+    s["linux"]["namespaces"] = json!([{"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]);
+    with_caps(&mut s["process"], &["CAP_SYS_PTRACE"]);
+    let r = run_to_end(&pod, "after", &s);
+    assert_eq!(r.out, "GUEST_ROOT\nok\n", "{r}");
+}
