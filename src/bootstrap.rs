@@ -9,8 +9,10 @@
 pub mod args;
 pub mod delete;
 pub mod features;
+pub mod keeper;
 pub mod serve;
 pub mod start;
+pub mod sweep;
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -82,6 +84,7 @@ where
             print_stdout(&delete::run(&flags))
         }
         Some(Action::Serve) => serve::run(&flags),
+        Some(Action::Keeper) => keeper::run(&flags),
     }
 }
 

@@ -38,6 +38,7 @@ mod fuzz_tests;
 pub mod guest;
 pub mod host_cgroup;
 pub mod ids;
+pub mod keeper;
 pub mod layout;
 pub mod locks;
 pub mod logging;

@@ -84,6 +84,7 @@ fn shim_pid(sandbox_id: &str) -> u32 {
             argv.first()
                 .is_some_and(|a| a.ends_with("containerd-shim-kata-v2"))
                 && argv.iter().any(|a| a == sandbox_id)
+                && argv.last().is_some_and(|a| a == "serve")
         })
         .map(|(pid, _)| pid)
         .unwrap_or_else(|| panic!("no shim serves {sandbox_id}"))

@@ -160,14 +160,16 @@ fn a_create_waiting_on_a_stalled_vm_does_not_hold_up_its_death() {
     crio.assert_no_leaks(&sid);
 }
 
-/// Issue 15: CRI-O runs no `delete` for a VM runtime, so nothing but the
-/// shim itself ends its VM. A `kill -9` of the shim used to leave QEMU,
-/// virtiofsd and vhost-device-vsock running for good; they now die with
-/// it (the parent-death signal, set by the one thread that forks them).
-/// The driver's drop then runs the binary's own `delete`, which finds the
-/// persisted state and leaves nothing.
+/// Issue 15: a `kill -9` of the shim under CRI-O. CRI-O runs no `delete`
+/// for a VM runtime and never re-dials a shim, so the shim's VM used to run
+/// on for good while the pod reported "running" and could never be stopped
+/// or removed (`ttrpc: closed`). Now the VM dies with its shim (the
+/// parent-death signal), and the connection keeper answers on CRI-O's
+/// connections as a stopped sandbox: the pending Waits return 255, State
+/// says STOPPED, and the pod stops and is removed the normal way, leaving
+/// nothing.
 #[test]
-fn a_killed_shim_takes_its_vm_and_helpers_with_it() {
+fn a_killed_shim_takes_its_vm_along_and_the_pod_can_be_removed() {
     let mut crio = Crio::new("shim-kill9");
     let sid = crio.run_pod_sandbox(&PodConfig::new("shim-kill9"));
     let app = crio.create_container(&sid, "app", &["/bin/sleep", "1000"]);
@@ -195,9 +197,116 @@ fn a_killed_shim_takes_its_vm_and_helpers_with_it() {
             "{name} {pid} outlived its shim by 10 s"
         );
     }
+    let vm_gone = began.elapsed();
+    // What CRI-O's Wait goroutines see: the exits, on the connections they
+    // already had.
+    for id in [&app, &sid] {
+        let done = crio
+            .init_exit(id, Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{id}: its pending Wait was never answered"));
+        assert_eq!(done.wait.expect("Wait").exit_status, 255, "{id}");
+        let state = crio.state(id);
+        assert_eq!(status(&state), api::Status::STOPPED, "{id}: {state:?}");
+        assert_eq!(state.exit_status, 255, "{id}");
+    }
+    let exits_seen = began.elapsed();
+    // New work is refused clearly, not hung.
+    let refused = crio
+        .exec(&app, "late", &["/bin/true"])
+        .err()
+        .expect("an exec into a dead sandbox");
+    assert_eq!(
+        refused.code(),
+        Some(ttrpc::Code::UNAVAILABLE),
+        "{refused:?}"
+    );
+    crio.remove_pod(&sid);
     eprintln!(
-        "{} VM processes were gone {:?} after the shim's kill -9",
+        "after the shim's kill -9: {} VM processes gone in {vm_gone:?}, both exits (255) seen \
+         in {exits_seen:?}, the pod removed in {:?}",
         vm.len(),
         began.elapsed()
     );
+    crio.assert_no_leaks(&sid);
+}
+
+/// Issue 15: what nothing cleaned is swept at the next pod's start. A shim
+/// killed together with its keeper leaves the VM's directories, share
+/// mounts and host cgroup (CRI-O runs no `delete`); the next sandbox's
+/// shim tears them down from the persisted state.
+#[test]
+fn the_next_pod_sweeps_a_sandbox_whose_shim_and_keeper_were_killed() {
+    let mut crio = Crio::new("sweep");
+    let dead = crio.run_pod_sandbox(&PodConfig::new("sweep-dead"));
+    let shim: u32 = std::fs::read_to_string(crio.bundle(&dead).join("shim.pid"))
+        .expect("shim.pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let keeper: Vec<u32> = processes()
+        .into_iter()
+        .filter(|(_, argv)| {
+            argv.last().is_some_and(|a| a == "keeper")
+                && argv.windows(2).any(|w| w[0] == "-id" && w[1] == dead)
+        })
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(keeper.len(), 1, "one keeper per CRI-O sandbox: {keeper:?}");
+    let vm = vm_processes(&dead);
+    kill9(keeper[0]);
+    assert!(wait_gone(keeper[0], Duration::from_secs(5)));
+    kill9(shim);
+    for (name, pid) in &vm {
+        assert!(
+            wait_gone(*pid, Duration::from_secs(10)),
+            "{name} {pid} outlived its shim"
+        );
+    }
+    let left = || {
+        [
+            kata_shim::layout::shim_dir(&dead),
+            std::path::Path::new(kata_shim::layout::RUN_ROOT).join(&dead),
+            std::path::Path::new(kata_shim::layout::SHARE_ROOT).join(&dead),
+        ]
+        .into_iter()
+        .filter(|d| d.exists())
+        .collect::<Vec<_>>()
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !left().is_empty(),
+        "nothing was left to sweep: the test shows nothing"
+    );
+    let began = Instant::now();
+    let next = crio.run_pod_sandbox(&PodConfig::new("sweep-next"));
+    while !left().is_empty() && began.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(left().is_empty(), "not swept within 20 s: {:?}", left());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    // CRI-O's own pins of the pod (shm, namespaces) are the driver's to
+    // remove; the shim's are under its /run directories.
+    let ours: Vec<&str> = mounts
+        .lines()
+        .filter(|l| l.contains(dead.as_str()))
+        .filter(|l| {
+            [
+                kata_shim::layout::RUN_ROOT,
+                kata_shim::layout::SHARE_ROOT,
+                kata_shim::layout::PERSIST_ROOT,
+            ]
+            .iter()
+            .any(|root| l.contains(&format!(" {root}/")))
+        })
+        .collect();
+    assert!(
+        ours.is_empty(),
+        "mounts of the dead sandbox are left: {ours:?}"
+    );
+    eprintln!(
+        "the next pod's shim swept the dead sandbox within {:?}",
+        began.elapsed()
+    );
+    crio.remove_pod(&next);
+    crio.assert_no_leaks(&next);
 }

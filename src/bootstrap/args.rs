@@ -15,6 +15,8 @@ pub enum Action {
     Features,
     /// Internal: the daemon `start` spawns.
     Serve,
+    /// Internal: the connection keeper `serve` spawns under CRI-O.
+    Keeper,
 }
 
 impl Action {
@@ -24,6 +26,7 @@ impl Action {
             "delete" => Some(Action::Delete),
             "features" => Some(Action::Features),
             "serve" => Some(Action::Serve),
+            "keeper" => Some(Action::Keeper),
             _ => None,
         }
     }

@@ -144,7 +144,7 @@ pub fn cleanup(id: &str, bundle: Option<&Path>) {
     }
 }
 
-fn load_state(sid: &str) -> Option<SandboxRecord> {
+pub(super) fn load_state(sid: &str) -> Option<SandboxRecord> {
     match SandboxRecord::load(sid) {
         Ok(s) => s,
         Err(e) => {
@@ -157,7 +157,7 @@ fn load_state(sid: &str) -> Option<SandboxRecord> {
 
 /// The serving shim before it saved any state: the pid `start` recorded,
 /// trusted only if that process is this sandbox's `serve`.
-fn shim_from_pid_file(sid: &str) -> Option<ProcessRecord> {
+pub(super) fn shim_from_pid_file(sid: &str) -> Option<ProcessRecord> {
     let path = crate::layout::shim_dir(sid).join(SHIM_PID_FILE);
     let pid: u32 = std::fs::read_to_string(path).ok()?.trim().parse().ok()?;
     let record = ProcessRecord::capture("shim", pid)?;

@@ -106,8 +106,17 @@ fn setup_and_serve(flags: &Flags, bundle: PathBuf) -> Result<(), ServeSetupError
         .thread_name("kata-shim")
         .build()
         .map_err(ServeSetupError::Runtime)?;
+    // Beside the serving, never in its way: what dead shims left behind.
+    let own = sandbox_id.clone();
+    let swept = std::thread::Builder::new()
+        .name("sweep".into())
+        .spawn(move || super::sweep::sweep(&own));
+    if let Err(e) = swept {
+        tracing::warn!(sandbox_id, error = %e, "cannot start the sweep of dead sandboxes");
+    }
     let opts = ServeOptions {
         socket_path: crate::layout::shim_socket(&sandbox_id),
+        bundle,
         sandbox_id,
         namespace: flags.namespace.clone(),
         events_address,

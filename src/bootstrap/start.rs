@@ -33,7 +33,7 @@ pub const ADDRESS_FILE: &str = "address";
 /// containerd's event address (a plain socket path).
 pub const TTRPC_ADDRESS_ENV: &str = "TTRPC_ADDRESS";
 
-const START_LOCK: &str = "start.lock";
+pub(crate) const START_LOCK: &str = "start.lock";
 /// containerd writes its options or BootstrapParams at once and closes the
 /// pipe; a caller that never closes stdin must not hold `start` for long.
 const STDIN_WAIT: Duration = Duration::from_secs(1);

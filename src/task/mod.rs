@@ -14,6 +14,7 @@ use containerd_shim_protos::shim_async::create_task;
 
 use crate::config::Config;
 use crate::events::Publisher;
+use crate::keeper::Keeper;
 use crate::sandbox::Sandbox;
 use crate::task::service::TaskService;
 
@@ -34,6 +35,8 @@ pub struct ServeOptions {
     /// The listening socket `start` bound before it printed the address.
     pub listener: UnixListener,
     pub socket_path: PathBuf,
+    /// The sandbox's bundle, for the keeper's clean-up.
+    pub bundle: PathBuf,
     pub debug: bool,
 }
 
@@ -65,8 +68,25 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
         opts.namespace.clone(),
     ));
     let sandbox = Sandbox::new(&opts.sandbox_id, &opts.namespace, base_config, events);
+    // Without an events address the client is CRI-O, which never re-dials
+    // a shim whose connection closed (see `keeper`).
+    let keeper = match opts.events_address {
+        Some(_) => None,
+        None => match Keeper::spawn(&opts.sandbox_id, &opts.namespace, &opts.bundle, opts.debug) {
+            Ok(k) => {
+                tracing::info!(sandbox_id = %opts.sandbox_id, pid = k.pid(), "connection keeper started");
+                Some(Arc::new(k))
+            }
+            Err(e) => {
+                tracing::warn!(sandbox_id = %opts.sandbox_id, error = %e,
+                    "cannot start the connection keeper; a crash of this shim would leave the pod stuck in CRI-O");
+                None
+            }
+        },
+    };
     let service = Arc::new(TaskService {
         sandbox: sandbox.clone(),
+        keeper: keeper.clone(),
     });
     let mut services = create_task(service.clone());
     if let Some(v3) = create_task(service).remove(TASK_SERVICE_V3) {
@@ -75,8 +95,11 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let fd = opts.listener.into_raw_fd();
     // SAFETY: `fd` is a listening Unix socket that `into_raw_fd` just
     // released; ownership passes to the server, nothing else uses it.
-    let server = unsafe { ttrpc::r#async::Server::new().add_unix_listener(fd) }
+    let mut server = unsafe { ttrpc::r#async::Server::new().add_unix_listener(fd) }
         .map_err(ServeError::Server)?;
+    if let Some(k) = &keeper {
+        server = server.set_accept_hook(crate::keeper::AcceptHook(k.clone()));
+    }
     let mut server = server.register_service(services);
     server.start().await.map_err(ServeError::Server)?;
     tracing::info!(sandbox_id = %opts.sandbox_id, socket = %opts.socket_path.display(), "serving the task API");
@@ -87,6 +110,9 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let _ = shutdown.wait_for(|s| *s).await;
     tracing::info!(sandbox_id = %opts.sandbox_id, "last container gone; shutting down");
     sandbox.teardown().await;
+    if let Some(k) = &keeper {
+        k.release();
+    }
     // Teardown removed the shim directory, the socket with it; this only
     // stops answering.
     if let Some(m) = metrics {

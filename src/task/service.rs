@@ -27,6 +27,7 @@ use ttrpc::r#async::TtrpcContext;
 
 use crate::error::Error;
 use crate::events::timestamp;
+use crate::keeper::Keeper;
 use crate::sandbox::Sandbox;
 use crate::sandbox::process::ExecSpec;
 use crate::stdio::StdioConfig;
@@ -37,6 +38,9 @@ pub struct TaskService {
     /// The pod; its sandbox Create chooses the configuration (the Create
     /// options' `config_path`, else the shim's default, plus annotations).
     pub sandbox: Arc<Sandbox>,
+    /// Told about every pending `Wait`, so that it can answer them if this
+    /// shim dies (CRI-O only).
+    pub keeper: Option<Arc<Keeper>>,
 }
 
 type R<T> = ttrpc::Result<T>;
@@ -214,8 +218,19 @@ impl Task for TaskService {
         log_err("Update", &req.id, r).map(|()| Empty::new())
     }
 
-    async fn wait(&self, _: &TtrpcContext, req: WaitRequest) -> R<WaitResponse> {
+    async fn wait(&self, ctx: &TtrpcContext, req: WaitRequest) -> R<WaitResponse> {
+        use ttrpc::ConnectionDataExt;
+        let pending = self.keeper.as_ref().and_then(|k| {
+            let conn = *ctx
+                .connection_data
+                .get_typed::<u64>(crate::keeper::CONN_KEY)?;
+            k.wait_started(conn, ctx.mh.stream_id);
+            Some((k, conn))
+        });
         let r = self.sandbox.wait(&req.id, &req.exec_id).await;
+        if let Some((k, conn)) = pending {
+            k.wait_finished(conn, ctx.mh.stream_id);
+        }
         log_err("Wait", &req.id, r).map(|exit| WaitResponse {
             exit_status: exit.status,
             exited_at: Some(timestamp(exit.at)).into(),

@@ -223,9 +223,12 @@ fn find_leaks(sandbox_id: &str, rootfs: &[PathBuf]) -> Vec<String> {
         if !cmdline.contains(sandbox_id) {
             continue;
         }
-        let daemon = argv.windows(2).any(|w| w[0] == "-id" && w[1] == sandbox_id)
-            && argv.iter().any(|a| a == "serve");
-        let what = if daemon { "shim daemon" } else { "process" };
+        let ours = argv.windows(2).any(|w| w[0] == "-id" && w[1] == sandbox_id);
+        let what = match argv.last().map(String::as_str) {
+            Some("serve") if ours => "shim daemon",
+            Some("keeper") if ours => "connection keeper",
+            _ => "process",
+        };
         leaks.push(format!("{what} {pid}: {cmdline}"));
     }
     for dir in [

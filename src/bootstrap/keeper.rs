@@ -1,0 +1,66 @@
+//! `keeper`: the process that holds a CRI-O sandbox's connections for its
+//! shim (see `crate::keeper`). While the shim lives it only collects; when
+//! the shim dies without a goodbye it cleans up as `delete` would, from the
+//! persisted state, and answers on the held connections until they close.
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::ExitCode;
+use std::time::SystemTime;
+
+use super::args::Flags;
+use super::start::bundle_dir;
+use crate::keeper::{self, Ending, KEEPER_FD, KEEPER_FD_ENV};
+use crate::logging::{self, error_chain};
+
+/// Runs the keeper until the shim says goodbye or its connections close.
+pub fn run(flags: &Flags) -> ExitCode {
+    let sandbox_id = flags.id.as_str();
+    if let Err(e) = crate::ids::validate(sandbox_id) {
+        eprintln!(
+            "containerd-shim-kata-v2: keeper: invalid -id: {}",
+            error_chain(&e)
+        );
+        return ExitCode::FAILURE;
+    }
+    if std::env::var(KEEPER_FD_ENV).ok().as_deref() != Some(&KEEPER_FD.to_string()) {
+        eprintln!(
+            "containerd-shim-kata-v2: keeper: {KEEPER_FD_ENV} is not set: only `serve` starts a keeper"
+        );
+        return ExitCode::FAILURE;
+    }
+    // SAFETY: `serve` left our end of the control socket on KEEPER_FD and
+    // said so in the environment, checked above; nothing else owns it.
+    let ctl = unsafe { OwnedFd::from_raw_fd(KEEPER_FD) };
+    // SAFETY: single-threaded here; nothing reads the environment
+    // concurrently.
+    unsafe { std::env::remove_var(KEEPER_FD_ENV) };
+    let bundle = bundle_dir(&flags.bundle).ok();
+    if let Some(b) = &bundle {
+        logging::init_daemon(b, sandbox_id, flags.debug);
+    }
+    let held = match keeper::hold(&ctl) {
+        Ending::Released => return ExitCode::SUCCESS,
+        Ending::ShimDied(held) => held,
+    };
+    let died_at = SystemTime::now();
+    tracing::warn!(
+        sandbox_id,
+        connections = held.conns.len(),
+        pending_waits = held.pending.values().map(|w| w.len()).sum::<usize>(),
+        "the shim died: cleaning up and answering its connections as a stopped sandbox (exit status {})",
+        keeper::DEAD_EXIT_STATUS
+    );
+    // Answers go out at once; the clean-up (unmounts, cgroups, state) runs
+    // beside them and is over before the keeper exits.
+    let sid = sandbox_id.to_string();
+    let cleanup = std::thread::spawn(move || {
+        super::delete::cleanup(&sid, bundle.as_deref());
+    });
+    keeper::answer_all(held, died_at);
+    let _ = cleanup.join();
+    tracing::info!(
+        sandbox_id,
+        "every connection of the dead shim closed; keeper exiting"
+    );
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,188 @@
+use std::os::unix::net::UnixStream;
+
+use super::*;
+
+fn pair() -> (OwnedFd, OwnedFd) {
+    socketpair(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        None,
+        SockFlag::SOCK_CLOEXEC,
+    )
+    .expect("socketpair")
+}
+
+fn keeper_on(ctl: OwnedFd) -> Keeper {
+    Keeper {
+        sandbox_id: "sb".into(),
+        ctl,
+        next: AtomicU64::new(1),
+        pid: 0,
+    }
+}
+
+/// Reads one response frame: its stream and the decoded response.
+fn read_response(s: &mut UnixStream) -> (u32, ttrpc::Response) {
+    let mut header = [0u8; HEADER_LEN];
+    s.read_exact(&mut header).expect("header");
+    assert_eq!(header[8], TYPE_RESPONSE);
+    let len = u32::from_be_bytes(header[0..4].try_into().expect("test value")) as usize;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).expect("body");
+    let stream = u32::from_be_bytes(header[4..8].try_into().expect("test value"));
+    (
+        stream,
+        ttrpc::Response::parse_from_bytes(&body).expect("response"),
+    )
+}
+
+fn send_request(s: &mut UnixStream, stream: u32, method: &str, payload: Vec<u8>) {
+    let mut req = ttrpc::Request::new();
+    req.service = "containerd.task.v2.Task".into();
+    req.method = method.into();
+    req.payload = payload;
+    let body = req.write_to_bytes().expect("encode");
+    let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(&[TYPE_REQUEST, 0]);
+    frame.extend_from_slice(&body);
+    s.write_all(&frame).expect("send");
+}
+
+#[test]
+fn messages_round_trip_and_junk_is_refused() {
+    for m in [Msg::Conn(7), Msg::Wait(7, 41), Msg::Done(7, 41), Msg::Bye] {
+        assert_eq!(Msg::decode(m.encode().as_bytes()), Some(m));
+    }
+    for junk in [
+        "",
+        "CONN",
+        "CONN x",
+        "WAIT 1",
+        "BYE now",
+        "DONE 1 2 3",
+        "HELLO 1",
+    ] {
+        assert_eq!(Msg::decode(junk.as_bytes()), None, "{junk:?}");
+    }
+}
+
+#[test]
+fn a_dead_sandbox_answers_stopped_with_255_and_refuses_new_work() {
+    let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_700_000_000);
+    let mut state = api::StateRequest::new();
+    state.id = "app".into();
+    state.exec_id = "e1".into();
+    let (code, bytes) = reply("State", &state.write_to_bytes().expect("test value"), at);
+    assert_eq!(code, ttrpc::Code::OK);
+    let s = api::StateResponse::parse_from_bytes(&bytes).expect("test value");
+    assert_eq!((s.id.as_str(), s.exec_id.as_str()), ("app", "e1"));
+    assert_eq!(s.status.enum_value(), Ok(api::Status::STOPPED));
+    assert_eq!(s.exit_status, DEAD_EXIT_STATUS);
+    assert_eq!(s.exited_at.seconds, 1_700_000_000);
+    let (code, bytes) = reply("Wait", &[], at);
+    assert_eq!(code, ttrpc::Code::OK);
+    assert_eq!(
+        api::WaitResponse::parse_from_bytes(&bytes)
+            .expect("test value")
+            .exit_status,
+        255
+    );
+    let (code, bytes) = reply("Delete", &[], at);
+    assert_eq!(code, ttrpc::Code::OK);
+    assert_eq!(
+        api::DeleteResponse::parse_from_bytes(&bytes)
+            .expect("test value")
+            .exit_status,
+        255
+    );
+    for m in ["Kill", "Shutdown", "Connect", "Pids", "CloseIO"] {
+        assert_eq!(reply(m, &[], at).0, ttrpc::Code::OK, "{m}");
+    }
+    for m in [
+        "Create",
+        "Start",
+        "Exec",
+        "Update",
+        "ResizePty",
+        "Stats",
+        "Pause",
+    ] {
+        assert_eq!(reply(m, &[], at).0, ttrpc::Code::UNAVAILABLE, "{m}");
+    }
+}
+
+#[test]
+fn a_goodbye_releases_and_a_silent_end_hands_the_connections_over() {
+    let (ours, theirs) = pair();
+    let k = keeper_on(ours);
+    let (client, served) = UnixStream::pair().expect("pair");
+    let key = k.hand_over(served.as_raw_fd());
+    k.wait_started(key, 5);
+    k.wait_started(key, 7);
+    k.wait_finished(key, 5);
+    k.release();
+    assert!(matches!(hold(&theirs), Ending::Released));
+
+    let (ours, theirs) = pair();
+    let k = keeper_on(ours);
+    let key = k.hand_over(served.as_raw_fd());
+    k.wait_started(key, 7);
+    // A client that already hung up is forgotten, with its Waits.
+    let (gone_client, gone) = UnixStream::pair().expect("pair");
+    let gone_key = k.hand_over(gone.as_raw_fd());
+    k.wait_started(gone_key, 9);
+    drop((gone_client, gone));
+    drop(k);
+    let Ending::ShimDied(held) = hold(&theirs) else {
+        panic!("a closed control socket is the shim's death");
+    };
+    assert_eq!(held.conns.keys().copied().collect::<Vec<_>>(), vec![key]);
+    assert_eq!(held.pending[&key], BTreeSet::from([7]));
+    drop(client);
+}
+
+#[test]
+fn after_the_shim_dies_its_pending_waits_and_new_calls_are_answered() {
+    let (mut client, served) = UnixStream::pair().expect("pair");
+    // The shim's runtime had made it non-blocking; the keeper copes.
+    served.set_nonblocking(true).expect("nonblocking");
+    let mut held = Held::default();
+    held.conns.insert(1, OwnedFd::from(served));
+    held.pending.insert(1, BTreeSet::from([3, 11]));
+    let at = SystemTime::now();
+    let keeper = std::thread::spawn(move || answer_all(held, at));
+    let mut waits: Vec<u32> = (0..2).map(|_| read_response(&mut client).0).collect();
+    waits.sort_unstable();
+    assert_eq!(
+        waits,
+        vec![3, 11],
+        "both pending Waits answered on their streams"
+    );
+    let mut state = api::StateRequest::new();
+    state.id = "sb".into();
+    send_request(
+        &mut client,
+        13,
+        "State",
+        state.write_to_bytes().expect("test value"),
+    );
+    let (stream, resp) = read_response(&mut client);
+    assert_eq!(stream, 13);
+    assert_eq!(resp.status.code.enum_value(), Ok(ttrpc::Code::OK));
+    let s = api::StateResponse::parse_from_bytes(&resp.payload).expect("test value");
+    assert_eq!(s.status.enum_value(), Ok(api::Status::STOPPED));
+    send_request(&mut client, 15, "Exec", Vec::new());
+    let (stream, resp) = read_response(&mut client);
+    assert_eq!(stream, 15);
+    assert_eq!(resp.status.code.enum_value(), Ok(ttrpc::Code::UNAVAILABLE));
+    assert!(
+        resp.status
+            .message
+            .contains("the shim of this sandbox died")
+    );
+    drop(client);
+    keeper
+        .join()
+        .expect("the keeper ends when its last client hangs up");
+}
