@@ -96,6 +96,8 @@ pub struct Keeper {
     ctl: OwnedFd,
     next: AtomicU64,
     pid: u32,
+    /// The keeper is gone: said once, then nothing more is sent.
+    lost: std::sync::atomic::AtomicBool,
 }
 
 impl Keeper {
@@ -163,10 +165,14 @@ impl Keeper {
             ctl: ours,
             next: AtomicU64::new(1),
             pid,
+            lost: Default::default(),
         })
     }
 
     fn send(&self, msg: &Msg, fd: Option<RawFd>) {
+        if self.lost.load(Ordering::Relaxed) {
+            return;
+        }
         let text = msg.encode();
         let iov = [IoSlice::new(text.as_bytes())];
         let fds: Vec<RawFd> = fd.into_iter().collect();
@@ -175,9 +181,23 @@ impl Keeper {
         } else {
             vec![ControlMessage::ScmRights(&fds)]
         };
-        if let Err(e) = sendmsg::<()>(self.ctl.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None) {
-            tracing::warn!(sandbox_id = %self.sandbox_id, error = %e, msg = %text,
-                "cannot reach the connection keeper");
+        match sendmsg::<()>(
+            self.ctl.as_raw_fd(),
+            &iov,
+            &cmsg,
+            MsgFlags::MSG_NOSIGNAL,
+            None,
+        ) {
+            Ok(_) => {}
+            Err(nix::errno::Errno::EAGAIN) => {
+                tracing::warn!(sandbox_id = %self.sandbox_id, msg = %text,
+                    "the connection keeper is not reading; message dropped");
+            }
+            Err(e) => {
+                self.lost.store(true, Ordering::Relaxed);
+                tracing::warn!(sandbox_id = %self.sandbox_id, error = %e,
+                    "the connection keeper is gone; a crash of this shim would now leave the pod to the next pod's sweep");
+            }
         }
     }
 
@@ -319,28 +339,52 @@ fn forget_closed(held: &mut Held) {
     held.pending.retain(|k, _| live.contains(k));
 }
 
+/// How one connection's answering ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answered {
+    /// The client hung up (or broke the framing).
+    Closed,
+    /// The sandbox container's own Shutdown was answered: as the shim
+    /// itself would, the keeper is done.
+    SandboxShutdown,
+}
+
 /// Answers on every held connection as a stopped sandbox until each
-/// closes. `died_at` is the exit time reported.
-pub fn answer_all(held: Held, died_at: SystemTime) {
+/// closes or the sandbox container (`sandbox_id`) is shut down, which is
+/// when a live shim would exit: CRI-O keeps its clients open after a
+/// RemovePodSandbox. `died_at` is the exit time reported.
+pub fn answer_all(held: Held, sandbox_id: &str, died_at: SystemTime) {
     let Held { conns, mut pending } = held;
-    let threads: Vec<_> = conns
-        .into_iter()
-        .map(|(k, fd)| {
-            let waits = pending.remove(&k).unwrap_or_default();
-            std::thread::spawn(move || {
-                if let Err(e) = answer_connection(fd, &waits, died_at) {
-                    tracing::debug!(conn = k, error = %e, "keeper connection ended");
-                }
-            })
-        })
-        .collect();
-    for t in threads {
-        let _ = t.join();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let count = conns.len();
+    for (k, fd) in conns {
+        let waits = pending.remove(&k).unwrap_or_default();
+        let (tx, sid) = (tx.clone(), sandbox_id.to_string());
+        std::thread::spawn(move || {
+            let end = answer_connection(fd, &waits, &sid, died_at).unwrap_or_else(|e| {
+                tracing::debug!(conn = k, error = %e, "keeper connection ended");
+                Answered::Closed
+            });
+            let _ = tx.send(end);
+        });
+    }
+    drop(tx);
+    let mut closed = 0;
+    while closed < count {
+        match rx.recv() {
+            Ok(Answered::Closed) => closed += 1,
+            Ok(Answered::SandboxShutdown) | Err(_) => return,
+        }
     }
 }
 
 /// One connection: the pending `Wait`s first, then request by request.
-fn answer_connection(fd: OwnedFd, waits: &BTreeSet<u32>, died_at: SystemTime) -> io::Result<()> {
+fn answer_connection(
+    fd: OwnedFd,
+    waits: &BTreeSet<u32>,
+    sandbox_id: &str,
+    died_at: SystemTime,
+) -> io::Result<Answered> {
     // The shim's runtime made the shared file description non-blocking.
     nix::fcntl::fcntl(
         fd.as_raw_fd(),
@@ -381,6 +425,12 @@ fn answer_connection(fd: OwnedFd, waits: &BTreeSet<u32>, died_at: SystemTime) ->
         };
         tracing::info!(method = %req.method, ?code, "answered for the dead shim");
         write_response(&mut sock, stream, code, &message, &payload)?;
+        if req.method == "Shutdown"
+            && api::ShutdownRequest::parse_from_bytes(&req.payload)
+                .is_ok_and(|r| r.id == sandbox_id)
+        {
+            return Ok(Answered::SandboxShutdown);
+        }
     }
 }
 

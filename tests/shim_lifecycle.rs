@@ -26,6 +26,24 @@ fn vm_processes(sid: &str) -> Vec<(String, u32)> {
         .collect()
 }
 
+/// The connection keeper of a CRI-O sandbox: exactly one.
+fn keeper_pid(sid: &str) -> u32 {
+    let keepers: Vec<u32> = processes()
+        .into_iter()
+        .filter(|(_, argv)| {
+            argv.last().is_some_and(|a| a == "keeper")
+                && argv.windows(2).any(|w| w[0] == "-id" && w[1] == sid)
+        })
+        .map(|(pid, _)| pid)
+        .collect();
+    assert_eq!(
+        keepers.len(),
+        1,
+        "one keeper per CRI-O sandbox: {keepers:?}"
+    );
+    keepers[0]
+}
+
 fn status(s: &api::StateResponse) -> api::Status {
     s.status.enum_value().expect("known status")
 }
@@ -189,6 +207,12 @@ fn a_killed_shim_takes_its_vm_along_and_the_pod_can_be_removed() {
         ["qemu-system-x86_64", "vhost-device-vsock", "virtiofsd"],
         "{vm:?}"
     );
+    // Real CRI-O keeps its clients after RemovePodSandbox; this one stands
+    // for them, so that the keeper has to end by itself.
+    let lingering = std::os::unix::net::UnixStream::connect(kata_shim::layout::shim_socket(&sid))
+        .expect("connect to the shim");
+    let keeper = keeper_pid(&sid);
+    std::thread::sleep(Duration::from_millis(300));
     kill9(shim);
     let began = Instant::now();
     for (name, pid) in &vm {
@@ -221,6 +245,11 @@ fn a_killed_shim_takes_its_vm_along_and_the_pod_can_be_removed() {
         "{refused:?}"
     );
     crio.remove_pod(&sid);
+    assert!(
+        wait_gone(keeper, Duration::from_secs(5)),
+        "the keeper outlived the sandbox's Shutdown"
+    );
+    drop(lingering);
     eprintln!(
         "after the shim's kill -9: {} VM processes gone in {vm_gone:?}, both exits (255) seen \
          in {exits_seen:?}, the pod removed in {:?}",
@@ -243,18 +272,10 @@ fn the_next_pod_sweeps_a_sandbox_whose_shim_and_keeper_were_killed() {
         .trim()
         .parse()
         .expect("a pid");
-    let keeper: Vec<u32> = processes()
-        .into_iter()
-        .filter(|(_, argv)| {
-            argv.last().is_some_and(|a| a == "keeper")
-                && argv.windows(2).any(|w| w[0] == "-id" && w[1] == dead)
-        })
-        .map(|(pid, _)| pid)
-        .collect();
-    assert_eq!(keeper.len(), 1, "one keeper per CRI-O sandbox: {keeper:?}");
+    let keeper = keeper_pid(&dead);
     let vm = vm_processes(&dead);
-    kill9(keeper[0]);
-    assert!(wait_gone(keeper[0], Duration::from_secs(5)));
+    kill9(keeper);
+    assert!(wait_gone(keeper, Duration::from_secs(5)));
     kill9(shim);
     for (name, pid) in &vm {
         assert!(

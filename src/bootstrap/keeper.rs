@@ -1,7 +1,8 @@
 //! `keeper`: the process that holds a CRI-O sandbox's connections for its
 //! shim (see `crate::keeper`). While the shim lives it only collects; when
 //! the shim dies without a goodbye it cleans up as `delete` would, from the
-//! persisted state, and answers on the held connections until they close.
+//! persisted state, and answers on the held connections until they close
+//! or the sandbox container is shut down.
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
@@ -12,7 +13,8 @@ use super::start::bundle_dir;
 use crate::keeper::{self, Ending, KEEPER_FD, KEEPER_FD_ENV};
 use crate::logging::{self, error_chain};
 
-/// Runs the keeper until the shim says goodbye or its connections close.
+/// Runs the keeper until the shim says goodbye, or, once it died, until
+/// its connections close or the sandbox's Shutdown.
 pub fn run(flags: &Flags) -> ExitCode {
     let sandbox_id = flags.id.as_str();
     if let Err(e) = crate::ids::validate(sandbox_id) {
@@ -56,7 +58,7 @@ pub fn run(flags: &Flags) -> ExitCode {
     let cleanup = std::thread::spawn(move || {
         super::delete::cleanup(&sid, bundle.as_deref());
     });
-    keeper::answer_all(held, died_at);
+    keeper::answer_all(held, sandbox_id, died_at);
     let _ = cleanup.join();
     tracing::info!(
         sandbox_id,

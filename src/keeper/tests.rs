@@ -18,6 +18,7 @@ fn keeper_on(ctl: OwnedFd) -> Keeper {
         ctl,
         next: AtomicU64::new(1),
         pid: 0,
+        lost: Default::default(),
     }
 }
 
@@ -151,7 +152,7 @@ fn after_the_shim_dies_its_pending_waits_and_new_calls_are_answered() {
     held.conns.insert(1, OwnedFd::from(served));
     held.pending.insert(1, BTreeSet::from([3, 11]));
     let at = SystemTime::now();
-    let keeper = std::thread::spawn(move || answer_all(held, at));
+    let keeper = std::thread::spawn(move || answer_all(held, "sb", at));
     let mut waits: Vec<u32> = (0..2).map(|_| read_response(&mut client).0).collect();
     waits.sort_unstable();
     assert_eq!(
@@ -185,4 +186,45 @@ fn after_the_shim_dies_its_pending_waits_and_new_calls_are_answered() {
     keeper
         .join()
         .expect("the keeper ends when its last client hangs up");
+}
+
+#[test]
+fn the_sandboxs_shutdown_ends_the_keeper_while_clients_stay_connected() {
+    // CRI-O keeps its clients after RemovePodSandbox.
+    let (mut app_client, app) = UnixStream::pair().expect("pair");
+    let (mut sb_client, sb) = UnixStream::pair().expect("pair");
+    let mut held = Held::default();
+    held.conns.insert(1, OwnedFd::from(app));
+    held.conns.insert(2, OwnedFd::from(sb));
+    let keeper = std::thread::spawn(move || answer_all(held, "sb", SystemTime::now()));
+    let shutdown = |id: &str| {
+        let mut r = api::ShutdownRequest::new();
+        r.id = id.into();
+        r.write_to_bytes().expect("encode")
+    };
+    send_request(&mut app_client, 1, "Shutdown", shutdown("app"));
+    assert_eq!(read_response(&mut app_client).0, 1);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        !keeper.is_finished(),
+        "an app container's Shutdown ends nothing"
+    );
+    send_request(&mut sb_client, 1, "Shutdown", shutdown("sb"));
+    assert_eq!(read_response(&mut sb_client).0, 1);
+    keeper
+        .join()
+        .expect("the sandbox's Shutdown ends the keeper");
+    drop((app_client, sb_client));
+}
+
+#[test]
+fn a_keeper_that_is_gone_is_noted_once_and_costs_nothing() {
+    let (ours, theirs) = pair();
+    let k = keeper_on(ours);
+    drop(theirs);
+    k.wait_started(1, 3);
+    assert!(k.lost.load(Ordering::Relaxed));
+    // No more sends (nor warnings) from here on.
+    k.wait_finished(1, 3);
+    k.release();
 }
