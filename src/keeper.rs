@@ -15,7 +15,9 @@
 //! `State` and `Wait` with exit status 255 (the VM is gone, as when QEMU
 //! dies), `Kill`, `Delete` and `Shutdown` with success, anything else with
 //! UNAVAILABLE; the process that runs it (`bootstrap::keeper`) cleans up
-//! as `delete` would. It exits when the last connection closes.
+//! as `delete` would first, and listens on the shim's old address for a
+//! CRI-O that restarts and dials it again. It exits at the sandbox
+//! container's Shutdown, as the shim would.
 //!
 //! containerd needs none of this: it sees the connection close and runs
 //! `delete`, and a keeper holding the connection open would hide the death
@@ -339,9 +341,11 @@ fn forget_closed(held: &mut Held) {
     held.pending.retain(|k, _| live.contains(k));
 }
 
-/// How one connection's answering ended.
+/// How one connection's answering ended, or that one began.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Answered {
+    /// A client connected anew (a restarted CRI-O re-dials the address).
+    Opened,
     /// The client hung up (or broke the framing).
     Closed,
     /// The sandbox container's own Shutdown was answered: as the shim
@@ -349,31 +353,72 @@ enum Answered {
     SandboxShutdown,
 }
 
-/// Answers on every held connection as a stopped sandbox until each
-/// closes or the sandbox container (`sandbox_id`) is shut down, which is
-/// when a live shim would exit: CRI-O keeps its clients open after a
-/// RemovePodSandbox. `died_at` is the exit time reported.
-pub fn answer_all(held: Held, sandbox_id: &str, died_at: SystemTime) {
+/// How long a keeper that listens waits with no client at all before it
+/// gives up: long enough for CRI-O to restart and re-dial.
+const IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Answers on every held connection as a stopped sandbox until the
+/// sandbox container (`sandbox_id`) is shut down, which is when a live
+/// shim would exit: CRI-O keeps its clients open after RemovePodSandbox.
+/// With `listener` (the shim's old socket path) a CRI-O that restarted and
+/// re-dials gets the same answers; then the keeper also ends after
+/// [`IDLE_LIMIT`] without any client, and without it when the last held
+/// connection closes. `died_at` is the exit time reported.
+pub fn answer_all(
+    held: Held,
+    sandbox_id: &str,
+    died_at: SystemTime,
+    listener: Option<std::os::unix::net::UnixListener>,
+) {
     let Held { conns, mut pending } = held;
     let (tx, rx) = std::sync::mpsc::channel();
-    let count = conns.len();
-    for (k, fd) in conns {
-        let waits = pending.remove(&k).unwrap_or_default();
-        let (tx, sid) = (tx.clone(), sandbox_id.to_string());
+    let serve = |fd: OwnedFd, waits: BTreeSet<u32>, tx: std::sync::mpsc::Sender<Answered>| {
+        let sid = sandbox_id.to_string();
         std::thread::spawn(move || {
             let end = answer_connection(fd, &waits, &sid, died_at).unwrap_or_else(|e| {
-                tracing::debug!(conn = k, error = %e, "keeper connection ended");
+                tracing::debug!(error = %e, "keeper connection ended");
                 Answered::Closed
             });
             let _ = tx.send(end);
         });
+    };
+    let mut open = conns.len();
+    for (k, fd) in conns {
+        serve(fd, pending.remove(&k).unwrap_or_default(), tx.clone());
+    }
+    let listening = listener.is_some();
+    if let Some(l) = listener {
+        let (tx, sid) = (tx.clone(), sandbox_id.to_string());
+        std::thread::spawn(move || {
+            for conn in l.incoming() {
+                let Ok(conn) = conn else { continue };
+                if tx.send(Answered::Opened).is_err() {
+                    return;
+                }
+                let tx = tx.clone();
+                let sid = sid.clone();
+                std::thread::spawn(move || {
+                    let end =
+                        answer_connection(OwnedFd::from(conn), &BTreeSet::new(), &sid, died_at)
+                            .unwrap_or(Answered::Closed);
+                    let _ = tx.send(end);
+                });
+            }
+        });
     }
     drop(tx);
-    let mut closed = 0;
-    while closed < count {
-        match rx.recv() {
-            Ok(Answered::Closed) => closed += 1,
-            Ok(Answered::SandboxShutdown) | Err(_) => return,
+    loop {
+        let next = if open > 0 {
+            rx.recv().ok()
+        } else if listening {
+            rx.recv_timeout(IDLE_LIMIT).ok()
+        } else {
+            None
+        };
+        match next {
+            Some(Answered::Opened) => open += 1,
+            Some(Answered::Closed) => open = open.saturating_sub(1),
+            Some(Answered::SandboxShutdown) | None => return,
         }
     }
 }

@@ -234,6 +234,10 @@ fn a_killed_shim_takes_its_vm_along_and_the_pod_can_be_removed() {
         assert_eq!(state.exit_status, 255, "{id}");
     }
     let exits_seen = began.elapsed();
+    // A CRI-O that restarted dials the address in the bundle again.
+    let redialled = crio.state_after_restart(&app).expect("State on a re-dial");
+    assert_eq!(status(&redialled), api::Status::STOPPED);
+    assert_eq!(redialled.exit_status, 255);
     // New work is refused clearly, not hung.
     let refused = crio
         .exec(&app, "late", &["/bin/true"])

@@ -1,10 +1,12 @@
 //! `keeper`: the process that holds a CRI-O sandbox's connections for its
 //! shim (see `crate::keeper`). While the shim lives it only collects; when
 //! the shim dies without a goodbye it cleans up as `delete` would, from the
-//! persisted state, and answers on the held connections until they close
-//! or the sandbox container is shut down.
+//! persisted state, then answers on the held connections, and on the old
+//! socket path for a CRI-O that restarted, until the sandbox container is
+//! shut down.
 
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::net::UnixListener;
 use std::process::ExitCode;
 use std::time::SystemTime;
 
@@ -12,6 +14,30 @@ use super::args::Flags;
 use super::start::bundle_dir;
 use crate::keeper::{self, Ending, KEEPER_FD, KEEPER_FD_ENV};
 use crate::logging::{self, error_chain};
+
+/// The shim's socket path, bound again: a CRI-O that restarts reads the
+/// address from the bundle and dials it to learn the containers' state.
+fn listen_on_the_old_address(sandbox_id: &str) -> Option<UnixListener> {
+    use std::os::unix::fs::DirBuilderExt;
+    let dir = crate::layout::shim_dir(sandbox_id);
+    let socket = crate::layout::shim_socket(sandbox_id);
+    let bound = std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&dir)
+        .and_then(|()| match std::fs::remove_file(&socket) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => UnixListener::bind(&socket),
+        });
+    match bound {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(sandbox_id, socket = %socket.display(), error = %e,
+                "cannot listen on the dead shim's address; a restarted CRI-O will not reach it");
+            None
+        }
+    }
+}
 
 /// Runs the keeper until the shim says goodbye, or, once it died, until
 /// its connections close or the sandbox's Shutdown.
@@ -52,14 +78,15 @@ pub fn run(flags: &Flags) -> ExitCode {
         "the shim died: cleaning up and answering its connections as a stopped sandbox (exit status {})",
         keeper::DEAD_EXIT_STATUS
     );
-    // Answers go out at once; the clean-up (unmounts, cgroups, state) runs
-    // beside them and is over before the keeper exits.
-    let sid = sandbox_id.to_string();
-    let cleanup = std::thread::spawn(move || {
-        super::delete::cleanup(&sid, bundle.as_deref());
-    });
-    keeper::answer_all(held, sandbox_id, died_at);
-    let _ = cleanup.join();
+    // The exits are reported once the clean-up is done: the VM is gone
+    // by then, and the clean-up's removal of the shim's directory cannot
+    // take the socket made below with it. Calls wait in their sockets.
+    super::delete::cleanup(sandbox_id, bundle.as_deref());
+    let listener = listen_on_the_old_address(sandbox_id);
+    keeper::answer_all(held, sandbox_id, died_at, listener);
+    let socket = crate::layout::shim_socket(sandbox_id);
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_dir(crate::layout::shim_dir(sandbox_id));
     tracing::info!(
         sandbox_id,
         "every connection of the dead shim closed; keeper exiting"

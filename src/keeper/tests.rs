@@ -152,7 +152,7 @@ fn after_the_shim_dies_its_pending_waits_and_new_calls_are_answered() {
     held.conns.insert(1, OwnedFd::from(served));
     held.pending.insert(1, BTreeSet::from([3, 11]));
     let at = SystemTime::now();
-    let keeper = std::thread::spawn(move || answer_all(held, "sb", at));
+    let keeper = std::thread::spawn(move || answer_all(held, "sb", at, None));
     let mut waits: Vec<u32> = (0..2).map(|_| read_response(&mut client).0).collect();
     waits.sort_unstable();
     assert_eq!(
@@ -196,7 +196,7 @@ fn the_sandboxs_shutdown_ends_the_keeper_while_clients_stay_connected() {
     let mut held = Held::default();
     held.conns.insert(1, OwnedFd::from(app));
     held.conns.insert(2, OwnedFd::from(sb));
-    let keeper = std::thread::spawn(move || answer_all(held, "sb", SystemTime::now()));
+    let keeper = std::thread::spawn(move || answer_all(held, "sb", SystemTime::now(), None));
     let shutdown = |id: &str| {
         let mut r = api::ShutdownRequest::new();
         r.id = id.into();
@@ -227,4 +227,45 @@ fn a_keeper_that_is_gone_is_noted_once_and_costs_nothing() {
     // No more sends (nor warnings) from here on.
     k.wait_finished(1, 3);
     k.release();
+}
+
+#[test]
+fn a_client_that_dials_again_gets_the_same_answers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("shim.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+    let keeper = std::thread::spawn(move || {
+        answer_all(Held::default(), "sb", SystemTime::now(), Some(listener))
+    });
+    // No held connection at all: a listening keeper waits for a re-dial.
+    let mut client = UnixStream::connect(&path).expect("re-dial");
+    let mut state = api::StateRequest::new();
+    state.id = "app".into();
+    send_request(
+        &mut client,
+        1,
+        "State",
+        state.write_to_bytes().expect("encode"),
+    );
+    let (stream, resp) = read_response(&mut client);
+    assert_eq!(stream, 1);
+    let s = api::StateResponse::parse_from_bytes(&resp.payload).expect("state");
+    assert_eq!(s.status.enum_value(), Ok(api::Status::STOPPED));
+    drop(client);
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    assert!(
+        !keeper.is_finished(),
+        "a listening keeper outlives a hang-up"
+    );
+    let mut client = UnixStream::connect(&path).expect("re-dial");
+    let mut shut = api::ShutdownRequest::new();
+    shut.id = "sb".into();
+    send_request(
+        &mut client,
+        3,
+        "Shutdown",
+        shut.write_to_bytes().expect("encode"),
+    );
+    assert_eq!(read_response(&mut client).0, 3);
+    keeper.join().expect("the sandbox's Shutdown ends it");
 }

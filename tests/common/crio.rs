@@ -660,6 +660,21 @@ impl Crio {
             .unwrap_or_else(|e| panic!("State {id}: {e:?}"))
     }
 
+    /// State of `id` as a restarted CRI-O learns it: the address read from
+    /// the bundle, dialled anew (`UpdateContainerStatus` with no client).
+    pub fn state_after_restart(&self, id: &str) -> ttrpc::Result<api::StateResponse> {
+        let address = std::fs::read_to_string(self.ctr(id).bundle.join("address"))
+            .unwrap_or_else(|e| panic!("{id}/address: {e}"));
+        let mut req = api::StateRequest::new();
+        req.id = id.to_string();
+        self.rt.block_on(async {
+            let client = tokio::time::timeout(CALL_LIMIT, Client::connect(&address))
+                .await
+                .map_err(|_| ttrpc::Error::Others(format!("connect {address}: timed out")))??;
+            call(&client, "State", &req, None).await
+        })
+    }
+
     pub fn try_state(&self, id: &str, exec_id: &str) -> ttrpc::Result<api::StateResponse> {
         let mut req = api::StateRequest::new();
         req.id = id.to_string();
