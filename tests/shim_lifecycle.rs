@@ -80,10 +80,11 @@ fn vm_processes_run_in_the_pod_host_cgroup() {
     }
 }
 
-/// Runs a pod with one app container, breaks the VM with `break_vm`, and
-/// checks that both containers exit with 255 within `within`, that the
-/// shim still answers, and that removing the pod leaves nothing.
-fn containers_exit_255_when(name: &str, within: Duration, break_vm: impl FnOnce(u32)) {
+/// Runs a pod with one app container, breaks the VM with `break_vm` (given
+/// the sandbox id and QEMU's pid), and checks that both containers exit
+/// with 255 within `within`, that the shim still answers, and that
+/// removing the pod leaves nothing.
+fn containers_exit_255_when(name: &str, within: Duration, break_vm: impl FnOnce(&str, u32)) {
     let mut crio = Crio::new(name);
     let sid = crio.run_pod_sandbox(&PodConfig::new(name));
     let app = crio.create_container(&sid, "app", &["/bin/sleep", "1000"]);
@@ -91,7 +92,7 @@ fn containers_exit_255_when(name: &str, within: Duration, break_vm: impl FnOnce(
     let qemu = qemu_pids(&sid);
     assert_eq!(qemu.len(), 1, "{qemu:?}");
     let began = Instant::now();
-    break_vm(qemu[0]);
+    break_vm(&sid, qemu[0]);
     for id in [&app, &sid] {
         let done = crio
             .init_exit(id, within)
@@ -119,7 +120,7 @@ fn containers_exit_255_when(name: &str, within: Duration, break_vm: impl FnOnce(
 
 #[test]
 fn qemu_killed_makes_every_container_exit_255() {
-    containers_exit_255_when("qemu-dies", Duration::from_secs(30), kill9);
+    containers_exit_255_when("qemu-dies", Duration::from_secs(30), |_, qemu| kill9(qemu));
 }
 
 #[test]
@@ -127,13 +128,40 @@ fn stalled_vm_makes_every_container_exit_255() {
     // SIGSTOP freezes the whole VM, as QMP `stop` would: the agent stops
     // answering while QEMU lives. (The shim holds QEMU's only QMP
     // connection, so the test cannot send `stop` itself.)
-    containers_exit_255_when("vm-stalls", Duration::from_secs(90), |pid| {
+    containers_exit_255_when("vm-stalls", Duration::from_secs(90), |_, pid| {
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(pid as i32),
             nix::sys::signal::Signal::SIGSTOP,
         )
         .expect("SIGSTOP QEMU");
     });
+}
+
+/// Issue 15: a dead helper used to leave the pod "running" with QEMU up:
+/// without virtiofsd the guest's share hangs (the agent still answers its
+/// health checks), without vhost-device-vsock the agent is cut off. Either
+/// exit now ends the sandbox at once, as QEMU's does.
+#[test]
+fn a_killed_virtiofsd_or_vhost_device_vsock_makes_every_container_exit_255() {
+    for helper in ["virtiofsd", "vhost-device-vsock"] {
+        containers_exit_255_when(
+            &format!("{helper}-dies"),
+            Duration::from_secs(30),
+            |sid, _| {
+                // Every process of the helper: virtiofsd is a launcher and
+                // its sandboxed child, the one that serves.
+                let pids: Vec<u32> = vm_processes(sid)
+                    .into_iter()
+                    .filter(|(n, _)| n == helper)
+                    .map(|(_, p)| p)
+                    .collect();
+                assert!(!pids.is_empty(), "no {helper} for {sid}");
+                for pid in pids.into_iter().rev() {
+                    kill9(pid);
+                }
+            },
+        );
+    }
 }
 
 /// Issue 14: the lifecycle lock was held across the guest's

@@ -25,16 +25,25 @@ const HEALTH_FAILURES: u32 = 2;
 /// Starts the VM and OOM monitors of a freshly booted sandbox.
 pub(super) fn spawn(sb: Arc<Sandbox>, lc: &Lifecycle) {
     let qemu_exit = lc.vm.as_ref().and_then(|v| v.vm.exit_watch());
+    let helpers = lc
+        .vm
+        .as_ref()
+        .map(|v| v.vm.helper_exit_watches())
+        .unwrap_or_default();
     let Ok(agent) = sb.agent() else { return };
-    tokio::spawn(watch_vm(sb.clone(), agent.clone(), qemu_exit));
+    tokio::spawn(watch_vm(sb.clone(), agent.clone(), qemu_exit, helpers));
     tokio::spawn(forward_ooms(sb, agent));
 }
 
-/// Declares the sandbox dead when QEMU exits or the agent stops answering.
+type ExitWatch = tokio::sync::watch::Receiver<Option<std::process::ExitStatus>>;
+
+/// Declares the sandbox dead when QEMU or one of its helpers exits, or the
+/// agent stops answering.
 async fn watch_vm(
     sb: Arc<Sandbox>,
     agent: AgentClient,
-    qemu_exit: Option<tokio::sync::watch::Receiver<Option<std::process::ExitStatus>>>,
+    qemu_exit: Option<ExitWatch>,
+    helpers: Vec<(&'static str, ExitWatch)>,
 ) {
     let mut dead = sb.dead_watch();
     let qemu_exited = async move {
@@ -46,6 +55,28 @@ async fn watch_vm(
                 ),
                 Err(_) => "QEMU's watcher ended".to_string(),
             },
+            None => std::future::pending().await,
+        }
+    };
+    // The first helper to exit, whichever it is.
+    let (exited_tx, mut exited) = tokio::sync::mpsc::channel(1);
+    for (name, mut rx) in helpers {
+        let tx = exited_tx.clone();
+        tokio::spawn(async move {
+            let why = match rx.wait_for(|s| s.is_some()).await {
+                Ok(s) => format!(
+                    "{name} exited ({})",
+                    s.map(|s| s.to_string()).unwrap_or_default()
+                ),
+                Err(_) => format!("{name}'s watcher ended"),
+            };
+            let _ = tx.send(why).await;
+        });
+    }
+    drop(exited_tx);
+    let helper_exited = async move {
+        match exited.recv().await {
+            Some(why) => why,
             None => std::future::pending().await,
         }
     };
@@ -75,6 +106,7 @@ async fn watch_vm(
     };
     let reason = tokio::select! {
         r = qemu_exited => r,
+        r = helper_exited => r,
         r = stalled => r,
         _ = dead.wait_for(|d| *d) => return,
     };

@@ -572,6 +572,22 @@ impl Vm {
         self.qemu.as_ref().map(Supervised::exit_watch)
     }
 
+    /// Receivers that see the helpers' exits, by name: without virtiofsd
+    /// the guest's share hangs, without vhost-device-vsock the agent is
+    /// cut off, while QEMU runs on.
+    pub fn helper_exit_watches(
+        &self,
+    ) -> Vec<(
+        &'static str,
+        tokio::sync::watch::Receiver<Option<ExitStatus>>,
+    )> {
+        [&self.fs_daemon, &self.vsock_daemon]
+            .into_iter()
+            .flatten()
+            .map(|d| (d.what, d.exit_watch()))
+            .collect()
+    }
+
     /// Sees `true` once the agent announced on the console that it listens.
     pub fn agent_ready_watch(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
         self.qemu.as_ref().map(Supervised::ready_watch)
