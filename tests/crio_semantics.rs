@@ -281,3 +281,55 @@ fn assert_crio_error(e: &CrioError, code: ttrpc::Code, needle: &str) {
         other => panic!("expected an RPC error naming {needle}: {other:?}"),
     }
 }
+
+/// Issue 15, bad input: a client that calls in the wrong order or twice
+/// gets a clear error with a deliberate code, never a hang, and the pod is
+/// still removed with nothing left. runc's shim answers the same cases
+/// with errors too (a second Start, Kill or Exec of what is gone).
+#[test]
+fn calls_out_of_order_or_twice_answer_clearly_and_leave_nothing() {
+    let mut crio = Crio::new("order");
+    let sid = crio.run_pod_sandbox(&PodConfig::new("order"));
+    let app = crio.create_container(&sid, "app", &["/bin/sleep", "1000"]);
+    crio.start_container(&app);
+
+    let mut start = api::StartRequest::new();
+    start.id = app.clone();
+    let twice = crio
+        .call::<_, api::StartResponse>(&app, "Start", &start)
+        .expect_err("a second Start of a running container");
+    eprintln!("Start twice: {twice:?}");
+    assert_rpc_error(&twice, ttrpc::Code::FAILED_PRECONDITION, "running");
+
+    let st = crio.stop_container(&app, Duration::from_secs(10));
+    assert_eq!(status(&st), api::Status::STOPPED);
+    let late = crio
+        .exec(&app, "late", &["/bin/true"])
+        .err()
+        .expect("an exec into a stopped container fails");
+    eprintln!("Exec into a stopped container: {late:?}");
+    assert_crio_error(&late, ttrpc::Code::FAILED_PRECONDITION, "stopped");
+
+    // Delete before Start: a created container goes, as with runc.
+    let never = crio.create_container(&sid, "never", &["/bin/sleep", "1005"]);
+    let deleted = crio.remove_container(&never);
+    eprintln!("Delete before Start: exit {}", deleted.exit_status);
+    let mut kill = api::KillRequest::new();
+    kill.id = never.clone();
+    kill.signal = 9;
+    let gone = crio
+        .call::<_, api::Empty>(&sid, "Kill", &kill)
+        .expect_err("Kill after Delete");
+    eprintln!("Kill after Delete: {gone:?}");
+    assert_rpc_error(&gone, ttrpc::Code::NOT_FOUND, &never);
+    let mut again = api::DeleteRequest::new();
+    again.id = never.clone();
+    let twice = crio
+        .call::<_, api::DeleteResponse>(&sid, "Delete", &again)
+        .expect_err("Delete twice");
+    eprintln!("Delete twice: {twice:?}");
+    assert_rpc_error(&twice, ttrpc::Code::NOT_FOUND, &never);
+
+    crio.remove_pod(&sid);
+    crio.assert_no_leaks(&sid);
+}
