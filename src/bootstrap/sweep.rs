@@ -54,8 +54,8 @@ pub fn sweep(own: &str) -> usize {
             continue;
         };
         let shim = shim_seen(&sid, &entry.path());
-        let keeper = crate::keeper::is_running(&sid);
-        if !verdict(shim, keeper) {
+        // The process scan only for the few whose shim is gone.
+        if shim == ShimSeen::Alive || !verdict(shim, crate::keeper::is_running(&sid)) {
             continue;
         }
         tracing::warn!(sandbox_id = own, swept = %sid, ?shim,
