@@ -304,3 +304,30 @@ fn env_toml_follows_kata_conf_file_like_the_shim() {
     assert_eq!(v["config_file"], other.display().to_string());
     assert_eq!(v["config"]["hypervisor"]["qemu"]["default_vcpus"], 1);
 }
+
+/// Issue 16: `check --nfd` is a Node Feature Discovery feature file: the
+/// `runtime.kata` label where pods can run, nothing (NFD then drops the
+/// label) where they cannot, with `check`'s exit status.
+#[test]
+fn check_nfd_prints_the_runtime_label_only_where_pods_can_run() {
+    let dir = tempfile::tempdir_in(tmp_dir()).expect("tempdir");
+    let good = write_config(dir.path(), "", "");
+    let out = kata_ctl(&["check", "--nfd", "--config"])
+        .arg(&good)
+        .output()
+        .expect("run kata-ctl check --nfd");
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "feature.node.kubernetes.io/runtime.kata=true\n"
+    );
+    let bad_dir = tempfile::tempdir_in(tmp_dir()).expect("tempdir");
+    let missing = bad_dir.path().join("no-such-qemu");
+    let bad = write_config(bad_dir.path(), &format!("path = [{missing:?}]"), "");
+    let out = kata_ctl(&["check", "--nfd", "--config"])
+        .arg(&bad)
+        .output()
+        .expect("run kata-ctl check --nfd");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+}

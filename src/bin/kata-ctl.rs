@@ -38,8 +38,13 @@ enum Verb {
         #[arg(long, value_name = "PATH")]
         config: Option<PathBuf>,
         /// Print the report as JSON.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "nfd")]
         json: bool,
+        /// Print a Node Feature Discovery feature file instead:
+        /// `feature.node.kubernetes.io/runtime.kata=true` when the node
+        /// can run pods, nothing when it cannot.
+        #[arg(long)]
+        nfd: bool,
     },
     /// Print the resolved configuration, the file it came from and the
     /// binaries, image and state directories it resolves to on this host.
@@ -104,9 +109,11 @@ fn run(cli: Cli) -> Result<ExitCode, Box<dyn std::error::Error>> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Verb::Check { config, json } => {
+        Verb::Check { config, json, nfd } => {
             let report = check::run(config.as_deref());
-            if json {
+            if nfd {
+                print!("{}", report.nfd_features());
+            } else if json {
                 println!("{}", serde_json::to_string_pretty(&report)?);
             } else {
                 println!("{}", report.render());

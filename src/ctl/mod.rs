@@ -196,6 +196,9 @@ pub struct Summary {
     pub fail: usize,
 }
 
+/// The node label that says this node runs kata pods.
+pub const NFD_RUNTIME_LABEL: &str = "feature.node.kubernetes.io/runtime.kata";
+
 /// Every line of one `kata-ctl check` run.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Report {
@@ -221,6 +224,18 @@ impl Report {
         self.summary.fail == 0
     }
 
+    /// A Node Feature Discovery feature file (the `local` source reads
+    /// `/etc/kubernetes/node-feature-discovery/features.d/`): the label a
+    /// `kata` RuntimeClass selects nodes by, when nothing stops a pod here,
+    /// and nothing otherwise, so that NFD takes the label away.
+    pub fn nfd_features(&self) -> String {
+        if self.passed() {
+            format!("{NFD_RUNTIME_LABEL}=true\n")
+        } else {
+            String::new()
+        }
+    }
+
     /// One line per check, then `check: N ok, N warn, N fail`.
     pub fn render(&self) -> String {
         let mut out: String = self.checks.iter().map(|c| c.render() + "\n").collect();
@@ -236,6 +251,17 @@ impl Report {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nfd_label_is_there_only_when_nothing_fails() {
+        let ok = Report::new(vec![
+            Check::ok("qemu", "found"),
+            Check::warn("accel", "TCG", "enable VMX"),
+        ]);
+        assert_eq!(ok.nfd_features(), format!("{NFD_RUNTIME_LABEL}=true\n"));
+        let failed = Report::new(vec![Check::fail("qemu", "missing", "install it")]);
+        assert_eq!(failed.nfd_features(), "");
+    }
 
     #[test]
     fn lines_have_fixed_columns_and_fixes() {
