@@ -211,12 +211,27 @@ impl Keeper {
         key
     }
 
-    pub fn wait_started(&self, conn: u64, stream: u32) {
+    fn wait_started(&self, conn: u64, stream: u32) {
         self.send(&Msg::Wait(conn, stream), None);
     }
 
-    pub fn wait_finished(&self, conn: u64, stream: u32) {
+    fn wait_finished(&self, conn: u64, stream: u32) {
         self.send(&Msg::Done(conn, stream), None);
+    }
+
+    /// Tells the keeper about the `Wait` of `ctx` until the returned guard
+    /// goes (answered or abandoned); `None` on a connection it was not
+    /// handed.
+    pub fn pending_wait(&self, ctx: &ttrpc::r#async::TtrpcContext) -> Option<PendingWait<'_>> {
+        use ttrpc::ConnectionDataExt;
+        let conn = *ctx.connection_data.get_typed::<u64>(CONN_KEY)?;
+        let stream = ctx.mh.stream_id;
+        self.wait_started(conn, stream);
+        Some(PendingWait {
+            keeper: self,
+            conn,
+            stream,
+        })
     }
 
     /// The shim is exiting normally: the keeper closes its duplicates and
@@ -227,6 +242,20 @@ impl Keeper {
 
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+}
+
+/// A `Wait` the keeper knows is pending, until dropped.
+#[derive(Debug)]
+pub struct PendingWait<'a> {
+    keeper: &'a Keeper,
+    conn: u64,
+    stream: u32,
+}
+
+impl Drop for PendingWait<'_> {
+    fn drop(&mut self) {
+        self.keeper.wait_finished(self.conn, self.stream);
     }
 }
 

@@ -219,18 +219,8 @@ impl Task for TaskService {
     }
 
     async fn wait(&self, ctx: &TtrpcContext, req: WaitRequest) -> R<WaitResponse> {
-        use ttrpc::ConnectionDataExt;
-        let pending = self.keeper.as_ref().and_then(|k| {
-            let conn = *ctx
-                .connection_data
-                .get_typed::<u64>(crate::keeper::CONN_KEY)?;
-            k.wait_started(conn, ctx.mh.stream_id);
-            Some((k, conn))
-        });
+        let _pending = self.keeper.as_deref().and_then(|k| k.pending_wait(ctx));
         let r = self.sandbox.wait(&req.id, &req.exec_id).await;
-        if let Some((k, conn)) = pending {
-            k.wait_finished(conn, ctx.mh.stream_id);
-        }
         log_err("Wait", &req.id, r).map(|exit| WaitResponse {
             exit_status: exit.status,
             exited_at: Some(timestamp(exit.at)).into(),
