@@ -284,6 +284,25 @@ fn rootless_vms_run_as_their_own_unprivileged_uids() {
     let mut config = Pod::test_config();
     let q = &mut config.hypervisor.qemu;
     q.rootless = true;
+    // The test image lives in the checkout, which may sit where others
+    // cannot look (root's home): the unprivileged QEMU gets copies.
+    let images = tempfile::tempdir().expect("tempdir");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let public = |p: &std::path::Path, mode: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod")
+        };
+        public(images.path(), 0o755);
+        for (name, path) in [
+            ("kata.kernel", &mut q.kernel),
+            ("kata.initrd", &mut q.initrd),
+        ] {
+            let copy = images.path().join(name);
+            std::fs::copy(&*path, &copy).expect("copy the test image");
+            public(&copy, 0o644);
+            *path = copy;
+        }
+    }
     let first = q.rootless_first_uid;
     let range = first..first + q.rootless_uids;
     let pods = [

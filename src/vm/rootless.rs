@@ -145,7 +145,11 @@ pub fn check_usable_by_others(path: &Path, access: Access) -> Result<(), Rootles
             .map(|m| m.permissions().mode())
             .map_err(|e| unreadable(format!("{}: {e}", p.display())))
     };
-    for dir in real.ancestors().skip(1) {
+    // QEMU opens the path as configured, so the directories on the way to
+    // a symlink count as much as those on the way to its target.
+    let given = std::path::absolute(path).map_err(|e| unreadable(e.to_string()))?;
+    let dirs = given.ancestors().skip(1).chain(real.ancestors().skip(1));
+    for dir in dirs {
         if mode(dir)? & 0o001 == 0 {
             return Err(unreadable(format!(
                 "directory {} is not searchable by others",
@@ -458,6 +462,17 @@ mod tests {
             .expect_err("0750 dir")
             .to_string();
         assert!(e.contains("is not searchable by others"), "{e}");
+        set(&dir, 0o755);
+        // A public file reached through a symlink in a private directory.
+        let private = tmp.path().join("private");
+        std::fs::create_dir(&private).expect("dir");
+        set(&private, 0o700);
+        let link = private.join("kata.kernel");
+        std::os::unix::fs::symlink(&file, &link).expect("symlink");
+        let e = check(&link, Access::Read)
+            .expect_err("link in a 0700 dir")
+            .to_string();
+        assert!(e.contains("private is not searchable by others"), "{e}");
         let e = check(&dir.join("missing"), Access::Read).expect_err("missing");
         assert!(matches!(e, RootlessError::Unreadable { .. }));
     }
