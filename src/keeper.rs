@@ -44,8 +44,8 @@ pub const KEEPER_FD: RawFd = 3;
 /// Key of the connection number in ttrpc's per-connection data.
 pub const CONN_KEY: &str = "kata.keeper.conn";
 /// Exit status of every process of a sandbox whose shim died: its VM died
-/// with it, as when QEMU dies.
-pub const DEAD_EXIT_STATUS: u32 = 255;
+/// with it, and a dead VM's processes exit with this, as when QEMU dies.
+pub const DEAD_EXIT_STATUS: u32 = crate::state::UNKNOWN_EXIT;
 /// ttrpc's own cap on a frame's payload.
 const FRAME_MAX: usize = 4 << 20;
 const HEADER_LEN: usize = 10;
@@ -532,15 +532,7 @@ fn write_response(
 
 /// The answer of a dead sandbox to one Task call: its code and payload.
 fn reply(method: &str, payload: &[u8], died_at: SystemTime) -> (ttrpc::Code, Vec<u8>) {
-    let at = || {
-        let d = died_at
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
-        let mut t = containerd_shim_protos::protobuf::well_known_types::timestamp::Timestamp::new();
-        t.seconds = d.as_secs() as i64;
-        t.nanos = d.subsec_nanos() as i32;
-        Some(t).into()
-    };
+    let at = || Some(crate::events::timestamp(died_at)).into();
     let encoded = |m: &dyn containerd_shim_protos::protobuf::MessageDyn| {
         m.write_to_bytes_dyn().unwrap_or_default()
     };
