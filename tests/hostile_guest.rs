@@ -76,20 +76,6 @@ fn hostile_crio(test: &str, mode: &str) -> Crio {
     )
 }
 
-/// The serving shim of `sandbox_id`.
-fn shim_pid(sandbox_id: &str) -> u32 {
-    processes()
-        .into_iter()
-        .find(|(_, argv)| {
-            argv.first()
-                .is_some_and(|a| a.ends_with("containerd-shim-kata-v2"))
-                && argv.iter().any(|a| a == sandbox_id)
-                && argv.last().is_some_and(|a| a == "serve")
-        })
-        .map(|(pid, _)| pid)
-        .unwrap_or_else(|| panic!("no shim serves {sandbox_id}"))
-}
-
 /// `VmHWM`: the process's peak resident set, in KiB.
 fn peak_rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
@@ -155,7 +141,7 @@ fn a_console_flood_leaves_the_shim_bounded_and_the_neighbour_answering() {
     let mut crio = hostile_crio("flood", "console-flood");
     let nb = Neighbour::start("flood");
     let sid = crio.run_pod_sandbox(&PodConfig::new("flood"));
-    let shim = shim_pid(&sid);
+    let shim = crio.shim_pid(&sid);
     let (peak, answered) = watch(shim, &nb, Duration::from_secs(20));
     figure(format!(
         "console flood (64 KiB writes without a newline, 20 s): shim peak RSS {} KiB \
@@ -180,7 +166,7 @@ fn an_oom_storm_of_unknown_ids_is_paced_and_a_real_exit_still_arrives() {
     let sid = crio.run_pod_sandbox(&PodConfig::new("oom"));
     let app = crio.create_container(&sid, "app", &["/bin/sh", "-c", "sleep 8; exit 3"]);
     crio.start_container(&app);
-    let shim = shim_pid(&sid);
+    let shim = crio.shim_pid(&sid);
     let (peak, answered) = watch(shim, &nb, Duration::from_secs(12));
     let done = crio
         .init_exit(&app, Duration::from_secs(30))
@@ -210,7 +196,7 @@ fn replies_larger_than_asked_never_become_output_nor_harm_the_shim() {
     let nb = Neighbour::start("big");
     let (sid, created) = crio.try_create_pod_sandbox(&PodConfig::new("big"));
     created.expect("the hostile pod's Create");
-    let shim = shim_pid(&sid);
+    let shim = crio.shim_pid(&sid);
     let mut req = api::StartRequest::new();
     req.id = sid.clone();
     let started: ttrpc::Result<api::StartResponse> = crio.call(&sid, "Start", &req);
@@ -319,7 +305,7 @@ fn replies_to_calls_never_made_are_ignored() {
         &["/bin/sh", "-c", "echo intact-output; exit 7"],
     );
     crio.start_container(&app);
-    let shim = shim_pid(&sid);
+    let shim = crio.shim_pid(&sid);
     let done = crio
         .init_exit(&app, Duration::from_secs(30))
         .expect("the app's exit");

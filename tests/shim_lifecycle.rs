@@ -220,11 +220,7 @@ fn a_killed_shim_takes_its_vm_along_and_the_pod_can_be_removed() {
     let sid = crio.run_pod_sandbox(&PodConfig::new("shim-kill9"));
     let app = crio.create_container(&sid, "app", &["/bin/sleep", "1000"]);
     crio.start_container(&app);
-    let shim: u32 = std::fs::read_to_string(crio.bundle(&sid).join("shim.pid"))
-        .expect("shim.pid")
-        .trim()
-        .parse()
-        .expect("a pid");
+    let shim = crio.shim_pid(&sid);
     let vm = vm_processes(&sid);
     let mut names: Vec<&str> = vm.iter().map(|(n, _)| n.as_str()).collect();
     names.sort_unstable();
@@ -299,11 +295,7 @@ fn a_killed_shim_takes_its_vm_along_and_the_pod_can_be_removed() {
 fn the_next_pod_sweeps_a_sandbox_whose_shim_and_keeper_were_killed() {
     let mut crio = Crio::new("sweep");
     let dead = crio.run_pod_sandbox(&PodConfig::new("sweep-dead"));
-    let shim: u32 = std::fs::read_to_string(crio.bundle(&dead).join("shim.pid"))
-        .expect("shim.pid")
-        .trim()
-        .parse()
-        .expect("a pid");
+    let shim = crio.shim_pid(&dead);
     let keeper = keeper_pid(&dead);
     let vm = vm_processes(&dead);
     kill9(keeper);

@@ -265,6 +265,16 @@ impl Crio {
         self.bundle_dir(id)
     }
 
+    /// The serving shim of a sandbox, from the `shim.pid` its `start` wrote.
+    pub fn shim_pid(&self, sandbox_id: &str) -> u32 {
+        let path = self.bundle_dir(sandbox_id).join("shim.pid");
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        text.trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("shim.pid {text:?}: {e}"))
+    }
+
     pub fn rootfs(&self, id: &str) -> PathBuf {
         self.ctr(id).rootfs.clone()
     }
