@@ -334,7 +334,6 @@ pub fn hold(ctl: &OwnedFd) -> Ending {
         match Msg::decode(&buf[..len]) {
             Some(Msg::Conn(k)) => {
                 if let Some(fd) = fds.pop() {
-                    held.pending.remove(&k);
                     held.conns.insert(k, fd);
                 }
             }
