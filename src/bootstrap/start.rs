@@ -34,6 +34,9 @@ pub const ADDRESS_FILE: &str = "address";
 pub const TTRPC_ADDRESS_ENV: &str = "TTRPC_ADDRESS";
 
 pub(crate) const START_LOCK: &str = "start.lock";
+/// Each lost race needs another pod's sweep to remove the directory again;
+/// more than a few in a row means something else removes it.
+const START_LOCK_ATTEMPTS: u32 = 5;
 /// containerd writes its options or BootstrapParams at once and closes the
 /// pipe; a caller that never closes stdin must not hold `start` for long.
 const STDIN_WAIT: Duration = Duration::from_secs(1);
@@ -132,18 +135,7 @@ fn ensure_daemon(
     events_override: Option<&str>,
 ) -> Result<u32, StartError> {
     let dir = crate::layout::shim_dir(sandbox_id);
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(&dir)
-        .map_err(io_err("create", &dir))?;
-    // Two `start`s of one sandbox (a retry racing the first) must not both
-    // remove and rebind the socket.
-    let lock_path = dir.join(START_LOCK);
-    let lock_file = std::fs::File::create(&lock_path).map_err(io_err("create", &lock_path))?;
-    let _lock = Flock::lock(lock_file, FlockArg::LockExclusive)
-        .map_err(|(_, e)| io_err("lock", &lock_path)(e.into()))?;
-
+    let _lock = lock_start(&dir)?;
     let socket = crate::layout::shim_socket(sandbox_id);
     let pid_path = dir.join(SHIM_PID_FILE);
     if socket_alive(&socket) {
@@ -164,6 +156,40 @@ fn ensure_daemon(
         })?;
     write_file(&pid_path, pid.to_string().as_bytes())?;
     Ok(pid)
+}
+
+/// Makes the sandbox's directory and holds its start lock. Two `start`s of
+/// one sandbox (a retry racing the first) must not both remove and rebind
+/// the socket, and another pod's sweep may remove a directory that has no
+/// shim yet between our creating and our locking it: a lock on a file no
+/// longer at its path guards nothing, so that case starts over.
+fn lock_start(dir: &Path) -> Result<Flock<std::fs::File>, StartError> {
+    use std::os::unix::fs::MetadataExt;
+    let lock_path = dir.join(START_LOCK);
+    let mut attempts = 0;
+    loop {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(io_err("create", dir))?;
+        let file = std::fs::File::create(&lock_path).map_err(io_err("create", &lock_path))?;
+        let lock = Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, e)| io_err("lock", &lock_path)(e.into()))?;
+        let held = lock.metadata().map_err(io_err("stat", &lock_path))?;
+        match std::fs::metadata(&lock_path) {
+            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(lock),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err("stat", &lock_path)(e)),
+        }
+        attempts += 1;
+        if attempts == START_LOCK_ATTEMPTS {
+            return Err(io_err("lock", &lock_path)(io::Error::other(
+                "the directory was removed under every attempt to lock it",
+            )));
+        }
+    }
 }
 
 /// Re-executes this binary as `... serve` with `listener` on fd 3, in its
@@ -448,5 +474,27 @@ mod tests {
         assert!(matches!(read_pid(&p), Err(StartError::BadPid { .. })));
         std::fs::remove_file(&p).expect("rm");
         assert!(matches!(read_pid(&p), Err(StartError::Io { .. })));
+    }
+
+    /// A sweep removes a directory with no shim while holding its lock; the
+    /// `start` waiting on that lock must end up holding a lock that is
+    /// still at its path, in a directory that exists.
+    #[test]
+    fn a_start_lock_whose_directory_was_swept_is_taken_again() {
+        use std::os::unix::fs::MetadataExt;
+        let root = tempfile::tempdir().expect("tempdir");
+        let dir = root.path().join("sandbox");
+        let sweeper = lock_start(&dir).expect("first lock");
+        let waiter = {
+            let dir = dir.clone();
+            std::thread::spawn(move || lock_start(&dir))
+        };
+        std::thread::sleep(Duration::from_millis(100));
+        std::fs::remove_dir_all(&dir).expect("sweep the directory");
+        drop(sweeper);
+        let held = waiter.join().expect("thread").expect("second lock");
+        let now = std::fs::metadata(dir.join(START_LOCK)).expect("lock file is back");
+        let held = held.metadata().expect("fstat");
+        assert_eq!((now.dev(), now.ino()), (held.dev(), held.ino()));
     }
 }
