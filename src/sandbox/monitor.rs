@@ -21,6 +21,12 @@ const HEALTH_PERIOD: Duration = Duration::from_secs(5);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(8);
 /// Consecutive failed checks after which the agent counts as stalled.
 const HEALTH_FAILURES: u32 = 2;
+/// How long a process whose WaitProcess lost the agent waits for the
+/// sandbox to be declared dead: longer than the health checks take to
+/// call a stalled agent dead.
+const DEATH_VERDICT_WAIT: Duration = Duration::from_secs(
+    (HEALTH_PERIOD.as_secs() + HEALTH_TIMEOUT.as_secs()) * (HEALTH_FAILURES as u64 + 1),
+);
 
 /// Starts the VM and OOM monitors of a freshly booted sandbox.
 pub(super) fn spawn(sb: Arc<Sandbox>, lc: &Lifecycle) {
@@ -186,16 +192,36 @@ pub(super) fn watch_exit(sb: Arc<Sandbox>, c: Arc<Container>, p: Arc<Process>, a
     tokio::spawn(async move {
         let mut dead = sb.dead_watch();
         let wait = agent.wait_process(&p.container_id, &p.exec_id);
-        let exit = tokio::select! {
-            r = wait => match r {
-                Ok(status) => Exit::from_agent(status),
-                Err(e) => {
-                    tracing::warn!(sandbox_id = %sb.id, container_id = %p.container_id, exec_id = %p.exec_id,
-                        error = %e, "WaitProcess failed; the exit status is unknown");
-                    Exit::now(UNKNOWN_EXIT)
+        // A dead sandbox reports every exit itself, once its VM is gone:
+        // CRI-O and containerd take an exit as leave to clean up, and
+        // nothing of the VM may be left on the host when they look.
+        let waited = tokio::select! {
+            r = wait => r,
+            _ = dead.wait_for(|d| *d) => return,
+        };
+        let exit = match waited {
+            Ok(status) => Exit::from_agent(status),
+            Err(e) if e.status().is_none() => {
+                // The transport broke: the VM is most likely dying, and its
+                // monitor will say so.
+                tracing::warn!(sandbox_id = %sb.id, container_id = %p.container_id, exec_id = %p.exec_id,
+                    error = %e, "WaitProcess lost the agent; waiting for the sandbox's verdict");
+                let verdict = async { dead.wait_for(|d| *d).await.is_ok() };
+                if tokio::time::timeout(DEATH_VERDICT_WAIT, verdict)
+                    .await
+                    .unwrap_or(false)
+                {
+                    return;
                 }
-            },
-            _ = dead.wait_for(|d| *d) => Exit::now(UNKNOWN_EXIT),
+                tracing::warn!(sandbox_id = %sb.id, container_id = %p.container_id, exec_id = %p.exec_id,
+                    "the sandbox lives on without an answer for this process; its exit status is unknown");
+                Exit::now(UNKNOWN_EXIT)
+            }
+            Err(e) => {
+                tracing::warn!(sandbox_id = %sb.id, container_id = %p.container_id, exec_id = %p.exec_id,
+                    error = %e, "WaitProcess failed; the exit status is unknown");
+                Exit::now(UNKNOWN_EXIT)
+            }
         };
         sb.finish(&c, &p, exit).await;
     });
