@@ -37,7 +37,7 @@ INSTALLED_FILES := \
 # them (innermost first).
 INSTALLED_DIRS := $(SHAREDIR)/crio $(SHAREDIR)/containerd $(SHAREDIR) $(DEFAULTSDIR) $(LIBEXECDIR)
 
-.PHONY: all deps build image install install-files uninstall test test-unit test-vm leak-check demo critest bench bench-smoke lint clean
+.PHONY: all deps build image install install-files uninstall test test-unit test-vm leak-check demo critest bench bench-smoke soak lint clean
 
 all: build
 
@@ -106,6 +106,17 @@ demo: deps build install
 # CRITEST_HANDLERS=runc skips kata; see scripts/critest.sh.
 critest:
 	scripts/critest.sh
+
+# The soak (tests/soak.rs): SOAK_CYCLES pod lifetimes (default 1,000, about 50 min
+# here) through containerd's CRI, runc and kata mixed, with the host measured every
+# 50 cycles; its table replaces the Soak section of RELIABILITY.md, pass or fail.
+# `make test` runs the same test with 50 cycles.
+SOAK_CYCLES ?= 1000
+soak: deps build
+	@rm -f target/soak.md
+	@SOAK_CYCLES=$(SOAK_CYCLES) SOAK_REPORT=$(CURDIR)/target/soak.md $(PHASE) soak \
+		$(CARGO) nextest run --release --locked --workspace --profile soak -E 'binary(soak)' --no-capture; \
+		rc=$$?; scripts/soak-report.sh target/soak.md RELIABILITY.md || rc=1; exit $$rc
 
 bench: deps build
 	@$(PHASE) bench $(CARGO) bench --locked --bench boot

@@ -128,6 +128,19 @@ impl Containerd {
         c
     }
 
+    /// containerd's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Empties containerd's log (a long run's would grow without bound).
+    pub fn truncate_log(&self) {
+        let _ = OpenOptions::new()
+            .write(true)
+            .open(&self.log)
+            .and_then(|f| f.set_len(0));
+    }
+
     /// The gRPC socket `ctr` talks to.
     pub fn address(&self) -> PathBuf {
         self.state.join("containerd.sock")
