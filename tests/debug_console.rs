@@ -6,11 +6,9 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 use std::sync::Once;
-use std::time::Duration;
 
 use common::pod::Pod;
 use common::*;
@@ -24,32 +22,6 @@ fn debug_image() -> (PathBuf, PathBuf) {
     let out = tmp_dir().join("debug-console-image");
     BUILD.call_once(|| build_guest_image(&out, &["--debug"]));
     (out.join("kata.kernel"), out.join("kata.initrd"))
-}
-
-/// `kata-ctl exec <id>` with `input` on stdin, bounded in time.
-fn kata_ctl_exec(id: &str, input: &[u8]) -> Output {
-    let mut child = Command::new(bin("kata-ctl"))
-        .args(["exec", id])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kata-ctl exec");
-    let mut stdin = child.stdin.take().expect("stdin");
-    stdin.write_all(input).expect("write stdin");
-    drop(stdin);
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(Duration::from_secs(60)) {
-        Ok(o) => o.expect("kata-ctl exec output"),
-        Err(_) => {
-            kill9(pid);
-            panic!("kata-ctl exec {id} did not finish within 60 s");
-        }
-    }
 }
 
 fn show(o: &Output) -> String {

@@ -12,20 +12,6 @@ use common::*;
 use containerd_shim_protos::api;
 use kata_shim::host_cgroup::{HostCgroup, pid_in};
 
-/// A sandbox's helper pids by name (QEMU, virtiofsd, vhost-device-vsock).
-fn vm_processes(sid: &str) -> Vec<(String, u32)> {
-    processes()
-        .into_iter()
-        .filter(|(_, argv)| argv.iter().any(|a| a.contains(sid)))
-        .filter_map(|(pid, argv)| {
-            let prog = argv.first()?.rsplit('/').next()?.to_string();
-            ["qemu-system-x86_64", "virtiofsd", "vhost-device-vsock"]
-                .contains(&prog.as_str())
-                .then_some((prog, pid))
-        })
-        .collect()
-}
-
 /// The connection keeper of a CRI-O sandbox: exactly one.
 fn keeper_pid(sid: &str) -> u32 {
     let keepers: Vec<u32> = processes()

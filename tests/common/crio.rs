@@ -178,12 +178,18 @@ impl Crio {
     /// A driver whose shim configuration has `qemu_extra` lines in
     /// `[hypervisor.qemu]`.
     pub fn with_config(test: &str, qemu_extra: &str) -> Crio {
+        Crio::with_configs(test, qemu_extra, "")
+    }
+
+    /// [`Crio::with_config`], also with `agent_extra` lines in
+    /// `[agent.kata]`.
+    pub fn with_configs(test: &str, qemu_extra: &str, agent_extra: &str) -> Crio {
         require_vm_host();
         let tag = kata_shim::boot_check::nonce()[..8].to_string();
         let dir =
             Path::new("/run/kata-test").join(format!("crio-{test}-{}-{tag}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("mkdir crio dir");
-        let kata_config = write_config(&dir, qemu_extra, "");
+        let kata_config = write_config(&dir, qemu_extra, agent_extra);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
@@ -328,7 +334,7 @@ impl Crio {
         })
     }
 
-    fn spawn_wait(&self, id: &str, exec_id: &str, then_state: bool) -> Waiter {
+    pub fn spawn_wait(&self, id: &str, exec_id: &str, then_state: bool) -> Waiter {
         Waiter::spawn(
             &self.rt,
             self.ctr(id).client.clone(),
@@ -577,13 +583,19 @@ impl Crio {
             "start of {} returned another socket",
             p.id
         );
-        let client = self
-            .rt
-            .block_on(async {
-                tokio::time::timeout(Duration::from_secs(100), Client::connect(&address)).await
-            })
-            .unwrap_or_else(|_| panic!("connect {address}: timed out"))
-            .unwrap_or_else(|e| panic!("connect {address}: {e:?}"));
+        // A shim that died after `start` leaves nothing listening: CRI-O's
+        // RunPodSandbox or CreateContainer fails.
+        let connected = self.rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(100), Client::connect(&address)).await
+        });
+        let client = match connected {
+            Ok(Ok(client)) => client,
+            Ok(Err(e)) => {
+                unmount_under(&p.rootfs);
+                return Err(CrioError::Rpc(e));
+            }
+            Err(_) => panic!("connect {address}: timed out"),
+        };
         let io = ExecIo::new(&self.runtime_root(), &p.id, p.stdin, p.tty);
         let mut req = api::CreateTaskRequest::new();
         req.id = p.id.clone();
@@ -702,6 +714,11 @@ impl Crio {
     pub fn close_stdin(&mut self, id: &str) {
         let c = self.ctrs.get_mut(id).expect("container");
         c.io.as_mut().expect("container IO").close_stdin();
+    }
+
+    /// Whether StartContainer began a background Wait for `id`.
+    pub fn has_init_wait(&self, id: &str) -> bool {
+        self.ctr(id).init_wait.is_some()
     }
 
     /// The background Wait StartContainer began: `None` while running.

@@ -17,7 +17,7 @@ pub mod pod;
 pub mod stream;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
@@ -216,7 +216,7 @@ pub fn assert_no_leaks_under(sandbox_id: &str, rootfs: &[PathBuf]) {
     }
 }
 
-fn find_leaks(sandbox_id: &str, rootfs: &[PathBuf]) -> Vec<String> {
+pub fn find_leaks(sandbox_id: &str, rootfs: &[PathBuf]) -> Vec<String> {
     let mut leaks = Vec::new();
     for (pid, argv) in processes() {
         let cmdline = argv.join(" ");
@@ -287,6 +287,21 @@ pub fn processes() -> Vec<(u32, Vec<String>)> {
         out.push((pid, argv));
     }
     out
+}
+
+/// A sandbox's VM processes by name (QEMU, virtiofsd, vhost-device-vsock):
+/// those with the sandbox id in their argv.
+pub fn vm_processes(sid: &str) -> Vec<(String, u32)> {
+    processes()
+        .into_iter()
+        .filter(|(_, argv)| argv.iter().any(|a| a.contains(sid)))
+        .filter_map(|(pid, argv)| {
+            let prog = argv.first()?.rsplit('/').next()?.to_string();
+            ["qemu-system-x86_64", "virtiofsd", "vhost-device-vsock"]
+                .contains(&prog.as_str())
+                .then_some((prog, pid))
+        })
+        .collect()
 }
 
 /// The QEMU processes of a sandbox: argv carries `-name sandbox-<id>`
@@ -364,7 +379,6 @@ pub fn hex_id() -> String {
 /// holding its stdout or stderr also counts as timed out.
 pub fn output_within(cmd: &mut Command, limit: Duration) -> Option<Output> {
     use std::io::Read;
-    use std::process::Stdio;
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -477,4 +491,31 @@ pub fn pids_of_script(cmd: &str) -> String {
     format!(
         "for p in /proc/[0-9]*; do [ \"$(tr '\\0' ' ' < $p/cmdline 2>/dev/null)\" = '{cmd} ' ] && echo ${{p#/proc/}}; done; true"
     )
+}
+
+/// `kata-ctl exec <id>` with `input` on stdin, bounded in time.
+pub fn kata_ctl_exec(id: &str, input: &[u8]) -> Output {
+    use std::io::Write;
+    let mut child = Command::new(bin("kata-ctl"))
+        .args(["exec", id])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kata-ctl exec");
+    let mut stdin = child.stdin.take().expect("stdin");
+    stdin.write_all(input).expect("write stdin");
+    drop(stdin);
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(o) => o.expect("kata-ctl exec output"),
+        Err(_) => {
+            kill9(pid);
+            panic!("kata-ctl exec {id} did not finish within 60 s");
+        }
+    }
 }
