@@ -67,6 +67,21 @@ impl AgentError {
         }
     }
 
+    /// Whether the connection to the agent broke under the call (the VM or
+    /// its vsock path died), as opposed to an answer or a deadline.
+    pub fn lost_transport(&self) -> bool {
+        matches!(
+            self,
+            AgentError::Rpc {
+                source: ttrpc::Error::Socket(_)
+                    | ttrpc::Error::LocalClosed
+                    | ttrpc::Error::RemoteClosed
+                    | ttrpc::Error::Eof,
+                ..
+            }
+        )
+    }
+
     /// The status code the agent answered with, if it answered at all.
     pub fn status(&self) -> Option<ttrpc::Code> {
         match self {
@@ -321,5 +336,45 @@ pub fn check_protocol_version(agent: u32) -> Result<(), AgentError> {
             agent,
             shim: PROTOCOL_VERSION,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rpc(source: ttrpc::Error) -> AgentError {
+        AgentError::Rpc {
+            call: "RemoveContainer",
+            source,
+        }
+    }
+
+    /// Only a broken connection counts as a lost VM: a deadline or an
+    /// answer from the agent leaves the sandbox to its health checks.
+    #[test]
+    fn only_a_broken_connection_is_a_lost_transport() {
+        for e in [
+            ttrpc::Error::Socket("early eof".into()),
+            ttrpc::Error::LocalClosed,
+            ttrpc::Error::RemoteClosed,
+            ttrpc::Error::Eof,
+        ] {
+            assert!(rpc(e).lost_transport());
+        }
+        let answered = ttrpc::Error::RpcStatus(ttrpc::get_status(ttrpc::Code::NOT_FOUND, "gone"));
+        for e in [
+            ttrpc::Error::Others("Request deadline elapsed".into()),
+            answered,
+        ] {
+            assert!(!rpc(e).lost_transport());
+        }
+        assert!(
+            !AgentError::Protocol {
+                call: "ReadStdout",
+                problem: "too long".into()
+            }
+            .lost_transport()
+        );
     }
 }

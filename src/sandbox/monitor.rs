@@ -183,6 +183,20 @@ pub(super) fn write_oom_file(sandbox_id: &str, c: &Container) {
     }
 }
 
+impl Sandbox {
+    /// After a call lost the agent's transport: whether the sandbox is
+    /// declared dead (or stopped) within the time the health checks take to
+    /// call a stalled agent dead. A dead VM took the guest's state along,
+    /// so what the call was to undo there is undone.
+    pub(super) async fn dies_after_losing_the_agent(&self) -> bool {
+        let mut dead = self.dead_watch();
+        let verdict = async { dead.wait_for(|d| *d).await.is_ok() };
+        tokio::time::timeout(DEATH_VERDICT_WAIT, verdict)
+            .await
+            .unwrap_or(false)
+    }
+}
+
 /// Waits for `p` to exit in the guest (or the sandbox to die) and reports
 /// the exit. One watcher per process: a second call does nothing.
 pub(super) fn watch_exit(sb: Arc<Sandbox>, c: Arc<Container>, p: Arc<Process>, agent: AgentClient) {
@@ -201,16 +215,12 @@ pub(super) fn watch_exit(sb: Arc<Sandbox>, c: Arc<Container>, p: Arc<Process>, a
         };
         let exit = match waited {
             Ok(status) => Exit::from_agent(status),
-            Err(e) if e.status().is_none() => {
+            Err(e) if e.lost_transport() => {
                 // The transport broke: the VM is most likely dying, and its
                 // monitor will say so.
                 tracing::warn!(sandbox_id = %sb.id, container_id = %p.container_id, exec_id = %p.exec_id,
                     error = %e, "WaitProcess lost the agent; waiting for the sandbox's verdict");
-                let verdict = async { dead.wait_for(|d| *d).await.is_ok() };
-                if tokio::time::timeout(DEATH_VERDICT_WAIT, verdict)
-                    .await
-                    .unwrap_or(false)
-                {
+                if sb.dies_after_losing_the_agent().await {
                     return;
                 }
                 tracing::warn!(sandbox_id = %sb.id, container_id = %p.container_id, exec_id = %p.exec_id,
