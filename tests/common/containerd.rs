@@ -235,6 +235,16 @@ impl Containerd {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Kills containerd with SIGKILL, as a crash would, and starts it again
+    /// on the same directories and configuration (its shims keep running).
+    pub fn crash_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.spawn();
+    }
+
     /// Stops containerd gracefully (its shims keep running) and starts it
     /// again on the same directories and configuration.
     pub fn restart(&mut self) {

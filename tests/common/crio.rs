@@ -732,6 +732,13 @@ impl Crio {
     /// CRI-O's RemoveContainer: close its IO side, Delete, Shutdown
     /// (a closed connection is fine), forget the connection.
     pub fn remove_container(&mut self, id: &str) -> api::DeleteResponse {
+        self.try_remove_container(id)
+            .unwrap_or_else(|e| panic!("Delete {id}: {e:?}"))
+    }
+
+    /// [`Crio::remove_container`], where a failed Delete is the answer:
+    /// the container stays known, as to CRI-O, for kubelet's retry.
+    pub fn try_remove_container(&mut self, id: &str) -> Result<api::DeleteResponse, CrioError> {
         let mut c = self
             .ctrs
             .remove(id)
@@ -739,9 +746,13 @@ impl Crio {
         drop(c.io.take());
         let mut del = api::DeleteRequest::new();
         del.id = id.to_string();
-        let resp: api::DeleteResponse = self
-            .rpc(&c.client, "Delete", &del)
-            .unwrap_or_else(|e| panic!("Delete {id}: {e:?}"));
+        let resp: api::DeleteResponse = match self.rpc(&c.client, "Delete", &del) {
+            Ok(resp) => resp,
+            Err(e) => {
+                self.ctrs.insert(id.to_string(), c);
+                return Err(CrioError::Rpc(e));
+            }
+        };
         let mut shut = api::ShutdownRequest::new();
         shut.id = id.to_string();
         match self.rpc::<_, api::Empty>(&c.client, "Shutdown", &shut) {
@@ -757,7 +768,7 @@ impl Crio {
             pod.apps.retain(|a| a != id);
         }
         let _ = std::fs::remove_dir_all(&c.bundle);
-        resp
+        Ok(resp)
     }
 
     /// CRI-O's StopPodSandbox: (network first; none here) app containers,

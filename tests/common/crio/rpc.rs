@@ -28,6 +28,15 @@ impl CrioError {
             CrioError::Start(_) => None,
         }
     }
+
+    /// What CRI-O would log: the status message, or the failure's text.
+    pub fn message(&self) -> String {
+        match self {
+            CrioError::Rpc(ttrpc::Error::RpcStatus(s)) => s.message().to_string(),
+            CrioError::Rpc(e) => format!("{e:?}"),
+            CrioError::Start(text) => text.clone(),
+        }
+    }
 }
 
 /// The gRPC code of a status error.
