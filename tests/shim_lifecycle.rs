@@ -341,3 +341,34 @@ fn the_next_pod_sweeps_a_sandbox_whose_shim_and_keeper_were_killed() {
     crio.remove_pod(&next);
     crio.assert_no_leaks(&next);
 }
+
+/// Issue 15, found by hand with the real CRI-O 1.32 killed during
+/// RunPodSandbox: at its restart CRI-O removes the half-made pod's storage,
+/// bundle included, and never calls the shim again, which served the VM
+/// for good. A shim whose sandbox bundle is gone now tears the sandbox
+/// down by itself.
+#[test]
+fn a_sandbox_whose_bundle_the_client_removed_is_torn_down() {
+    let mut crio = Crio::new("forgotten");
+    let sid = crio.run_pod_sandbox(&PodConfig::new("forgotten"));
+    let shim = crio.shim_pid(&sid);
+    let keeper = keeper_pid(&sid);
+    let vm = vm_processes(&sid);
+    assert!(!vm.is_empty());
+    crio.forget_pod(&sid);
+    let began = Instant::now();
+    for (name, pid) in vm
+        .iter()
+        .chain([("shim".to_string(), shim), ("keeper".to_string(), keeper)].iter())
+    {
+        assert!(
+            wait_gone(*pid, Duration::from_secs(60)),
+            "{name} {pid} still runs 60 s after the bundle went"
+        );
+    }
+    eprintln!(
+        "the forgotten sandbox was torn down {:?} after its bundle went",
+        began.elapsed()
+    );
+    assert_no_leaks(&sid);
+}

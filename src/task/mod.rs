@@ -7,8 +7,9 @@ pub mod stats;
 
 use std::os::fd::IntoRawFd;
 use std::os::unix::net::UnixListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use containerd_shim_protos::shim_async::create_task;
 
@@ -107,8 +108,15 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let metrics = crate::metrics::serve(&opts.sandbox_id, Arc::new(move || scraped.metrics_text()));
 
     let mut shutdown = sandbox.shutdown_watch();
-    let _ = shutdown.wait_for(|s| *s).await;
-    tracing::info!(sandbox_id = %opts.sandbox_id, "last container gone; shutting down");
+    tokio::select! {
+        _ = shutdown.wait_for(|s| *s) => {
+            tracing::info!(sandbox_id = %opts.sandbox_id, "last container gone; shutting down");
+        }
+        _ = abandoned(&opts.bundle) => {
+            tracing::warn!(sandbox_id = %opts.sandbox_id, bundle = %opts.bundle.display(),
+                "the client removed the sandbox's bundle while the shim served it; tearing the forgotten sandbox down");
+        }
+    }
     sandbox.teardown().await;
     if let Some(k) = &keeper {
         k.release();
@@ -123,4 +131,29 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     }
     let _ = std::fs::remove_file(&opts.socket_path);
     Ok(())
+}
+
+/// How often the sandbox's bundle is checked for, and how long a missing
+/// one is given to come back before the sandbox counts as forgotten.
+const BUNDLE_CHECK: Duration = Duration::from_secs(10);
+const BUNDLE_GRACE: Duration = Duration::from_secs(2);
+
+/// Resolves when the sandbox's bundle (`config.json` in it) is gone: the
+/// client forgot the sandbox without a Shutdown. CRI-O killed during
+/// RunPodSandbox does that: at its restart it removes the half-made pod's
+/// storage, bundle included, and never calls the shim again, which would
+/// otherwise serve its VM for good. Clients remove a bundle only after
+/// the sandbox's Shutdown, when this shim is already gone.
+async fn abandoned(bundle: &Path) {
+    let config = bundle.join("config.json");
+    loop {
+        tokio::time::sleep(BUNDLE_CHECK).await;
+        if config.exists() {
+            continue;
+        }
+        tokio::time::sleep(BUNDLE_GRACE).await;
+        if !config.exists() {
+            return;
+        }
+    }
 }

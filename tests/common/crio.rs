@@ -842,6 +842,30 @@ impl Crio {
         unmount_under(&pod.info.utsns);
     }
 
+    /// What a restarted CRI-O does to a pod whose RunPodSandbox it never
+    /// finished: the pod's storage goes (mounts, bundles) and its shim is
+    /// never called again. The pod stays known to this driver only for
+    /// the network and cgroup clean-up of its Drop.
+    pub fn forget_pod(&mut self, sandbox_id: &str) {
+        let ids: Vec<String> = self
+            .ctrs
+            .iter()
+            .filter(|(_, c)| c.sandbox_id == sandbox_id)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in ids {
+            let c = self.ctrs.remove(&id).expect("listed");
+            if c.rootfs_mounted {
+                unmount_under(&c.rootfs);
+            }
+            unmount_under(&c.bundle);
+            let _ = std::fs::remove_dir_all(&c.bundle);
+        }
+        if let Some(pod) = self.pods.get_mut(sandbox_id) {
+            pod.apps.clear();
+        }
+    }
+
     /// CRI-O's RemovePodSandbox: stop if needed, RemoveContainer for each app
     /// container, then for the infra container.
     pub fn remove_pod(&mut self, sandbox_id: &str) {
