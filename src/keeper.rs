@@ -281,6 +281,10 @@ impl ttrpc::AcceptHook for AcceptHook {
 pub struct Held {
     pub conns: HashMap<u64, OwnedFd>,
     pub pending: HashMap<u64, BTreeSet<u32>>,
+    /// Whether the shim ever accepted a client: a shim that died before
+    /// one reached it leaves nobody to answer, now or after a restart
+    /// (CRI-O counts that create as failed and never dials it).
+    pub ever_connected: bool,
 }
 
 /// How holding ended.
@@ -335,6 +339,7 @@ pub fn hold(ctl: &OwnedFd) -> Ending {
             Some(Msg::Conn(k)) => {
                 if let Some(fd) = fds.pop() {
                     held.conns.insert(k, fd);
+                    held.ever_connected = true;
                 }
             }
             Some(Msg::Wait(k, s)) => {
@@ -398,7 +403,9 @@ pub fn answer_all(
     died_at: SystemTime,
     listener: Option<std::os::unix::net::UnixListener>,
 ) {
-    let Held { conns, mut pending } = held;
+    let Held {
+        conns, mut pending, ..
+    } = held;
     let (tx, rx) = std::sync::mpsc::channel();
     let serve = |fd: OwnedFd, waits: BTreeSet<u32>, tx: std::sync::mpsc::Sender<Answered>| {
         let sid = sandbox_id.to_string();

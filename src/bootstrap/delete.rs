@@ -210,14 +210,41 @@ fn teardown(sid: &str, id: &str, state: Option<SandboxRecord>, bundle: Option<&P
         }
         // Without a record nothing says what is ours: remove only what the
         // id names, and only when nothing is left mounted in it.
-        None if share_clear => crate::layout::remove_sandbox_dirs(sid, &paths),
-        None => {}
+        None => {
+            if id == sid {
+                remove_spec_cgroup(sid, bundle);
+            }
+            if share_clear {
+                crate::layout::remove_sandbox_dirs(sid, &paths);
+            }
+        }
     }
     // After the kills above: a rootless VM's uid is free once its
     // processes are gone, and a claim left here would stay until its
     // range ran out.
     crate::vm::rootless::release(sid);
     persist::remove(sid);
+}
+
+/// The sandbox's own host cgroup, as its spec names it: a shim killed
+/// between making it and saving its record leaves it otherwise (the fault
+/// matrix's shim kill at boot). Only the leaf, only when empty: the
+/// kernel refuses to remove a cgroup that still holds a process.
+fn remove_spec_cgroup(sid: &str, bundle: Option<&Path>) {
+    let Some(spec) = bundle.and_then(|b| crate::oci::read_bundle_spec(b).ok()) else {
+        return;
+    };
+    let path = spec
+        .pointer("/linux/cgroupsPath")
+        .and_then(|v| v.as_str())
+        .unwrap_or("");
+    match host_cgroup::HostCgroup::for_sandbox(path, sid) {
+        Ok(Some(cg)) => host_cgroup::remove_dirs(cg.dirs()),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(sandbox_id = sid, error = %e, "the spec's cgroup cannot be resolved")
+        }
+    }
 }
 
 /// Lazily unmounts everything at or below `dir`; whether nothing is left.

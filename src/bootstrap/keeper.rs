@@ -82,8 +82,15 @@ pub fn run(flags: &Flags) -> ExitCode {
     // by then, and the clean-up's removal of the shim's directory cannot
     // take the socket made below with it. Calls wait in their sockets.
     super::delete::cleanup(sandbox_id, bundle.as_deref());
-    let listener = listen_on_the_old_address(sandbox_id);
-    keeper::answer_all(held, sandbox_id, died_at, listener);
+    if held.ever_connected {
+        let listener = listen_on_the_old_address(sandbox_id);
+        keeper::answer_all(held, sandbox_id, died_at, listener);
+    } else {
+        tracing::info!(
+            sandbox_id,
+            "no client ever reached the shim: nothing to answer"
+        );
+    }
     let socket = crate::layout::shim_socket(sandbox_id);
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_dir(crate::layout::shim_dir(sandbox_id));

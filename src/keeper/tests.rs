@@ -140,7 +140,16 @@ fn a_goodbye_releases_and_a_silent_end_hands_the_connections_over() {
     };
     assert_eq!(held.conns.keys().copied().collect::<Vec<_>>(), vec![key]);
     assert_eq!(held.pending[&key], BTreeSet::from([7]));
+    assert!(held.ever_connected);
     drop(client);
+
+    // A shim that dies before any client reached it.
+    let (ours, theirs) = pair();
+    drop(keeper_on(ours));
+    let Ending::ShimDied(held) = hold(&theirs) else {
+        panic!("a closed control socket is the shim's death");
+    };
+    assert!(!held.ever_connected && held.conns.is_empty());
 }
 
 #[test]
