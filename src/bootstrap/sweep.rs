@@ -46,8 +46,17 @@ pub fn sweep(own: &str) -> usize {
         if sid == own || crate::ids::validate(&sid).is_err() || !entry.path().is_dir() {
             continue;
         }
-        // Held for the whole sweep of `sid`: a `start` of it waits.
-        let Ok(lock_file) = std::fs::File::open(entry.path().join(super::start::START_LOCK)) else {
+        // Held for the whole sweep of `sid`: a `start` of it waits. Made if
+        // missing: a directory a killed keeper left with nothing but its
+        // socket has none, and a `start` that made the directory a moment
+        // ago takes the lock again once this sweep removed it.
+        let lock_path = entry.path().join(super::start::START_LOCK);
+        let Ok(lock_file) = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+        else {
             continue;
         };
         let Ok(_lock) = Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) else {
