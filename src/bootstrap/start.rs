@@ -173,15 +173,23 @@ fn lock_start(dir: &Path) -> Result<Flock<std::fs::File>, StartError> {
             .mode(0o700)
             .create(dir)
             .map_err(io_err("create", dir))?;
-        let file = std::fs::File::create(&lock_path).map_err(io_err("create", &lock_path))?;
-        let lock = Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, e)| io_err("lock", &lock_path)(e.into()))?;
-        let held = lock.metadata().map_err(io_err("stat", &lock_path))?;
-        match std::fs::metadata(&lock_path) {
-            Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => return Ok(lock),
-            Ok(_) => {}
+        // The directory may go again before the lock file is made in it.
+        match std::fs::File::create(&lock_path) {
+            Ok(file) => {
+                let lock = Flock::lock(file, FlockArg::LockExclusive)
+                    .map_err(|(_, e)| io_err("lock", &lock_path)(e.into()))?;
+                let held = lock.metadata().map_err(io_err("stat", &lock_path))?;
+                match std::fs::metadata(&lock_path) {
+                    Ok(now) if now.dev() == held.dev() && now.ino() == held.ino() => {
+                        return Ok(lock);
+                    }
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(io_err("stat", &lock_path)(e)),
+                }
+            }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("stat", &lock_path)(e)),
+            Err(e) => return Err(io_err("create", &lock_path)(e)),
         }
         attempts += 1;
         if attempts == START_LOCK_ATTEMPTS {
