@@ -22,7 +22,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use common::crio::{Crio, ExecIo, PodConfig, Waiter};
+use common::crio::{Crio, CrioError, ExecIo, PodConfig, Waiter};
 use common::*;
 use containerd_shim_protos::api;
 use nix::sys::signal::{Signal, kill};
@@ -260,6 +260,13 @@ fn exec_in_flight(crio: &Crio, id: &str) -> (Waiter, ExecIo) {
     (crio.spawn_wait(id, "inflight", false), io)
 }
 
+/// "`what` failed (CODE): message", with the id `hide` shown as `alias`.
+fn failed(what: &str, e: &CrioError, hide: &str, alias: &str) -> String {
+    let message: String = e.message().replace(hide, alias).chars().take(160).collect();
+    let code = e.code().map_or("no code".into(), |c| format!("{c:?}"));
+    format!("{what} failed ({code}): {message}")
+}
+
 /// What one cell showed.
 struct Outcome {
     component: Component,
@@ -312,12 +319,7 @@ fn cell(
             Err(e) => {
                 let struck = injector.join().expect("injector");
                 assert!(!struck.is_empty(), "{label}: the fault never struck");
-                let msg = e.message().replace(&sid, "<id>");
-                saw.push(format!(
-                    "RunPodSandbox failed ({}): {}",
-                    e.code().map_or("no code".into(), |c| format!("{c:?}")),
-                    msg.chars().take(160).collect::<String>()
-                ));
+                saw.push(failed("RunPodSandbox", &e, &sid, "<id>"));
                 crio.unmount_own_shm(&sid);
                 if let Some(swept) = left_nothing(crio, &sid, &label) {
                     saw.push(swept);
@@ -358,15 +360,7 @@ fn cell(
                     saw.push("CreateContainer succeeded".into());
                     app = Some(id);
                 }
-                Err(e) => saw.push(format!(
-                    "CreateContainer failed ({}): {}",
-                    e.code().map_or("no code".into(), |c| format!("{c:?}")),
-                    e.message()
-                        .replace(&sid, "<id>")
-                        .chars()
-                        .take(160)
-                        .collect::<String>()
-                )),
+                Err(e) => saw.push(failed("CreateContainer", &e, &sid, "<id>")),
             }
             injector
         }
@@ -395,16 +389,7 @@ fn cell(
                         Err(e) => {
                             // kubelet retries RemoveContainer; so does CRI-O's
                             // client here, once the fault has passed.
-                            let first = format!(
-                                "Delete of the exited app failed ({}): {}",
-                                e.code().map_or("no code".into(), |c| format!("{c:?}")),
-                                e.message()
-                                    .replace(&id, "<app>")
-                                    .chars()
-                                    .take(120)
-                                    .collect::<String>()
-                            );
-                            saw.push(first);
+                            saw.push(failed("Delete of the exited app", &e, &id, "<app>"));
                             retry_delete = Some(id.clone());
                         }
                     }

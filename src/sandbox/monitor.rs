@@ -21,9 +21,9 @@ const HEALTH_PERIOD: Duration = Duration::from_secs(5);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(8);
 /// Consecutive failed checks after which the agent counts as stalled.
 const HEALTH_FAILURES: u32 = 2;
-/// How long a process whose WaitProcess lost the agent waits for the
-/// sandbox to be declared dead: longer than the health checks take to
-/// call a stalled agent dead.
+/// How long a call that lost the agent (a process's WaitProcess, a
+/// Delete's RemoveContainer) waits for the sandbox to be declared dead:
+/// longer than the health checks take to call a stalled agent dead.
 const DEATH_VERDICT_WAIT: Duration = Duration::from_secs(
     (HEALTH_PERIOD.as_secs() + HEALTH_TIMEOUT.as_secs()) * (HEALTH_FAILURES as u64 + 1),
 );
