@@ -11,10 +11,11 @@
 //! the old socket path would not help: CRI-O never re-dials it. What does
 //! help is the connection CRI-O already has staying open and answering.
 //!
-//! So the keeper answers the `Wait`s the shim had pending and every later
-//! `State` and `Wait` with exit status 255 (the VM is gone, as when QEMU
-//! dies), `Kill`, `Delete` and `Shutdown` with success, anything else with
-//! UNAVAILABLE; the process that runs it (`bootstrap::keeper`) cleans up
+//! So the keeper answers every call the shim had in flight and every later
+//! one: `State` and `Wait` with exit status 255 (the VM is gone, as when
+//! QEMU dies), `Kill`, `Delete` and `Shutdown` with success, anything else
+//! with UNAVAILABLE. A call in flight left unanswered would hold the client
+//! until its own deadline: 4 minutes for CRI-O's CreateContainer; the process that runs it (`bootstrap::keeper`) cleans up
 //! as `delete` would first, and listens on the shim's old address for a
 //! CRI-O that restarts and dials it again. It exits at the sandbox
 //! container's Shutdown, as the shim would.
@@ -23,7 +24,7 @@
 //! `delete`, and a keeper holding the connection open would hide the death
 //! from it. The keeper runs only for a shim with no events address.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -52,14 +53,68 @@ const HEADER_LEN: usize = 10;
 const TYPE_REQUEST: u8 = 1;
 const TYPE_RESPONSE: u8 = 2;
 
+/// A Task call that can be in flight when the shim dies: those that wait
+/// on the VM. The others answer from the shim's memory at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Call {
+    Create,
+    Start,
+    Delete,
+    Kill,
+    Wait,
+    Update,
+    Stats,
+    Pause,
+    Resume,
+    ResizePty,
+    CloseIO,
+}
+
+impl Call {
+    const ALL: [Call; 11] = [
+        Call::Create,
+        Call::Start,
+        Call::Delete,
+        Call::Kill,
+        Call::Wait,
+        Call::Update,
+        Call::Stats,
+        Call::Pause,
+        Call::Resume,
+        Call::ResizePty,
+        Call::CloseIO,
+    ];
+
+    /// The method's name on the wire.
+    pub fn method(self) -> &'static str {
+        match self {
+            Call::Create => "Create",
+            Call::Start => "Start",
+            Call::Delete => "Delete",
+            Call::Kill => "Kill",
+            Call::Wait => "Wait",
+            Call::Update => "Update",
+            Call::Stats => "Stats",
+            Call::Pause => "Pause",
+            Call::Resume => "Resume",
+            Call::ResizePty => "ResizePty",
+            Call::CloseIO => "CloseIO",
+        }
+    }
+
+    fn from_method(m: &str) -> Option<Call> {
+        Call::ALL.into_iter().find(|c| c.method() == m)
+    }
+}
+
 /// One message from the shim to its keeper: one datagram each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Msg {
     /// A new connection, whose duplicate rides along.
     Conn(u64),
-    /// A `Wait` is pending on a connection's stream.
-    Wait(u64, u32),
-    /// That `Wait` was answered.
+    /// A call is in flight on a connection's stream.
+    Call(u64, u32, Call),
+    /// That call was answered (or abandoned by the client).
     Done(u64, u32),
     /// The shim exits normally: let everything go.
     Bye,
@@ -69,7 +124,7 @@ impl Msg {
     fn encode(&self) -> String {
         match self {
             Msg::Conn(k) => format!("CONN {k}"),
-            Msg::Wait(k, s) => format!("WAIT {k} {s}"),
+            Msg::Call(k, s, c) => format!("CALL {k} {s} {}", c.method()),
             Msg::Done(k, s) => format!("DONE {k} {s}"),
             Msg::Bye => "BYE".into(),
         }
@@ -78,11 +133,13 @@ impl Msg {
     fn decode(raw: &[u8]) -> Option<Msg> {
         let text = std::str::from_utf8(raw).ok()?;
         let mut w = text.split(' ');
-        let msg = match (w.next()?, w.next(), w.next()) {
-            ("CONN", Some(k), None) => Msg::Conn(k.parse().ok()?),
-            ("WAIT", Some(k), Some(s)) => Msg::Wait(k.parse().ok()?, s.parse().ok()?),
-            ("DONE", Some(k), Some(s)) => Msg::Done(k.parse().ok()?, s.parse().ok()?),
-            ("BYE", None, None) => Msg::Bye,
+        let msg = match (w.next()?, w.next(), w.next(), w.next()) {
+            ("CONN", Some(k), None, None) => Msg::Conn(k.parse().ok()?),
+            ("CALL", Some(k), Some(s), Some(c)) => {
+                Msg::Call(k.parse().ok()?, s.parse().ok()?, Call::from_method(c)?)
+            }
+            ("DONE", Some(k), Some(s), None) => Msg::Done(k.parse().ok()?, s.parse().ok()?),
+            ("BYE", None, None, None) => Msg::Bye,
             _ => return None,
         };
         w.next().is_none().then_some(msg)
@@ -211,23 +268,22 @@ impl Keeper {
         key
     }
 
-    fn wait_started(&self, conn: u64, stream: u32) {
-        self.send(&Msg::Wait(conn, stream), None);
+    fn call_started(&self, conn: u64, stream: u32, call: Call) {
+        self.send(&Msg::Call(conn, stream, call), None);
     }
 
-    fn wait_finished(&self, conn: u64, stream: u32) {
+    fn call_finished(&self, conn: u64, stream: u32) {
         self.send(&Msg::Done(conn, stream), None);
     }
 
-    /// Tells the keeper about the `Wait` of `ctx` until the returned guard
-    /// goes (answered or abandoned); `None` on a connection it was not
-    /// handed.
-    pub fn pending_wait(&self, ctx: &ttrpc::r#async::TtrpcContext) -> Option<PendingWait<'_>> {
+    /// Tells the keeper about the call `ctx` until the returned guard goes
+    /// (answered or abandoned); `None` on a connection it was not handed.
+    pub fn pending(&self, ctx: &ttrpc::r#async::TtrpcContext, call: Call) -> Option<Pending<'_>> {
         use ttrpc::ConnectionDataExt;
         let conn = *ctx.connection_data.get_typed::<u64>(CONN_KEY)?;
         let stream = ctx.mh.stream_id;
-        self.wait_started(conn, stream);
-        Some(PendingWait {
+        self.call_started(conn, stream, call);
+        Some(Pending {
             keeper: self,
             conn,
             stream,
@@ -245,22 +301,22 @@ impl Keeper {
     }
 }
 
-/// A `Wait` the keeper knows is pending, until dropped.
+/// A call the keeper knows is in flight, until dropped.
 #[derive(Debug)]
-pub struct PendingWait<'a> {
+pub struct Pending<'a> {
     keeper: &'a Keeper,
     conn: u64,
     stream: u32,
 }
 
-impl Drop for PendingWait<'_> {
+impl Drop for Pending<'_> {
     fn drop(&mut self) {
-        self.keeper.wait_finished(self.conn, self.stream);
+        self.keeper.call_finished(self.conn, self.stream);
     }
 }
 
 /// ttrpc's accept hook: every accepted connection goes to the keeper, and
-/// its number rides in the connection's data for `Wait` to report.
+/// its number rides in the connection's data for calls in flight to report.
 #[derive(Debug, Clone)]
 pub struct AcceptHook(pub std::sync::Arc<Keeper>);
 
@@ -280,7 +336,8 @@ impl ttrpc::AcceptHook for AcceptHook {
 #[derive(Debug, Default)]
 pub struct Held {
     pub conns: HashMap<u64, OwnedFd>,
-    pub pending: HashMap<u64, BTreeSet<u32>>,
+    /// Per connection, the calls in flight by stream.
+    pub pending: HashMap<u64, BTreeMap<u32, Call>>,
     /// Whether the shim ever accepted a client: a shim that died before
     /// one reached it leaves nobody to answer, now or after a restart
     /// (CRI-O counts that create as failed and never dials it).
@@ -342,8 +399,8 @@ pub fn hold(ctl: &OwnedFd) -> Ending {
                     held.ever_connected = true;
                 }
             }
-            Some(Msg::Wait(k, s)) => {
-                held.pending.entry(k).or_default().insert(s);
+            Some(Msg::Call(k, s, c)) => {
+                held.pending.entry(k).or_default().insert(s, c);
             }
             Some(Msg::Done(k, s)) => {
                 if let Some(p) = held.pending.get_mut(&k) {
@@ -370,8 +427,8 @@ fn forget_closed(held: &mut Held) {
         let n = unsafe { libc::poll(p.as_mut_ptr(), 1, 0) };
         !(n == 1 && p[0].revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLNVAL) != 0)
     });
-    let live: BTreeSet<u64> = held.conns.keys().copied().collect();
-    held.pending.retain(|k, _| live.contains(k));
+    let conns = &held.conns;
+    held.pending.retain(|k, _| conns.contains_key(k));
 }
 
 /// How one connection's answering ended, or that one began.
@@ -407,10 +464,10 @@ pub fn answer_all(
         conns, mut pending, ..
     } = held;
     let (tx, rx) = std::sync::mpsc::channel();
-    let serve = |fd: OwnedFd, waits: BTreeSet<u32>, tx: std::sync::mpsc::Sender<Answered>| {
+    let serve = |fd: OwnedFd, calls: BTreeMap<u32, Call>, tx: std::sync::mpsc::Sender<Answered>| {
         let sid = sandbox_id.to_string();
         std::thread::spawn(move || {
-            let end = answer_connection(fd, &waits, &sid, died_at).unwrap_or_else(|e| {
+            let end = answer_connection(fd, &calls, &sid, died_at).unwrap_or_else(|e| {
                 tracing::debug!(error = %e, "keeper connection ended");
                 Answered::Closed
             });
@@ -434,7 +491,7 @@ pub fn answer_all(
                 let sid = sid.clone();
                 std::thread::spawn(move || {
                     let end =
-                        answer_connection(OwnedFd::from(conn), &BTreeSet::new(), &sid, died_at)
+                        answer_connection(OwnedFd::from(conn), &BTreeMap::new(), &sid, died_at)
                             .unwrap_or(Answered::Closed);
                     let _ = tx.send(end);
                 });
@@ -458,10 +515,10 @@ pub fn answer_all(
     }
 }
 
-/// One connection: the pending `Wait`s first, then request by request.
+/// One connection: the calls in flight first, then request by request.
 fn answer_connection(
     fd: OwnedFd,
-    waits: &BTreeSet<u32>,
+    in_flight: &BTreeMap<u32, Call>,
     sandbox_id: &str,
     died_at: SystemTime,
 ) -> io::Result<Answered> {
@@ -471,9 +528,24 @@ fn answer_connection(
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::empty()),
     )?;
     let mut sock = std::fs::File::from(fd);
-    for &stream in waits {
-        let (code, payload) = reply("Wait", &[], died_at);
-        write_response(&mut sock, stream, code, "", &payload)?;
+    for (&stream, &call) in in_flight {
+        // Their requests are gone with the shim: a `State` would need its
+        // ids, but `State` never waits, so it is never in flight.
+        let (code, payload) = reply(call.method(), &[], died_at);
+        let message = if code == ttrpc::Code::OK {
+            String::new()
+        } else {
+            format!(
+                "the shim of this sandbox died while {} was in flight; only stop and remove are possible",
+                call.method()
+            )
+        };
+        tracing::info!(
+            method = call.method(),
+            ?code,
+            "answered a call in flight of the dead shim"
+        );
+        write_response(&mut sock, stream, code, &message, &payload)?;
     }
     loop {
         let mut header = [0u8; HEADER_LEN];

@@ -74,7 +74,7 @@ pub fn run(flags: &Flags) -> ExitCode {
     tracing::warn!(
         sandbox_id,
         connections = held.conns.len(),
-        pending_waits = held.pending.values().map(|w| w.len()).sum::<usize>(),
+        calls_in_flight = held.pending.values().map(|w| w.len()).sum::<usize>(),
         "the shim died: cleaning up and answering its connections as a stopped sandbox (exit status {})",
         keeper::DEAD_EXIT_STATUS
     );

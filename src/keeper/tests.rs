@@ -52,14 +52,24 @@ fn send_request(s: &mut UnixStream, stream: u32, method: &str, payload: Vec<u8>)
 
 #[test]
 fn messages_round_trip_and_junk_is_refused() {
-    for m in [Msg::Conn(7), Msg::Wait(7, 41), Msg::Done(7, 41), Msg::Bye] {
+    for m in [
+        Msg::Conn(7),
+        Msg::Call(7, 41, Call::Wait),
+        Msg::Call(7, 43, Call::Create),
+        Msg::Done(7, 41),
+        Msg::Bye,
+    ] {
         assert_eq!(Msg::decode(m.encode().as_bytes()), Some(m));
     }
     for junk in [
         "",
         "CONN",
         "CONN x",
-        "WAIT 1",
+        "WAIT 1 2",
+        "CALL 1 2",
+        "CALL 1 2 Exec",
+        "CALL 1 2 Wait x",
+        "CONN 1 2",
         "BYE now",
         "DONE 1 2 3",
         "HELLO 1",
@@ -119,27 +129,31 @@ fn a_goodbye_releases_and_a_silent_end_hands_the_connections_over() {
     let k = keeper_on(ours);
     let (client, served) = UnixStream::pair().expect("pair");
     let key = k.hand_over(served.as_raw_fd());
-    k.wait_started(key, 5);
-    k.wait_started(key, 7);
-    k.wait_finished(key, 5);
+    k.call_started(key, 5, Call::Wait);
+    k.call_started(key, 7, Call::Wait);
+    k.call_finished(key, 5);
     k.release();
     assert!(matches!(hold(&theirs), Ending::Released));
 
     let (ours, theirs) = pair();
     let k = keeper_on(ours);
     let key = k.hand_over(served.as_raw_fd());
-    k.wait_started(key, 7);
+    k.call_started(key, 7, Call::Wait);
+    k.call_started(key, 8, Call::Create);
     // A client that already hung up is forgotten, with its Waits.
     let (gone_client, gone) = UnixStream::pair().expect("pair");
     let gone_key = k.hand_over(gone.as_raw_fd());
-    k.wait_started(gone_key, 9);
+    k.call_started(gone_key, 9, Call::Create);
     drop((gone_client, gone));
     drop(k);
     let Ending::ShimDied(held) = hold(&theirs) else {
         panic!("a closed control socket is the shim's death");
     };
     assert_eq!(held.conns.keys().copied().collect::<Vec<_>>(), vec![key]);
-    assert_eq!(held.pending[&key], BTreeSet::from([7]));
+    assert_eq!(
+        held.pending[&key],
+        BTreeMap::from([(7, Call::Wait), (8, Call::Create)])
+    );
     assert!(held.ever_connected);
     drop(client);
 
@@ -153,22 +167,40 @@ fn a_goodbye_releases_and_a_silent_end_hands_the_connections_over() {
 }
 
 #[test]
-fn after_the_shim_dies_its_pending_waits_and_new_calls_are_answered() {
+fn after_the_shim_dies_its_calls_in_flight_and_new_calls_are_answered() {
     let (mut client, served) = UnixStream::pair().expect("pair");
     // The shim's runtime had made it non-blocking; the keeper copes.
     served.set_nonblocking(true).expect("nonblocking");
     let mut held = Held::default();
     held.conns.insert(1, OwnedFd::from(served));
-    held.pending.insert(1, BTreeSet::from([3, 11]));
+    held.pending.insert(
+        1,
+        BTreeMap::from([(3, Call::Wait), (5, Call::Create), (11, Call::Wait)]),
+    );
     let at = SystemTime::now();
     let keeper = std::thread::spawn(move || answer_all(held, "sb", at, None));
-    let mut waits: Vec<u32> = (0..2).map(|_| read_response(&mut client).0).collect();
-    waits.sort_unstable();
-    assert_eq!(
-        waits,
-        vec![3, 11],
-        "both pending Waits answered on their streams"
-    );
+    let mut answers: Vec<(u32, ttrpc::Response)> =
+        (0..3).map(|_| read_response(&mut client)).collect();
+    answers.sort_by_key(|a| a.0);
+    let streams: Vec<u32> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(streams, vec![3, 5, 11], "every call in flight answered");
+    for (stream, resp) in &answers {
+        if *stream == 5 {
+            // The Create in flight fails at once, not at the client's deadline.
+            assert_eq!(resp.status.code.enum_value(), Ok(ttrpc::Code::UNAVAILABLE));
+            assert!(
+                resp.status
+                    .message
+                    .contains("died while Create was in flight"),
+                "{}",
+                resp.status.message
+            );
+        } else {
+            assert_eq!(resp.status.code.enum_value(), Ok(ttrpc::Code::OK));
+            let w = api::WaitResponse::parse_from_bytes(&resp.payload).expect("test value");
+            assert_eq!(w.exit_status, DEAD_EXIT_STATUS);
+        }
+    }
     let mut state = api::StateRequest::new();
     state.id = "sb".into();
     send_request(
@@ -231,10 +263,10 @@ fn a_keeper_that_is_gone_is_noted_once_and_costs_nothing() {
     let (ours, theirs) = pair();
     let k = keeper_on(ours);
     drop(theirs);
-    k.wait_started(1, 3);
+    k.call_started(1, 3, Call::Wait);
     assert!(k.lost.load(Ordering::Relaxed));
     // No more sends (nor warnings) from here on.
-    k.wait_finished(1, 3);
+    k.call_finished(1, 3);
     k.release();
 }
 

@@ -27,7 +27,7 @@ use ttrpc::r#async::TtrpcContext;
 
 use crate::error::Error;
 use crate::events::timestamp;
-use crate::keeper::Keeper;
+use crate::keeper::{Call, Keeper, Pending};
 use crate::sandbox::Sandbox;
 use crate::sandbox::process::ExecSpec;
 use crate::stdio::StdioConfig;
@@ -38,12 +38,18 @@ pub struct TaskService {
     /// The pod; its sandbox Create chooses the configuration (the Create
     /// options' `config_path`, else the shim's default, plus annotations).
     pub sandbox: Arc<Sandbox>,
-    /// Told about every pending `Wait`, so that it can answer them if this
-    /// shim dies (CRI-O only).
+    /// Told about every call in flight that waits on the VM, so that it can
+    /// answer them if this shim dies (CRI-O only).
     pub keeper: Option<Arc<Keeper>>,
 }
 
 type R<T> = ttrpc::Result<T>;
+
+impl TaskService {
+    fn in_flight(&self, ctx: &TtrpcContext, call: Call) -> Option<Pending<'_>> {
+        self.keeper.as_deref().and_then(|k| k.pending(ctx, call))
+    }
+}
 
 fn log_err<T>(call: &'static str, id: &str, r: Result<T, Error>) -> R<T> {
     r.map_err(|e| {
@@ -81,7 +87,8 @@ impl Task for TaskService {
         })
     }
 
-    async fn create(&self, _: &TtrpcContext, req: CreateTaskRequest) -> R<CreateTaskResponse> {
+    async fn create(&self, ctx: &TtrpcContext, req: CreateTaskRequest) -> R<CreateTaskResponse> {
+        let _in_flight = self.in_flight(ctx, Call::Create);
         let r = async {
             if req.checkpoint.is_empty() && req.parent_checkpoint.is_empty() {
                 let pid = self.sandbox.create(&req).await?;
@@ -99,7 +106,8 @@ impl Task for TaskService {
         log_err("Create", &req.id, r)
     }
 
-    async fn start(&self, _: &TtrpcContext, req: StartRequest) -> R<StartResponse> {
+    async fn start(&self, ctx: &TtrpcContext, req: StartRequest) -> R<StartResponse> {
+        let _in_flight = self.in_flight(ctx, Call::Start);
         let r = self.sandbox.start(&req.id, &req.exec_id).await;
         log_err("Start", &req.id, r).map(|pid| StartResponse {
             pid,
@@ -107,7 +115,8 @@ impl Task for TaskService {
         })
     }
 
-    async fn delete(&self, _: &TtrpcContext, req: DeleteRequest) -> R<DeleteResponse> {
+    async fn delete(&self, ctx: &TtrpcContext, req: DeleteRequest) -> R<DeleteResponse> {
+        let _in_flight = self.in_flight(ctx, Call::Delete);
         let r = async {
             let exit = if req.exec_id.is_empty() {
                 self.sandbox.delete_container(&req.id).await?
@@ -139,11 +148,13 @@ impl Task for TaskService {
         })
     }
 
-    async fn pause(&self, _: &TtrpcContext, req: PauseRequest) -> R<Empty> {
+    async fn pause(&self, ctx: &TtrpcContext, req: PauseRequest) -> R<Empty> {
+        let _in_flight = self.in_flight(ctx, Call::Pause);
         log_err("Pause", &req.id, self.sandbox.pause(&req.id).await).map(|()| Empty::new())
     }
 
-    async fn resume(&self, _: &TtrpcContext, req: ResumeRequest) -> R<Empty> {
+    async fn resume(&self, ctx: &TtrpcContext, req: ResumeRequest) -> R<Empty> {
+        let _in_flight = self.in_flight(ctx, Call::Resume);
         log_err("Resume", &req.id, self.sandbox.resume(&req.id).await).map(|()| Empty::new())
     }
 
@@ -157,7 +168,8 @@ impl Task for TaskService {
         )
     }
 
-    async fn kill(&self, _: &TtrpcContext, req: KillRequest) -> R<Empty> {
+    async fn kill(&self, ctx: &TtrpcContext, req: KillRequest) -> R<Empty> {
+        let _in_flight = self.in_flight(ctx, Call::Kill);
         let r = self
             .sandbox
             .kill(&req.id, &req.exec_id, req.signal, req.all)
@@ -188,7 +200,8 @@ impl Task for TaskService {
         log_err("Exec", &req.id, r).map(|()| Empty::new())
     }
 
-    async fn resize_pty(&self, _: &TtrpcContext, req: ResizePtyRequest) -> R<Empty> {
+    async fn resize_pty(&self, ctx: &TtrpcContext, req: ResizePtyRequest) -> R<Empty> {
+        let _in_flight = self.in_flight(ctx, Call::ResizePty);
         let r = self
             .sandbox
             .resize_pty(&req.id, &req.exec_id, req.width, req.height)
@@ -196,7 +209,8 @@ impl Task for TaskService {
         log_err("ResizePty", &req.id, r).map(|()| Empty::new())
     }
 
-    async fn close_io(&self, _: &TtrpcContext, req: CloseIORequest) -> R<Empty> {
+    async fn close_io(&self, ctx: &TtrpcContext, req: CloseIORequest) -> R<Empty> {
+        let _in_flight = self.in_flight(ctx, Call::CloseIO);
         let r = self
             .sandbox
             .close_io(&req.id, &req.exec_id, req.stdin)
@@ -204,7 +218,8 @@ impl Task for TaskService {
         log_err("CloseIO", &req.id, r).map(|()| Empty::new())
     }
 
-    async fn update(&self, _: &TtrpcContext, req: UpdateTaskRequest) -> R<Empty> {
+    async fn update(&self, ctx: &TtrpcContext, req: UpdateTaskRequest) -> R<Empty> {
+        let _in_flight = self.in_flight(ctx, Call::Update);
         let r = async {
             let Some(res) = req.resources.as_ref() else {
                 return Err(Error::InvalidArgument {
@@ -219,7 +234,7 @@ impl Task for TaskService {
     }
 
     async fn wait(&self, ctx: &TtrpcContext, req: WaitRequest) -> R<WaitResponse> {
-        let _pending = self.keeper.as_deref().and_then(|k| k.pending_wait(ctx));
+        let _in_flight = self.in_flight(ctx, Call::Wait);
         let r = self.sandbox.wait(&req.id, &req.exec_id).await;
         log_err("Wait", &req.id, r).map(|exit| WaitResponse {
             exit_status: exit.status,
@@ -228,7 +243,8 @@ impl Task for TaskService {
         })
     }
 
-    async fn stats(&self, _: &TtrpcContext, req: StatsRequest) -> R<StatsResponse> {
+    async fn stats(&self, ctx: &TtrpcContext, req: StatsRequest) -> R<StatsResponse> {
+        let _in_flight = self.in_flight(ctx, Call::Stats);
         let r = async {
             let s = self.sandbox.stats(&req.id).await?;
             let any = stats::metrics_any(&s)
