@@ -16,6 +16,8 @@
 //! `FAULT_ONLY=virtiofsd/Delete` keeps the cells that match every name.
 
 mod common;
+#[path = "fault_matrix/panic.rs"]
+mod panic;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -567,57 +569,4 @@ fn fault_matrix_every_cell_answers_and_leaves_nothing() {
         .unwrap_or_else(|| tmp_dir().join("fault-matrix.md"));
     std::fs::write(&report, &out).unwrap_or_else(|e| panic!("write {}: {e}", report.display()));
     eprintln!("{out}");
-}
-
-/// The agent's crash: a guest kernel panic, from the debug image's console
-/// (`echo c > /proc/sysrq-trigger`), with an exec in flight. The guest
-/// kernel runs with `panic=1` and QEMU with `-no-reboot`, so QEMU ends and
-/// the pod dies as with a dead VM: every container and the exec end 255.
-#[test]
-fn a_guest_kernel_panic_ends_every_container_with_255() {
-    let image = tmp_dir().join("fault-matrix-debug-image");
-    build_guest_image(&image, &["--debug"]);
-    let mut crio = Crio::with_configs(
-        "guest-panic",
-        &format!(
-            "kernel = {:?}\ninitrd = {:?}\n",
-            image.join("kata.kernel").display().to_string(),
-            image.join("kata.initrd").display().to_string()
-        ),
-        "debug_console_enabled = true\n",
-    );
-    let nb = Neighbour::new(&mut crio);
-    let sid = crio.run_pod_sandbox(&PodConfig::new("panic"));
-    let app = crio.create_container(&sid, "app", &["/bin/sh", "-c", APP]);
-    crio.start_container(&app);
-    let (exec, io) = exec_in_flight(&crio, &app);
-    let began = Instant::now();
-    let o = kata_ctl_exec(&sid, b"echo c > /proc/sysrq-trigger\n");
-    eprintln!(
-        "kata-ctl exec: {:?} {}",
-        o.status.code(),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    for id in [&app, &sid] {
-        let done = crio
-            .init_exit(id, EXIT_WITHIN)
-            .unwrap_or_else(|| panic!("{id} did not exit after the guest's panic"));
-        assert_eq!(done.wait.expect("Wait").exit_status, 255, "{id}");
-    }
-    let e = exec.wait(&crio.rt, EXIT_WITHIN).expect("the exec's Wait");
-    assert_eq!(e.wait.expect("exec Wait").exit_status, 255);
-    drop(io.finish());
-    eprintln!(
-        "guest kernel panic: every container and the exec exited 255 after {:?}",
-        began.elapsed()
-    );
-    assert!(
-        qemu_pids(&sid).is_empty(),
-        "QEMU outlived its guest's panic"
-    );
-    crio.remove_pod(&sid);
-    crio.assert_no_leaks(&sid);
-    nb.check(&crio, "guest panic");
-    crio.remove_pod(&nb.sid);
-    crio.assert_no_leaks(&nb.sid);
 }

@@ -294,15 +294,24 @@ impl Sandbox {
         self.exit_all().await;
     }
 
+    /// Every process still running exits 255: the pod's own container
+    /// last, so that a client that sees the sandbox exit (CRI-O then
+    /// stops the pod) finds its other containers exited too; the others
+    /// at once, since each may wait [`DEAD_DRAIN`] for its output.
     async fn exit_all(&self) {
         let containers: Vec<_> = lock(&self.containers).values().cloned().collect();
-        for c in containers {
+        let (own, others): (Vec<_>, Vec<_>) = containers.into_iter().partition(|c| c.id == self.id);
+        let finish_all = |c: Arc<Container>| async move {
             for p in c.processes() {
                 if !p.state().is_stopped() {
                     self.finish(&c, &p, Exit::now(crate::state::UNKNOWN_EXIT))
                         .await;
                 }
             }
+        };
+        futures_util::future::join_all(others.into_iter().map(finish_all)).await;
+        for c in own {
+            finish_all(c).await;
         }
     }
 
