@@ -15,6 +15,7 @@ use crate::sandbox::oom::{self, OomFilter, Verdict};
 use crate::sandbox::process::Process;
 use crate::sandbox::{Lifecycle, Sandbox};
 use crate::state::{Exit, UNKNOWN_EXIT};
+use crate::vm::child::{Tail, panic_line};
 
 /// How often the agent's health is checked, and how long it may take.
 const HEALTH_PERIOD: Duration = Duration::from_secs(5);
@@ -28,16 +29,25 @@ const DEATH_VERDICT_WAIT: Duration = Duration::from_secs(
     (HEALTH_PERIOD.as_secs() + HEALTH_TIMEOUT.as_secs()) * (HEALTH_FAILURES as u64 + 1),
 );
 
+/// How long a helper's exit waits for QEMU's, to tell which caused which.
+const QEMU_AFTER_HELPER: Duration = Duration::from_millis(500);
+
 /// Starts the VM and OOM monitors of a freshly booted sandbox.
 pub(super) fn spawn(sb: Arc<Sandbox>, lc: &Lifecycle) {
     let qemu_exit = lc.vm.as_ref().and_then(|v| v.vm.exit_watch());
+    let console = lc.vm.as_ref().and_then(|v| v.vm.console_tail());
     let helpers = lc
         .vm
         .as_ref()
         .map(|v| v.vm.helper_exit_watches())
         .unwrap_or_default();
     let Ok(agent) = sb.agent() else { return };
-    tokio::spawn(watch_vm(sb.clone(), agent.clone(), qemu_exit, helpers));
+    tokio::spawn(watch_vm(
+        sb.clone(),
+        agent.clone(),
+        (qemu_exit, console),
+        helpers,
+    ));
     tokio::spawn(forward_ooms(sb, agent));
 }
 
@@ -48,17 +58,25 @@ type ExitWatch = tokio::sync::watch::Receiver<Option<std::process::ExitStatus>>;
 async fn watch_vm(
     sb: Arc<Sandbox>,
     agent: AgentClient,
-    qemu_exit: Option<ExitWatch>,
+    (qemu_exit, console): (Option<ExitWatch>, Option<Tail>),
     helpers: Vec<(&'static str, ExitWatch)>,
 ) {
     let mut dead = sb.dead_watch();
+    let qemu_probe = qemu_exit.clone();
+    let qemu_reason = move |s: Option<std::process::ExitStatus>| {
+        let status = s.map(|s| s.to_string()).unwrap_or_default();
+        // The guest's own words, bounded by the console's line cap: an
+        // operator's first question.
+        match console.as_ref().and_then(panic_line) {
+            Some(line) => format!("QEMU exited ({status}): the guest kernel panicked: {line}"),
+            None => format!("QEMU exited ({status})"),
+        }
+    };
+    let qemu_said = qemu_reason.clone();
     let qemu_exited = async move {
         match qemu_exit {
             Some(mut rx) => match rx.wait_for(|s| s.is_some()).await {
-                Ok(s) => format!(
-                    "QEMU exited ({})",
-                    s.map(|s| s.to_string()).unwrap_or_default()
-                ),
+                Ok(s) => qemu_said(*s),
                 Err(_) => "QEMU's watcher ended".to_string(),
             },
             None => std::future::pending().await,
@@ -110,12 +128,22 @@ async fn watch_vm(
             }
         }
     };
-    let reason = tokio::select! {
+    let mut reason = tokio::select! {
         r = qemu_exited => r,
         r = helper_exited => r,
         r = stalled => r,
         _ = dead.wait_for(|d| *d) => return,
     };
+    // A helper often goes first only because QEMU's end closed its socket
+    // (virtiofsd exits when its client leaves): then QEMU's end, and the
+    // guest's panic, is the reason to report.
+    if let Some(mut rx) = qemu_probe.filter(|_| !reason.starts_with("QEMU")) {
+        if let Ok(Ok(s)) =
+            tokio::time::timeout(QEMU_AFTER_HELPER, rx.wait_for(|s| s.is_some())).await
+        {
+            reason = format!("{}, and {reason}", qemu_reason(*s));
+        }
+    }
     sb.die(reason).await;
 }
 

@@ -141,9 +141,37 @@ pub struct Supervised {
     pid: u32,
     exit: watch::Receiver<Option<ExitStatus>>,
     /// The last lines of output, for error messages.
-    tail: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    tail: Tail,
     /// Turns true once the guest console printed the agent's ready marker.
     ready: watch::Receiver<bool>,
+}
+
+/// The last lines a child printed, for error messages.
+pub type Tail = std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>;
+
+/// How many lines a [`Tail`] keeps.
+const TAIL_LINES: usize = 8;
+
+/// What the guest kernel prints first when it panics: the one line that
+/// says why the VM ended, which its call trace must not push out.
+const PANIC_MARK: &str = "Kernel panic - not syncing";
+
+/// The guest kernel's panic line in `tail`, if it printed one.
+pub fn panic_line(tail: &Tail) -> Option<String> {
+    let t = tail.lock().ok()?;
+    t.iter().find(|l| l.contains(PANIC_MARK)).cloned()
+}
+
+fn push_line(tail: &Tail, line: &str) {
+    if let Ok(mut t) = tail.lock() {
+        if t.len() >= TAIL_LINES {
+            // The oldest line that is not the panic line makes room; a
+            // guest printing nothing but panic lines still gets 8.
+            let oldest = t.iter().position(|l| !l.contains(PANIC_MARK)).unwrap_or(0);
+            t.remove(oldest);
+        }
+        t.push_back(line.to_string());
+    }
 }
 
 impl Supervised {
@@ -226,6 +254,11 @@ impl Supervised {
     /// marker (only ever for [`LineKind::GuestConsole`] output).
     pub fn ready_watch(&self) -> watch::Receiver<bool> {
         self.ready.clone()
+    }
+
+    /// The last lines of output, kept as they come.
+    pub fn tail(&self) -> Tail {
+        self.tail.clone()
     }
 
     /// The last output lines, joined, for error messages.
@@ -371,7 +404,7 @@ pub(crate) async fn pump(
     what: &'static str,
     sandbox_id: String,
     kind: LineKind,
-    tail: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<String>>>,
+    tail: Tail,
     ready: Option<watch::Sender<bool>>,
 ) {
     let mut lines = BufReader::new(stream);
@@ -407,12 +440,7 @@ pub(crate) async fn pump(
             dropped += 1;
             continue;
         }
-        if let Ok(mut t) = tail.lock() {
-            if t.len() == 8 {
-                t.pop_front();
-            }
-            t.push_back(line.to_string());
-        }
+        push_line(&tail, line);
         match kind {
             LineKind::GuestConsole => {
                 tracing::info!(sandbox_id = %sandbox_id, source = "guest", "{line}")
@@ -427,6 +455,34 @@ pub(crate) async fn pump(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_guest_kernels_panic_line_outlasts_its_call_trace() {
+        let tail = Tail::default();
+        push_line(&tail, "[    1.2] booting");
+        push_line(
+            &tail,
+            "[    1.5] Kernel panic - not syncing: VFS: Unable to mount root fs",
+        );
+        for i in 0..40 {
+            push_line(&tail, &format!("[    1.6]  ? frame {i}"));
+        }
+        let t = tail.lock().expect("test value").clone();
+        assert_eq!(t.len(), TAIL_LINES);
+        assert!(t[0].contains("Unable to mount root fs"), "{t:?}");
+        assert_eq!(t[TAIL_LINES - 1], "[    1.6]  ? frame 39");
+        assert_eq!(
+            panic_line(&tail).as_deref(),
+            Some("[    1.5] Kernel panic - not syncing: VFS: Unable to mount root fs")
+        );
+        // A guest that prints nothing but panic lines still keeps 8.
+        let flood = Tail::default();
+        for i in 0..20 {
+            push_line(&flood, &format!("Kernel panic - not syncing: {i}"));
+        }
+        assert_eq!(flood.lock().expect("test value").len(), TAIL_LINES);
+        assert_eq!(panic_line(&Tail::default()), None);
+    }
 
     #[test]
     fn missing_binary_names_it_and_the_fix() {

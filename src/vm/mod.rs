@@ -593,6 +593,11 @@ impl Vm {
         self.qemu.as_ref().map(Supervised::ready_watch)
     }
 
+    /// QEMU's last lines (console and errors), as they come.
+    pub fn console_tail(&self) -> Option<child::Tail> {
+        self.qemu.as_ref().map(Supervised::tail)
+    }
+
     /// The last lines QEMU printed (console and errors).
     pub fn recent_output(&self) -> String {
         self.qemu
