@@ -1,11 +1,15 @@
-//! The CRI runtime's own crash (issue 15's fault matrix, RELIABILITY.md):
-//! containerd killed with SIGKILL and started again while a kata pod is at
-//! each phase of its life (boot, CreateContainer, running, exec in flight,
-//! stop, delete), with a call of that phase in flight. Afterwards the
-//! client does what kubelet would, stop and remove every pod it lists, and
-//! nothing of any victim may be left: no VM, no shim, no state directory,
-//! and no sandbox that containerd forgot. A neighbour kata pod keeps its
-//! VM processes and answers an exec throughout.
+//! The CRI runtime's own faults (issue 15's fault matrix, RELIABILITY.md):
+//! containerd killed with SIGKILL and started again, stopped gracefully
+//! and started again, or frozen with SIGSTOP for 30 s, while a kata pod
+//! is at each phase of its life (boot, CreateContainer, running, exec in
+//! flight, stop, delete), with a call of that phase in flight. Afterwards
+//! the client does what kubelet would, stop and remove every pod it lists,
+//! and nothing of any victim may be left: no VM, no shim, no state
+//! directory, and no sandbox that containerd forgot. A neighbour kata pod
+//! keeps its VM processes and answers an exec throughout.
+//!
+//! `make test` runs the SIGKILL; `FAULT_CELLS=all` (`make soak`) all three,
+//! and writes their table to `FAULT_CRI_REPORT`.
 
 mod common;
 
@@ -15,6 +19,8 @@ use common::containerd::Containerd;
 use common::cri::{Cri, KATA, container_config, pod_config};
 use common::image::BUSYBOX_REF;
 use common::*;
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
 use tonic::Status;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +32,40 @@ enum Phase {
     Stop,
     Delete,
 }
+
+/// What happens to containerd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    Kill,
+    Restart,
+    Freeze,
+}
+
+impl Fault {
+    fn name(self) -> &'static str {
+        match self {
+            Fault::Kill => "kill -9, then started",
+            Fault::Restart => "stopped (SIGTERM), then started",
+            Fault::Freeze => "SIGSTOP for 30 s, then SIGCONT",
+        }
+    }
+
+    fn strike(self, c: &mut Containerd) {
+        match self {
+            Fault::Kill => c.crash_and_restart(),
+            Fault::Restart => c.restart(),
+            Fault::Freeze => {
+                let pid = Pid::from_raw(c.pid().expect("containerd runs") as i32);
+                kill(pid, Signal::SIGSTOP).expect("SIGSTOP containerd");
+                std::thread::sleep(FREEZE_FOR);
+                kill(pid, Signal::SIGCONT).expect("SIGCONT containerd");
+            }
+        }
+    }
+}
+
+/// The issue's 30 s.
+const FREEZE_FOR: Duration = Duration::from_secs(30);
 
 /// A container whose PID 1 ignores SIGTERM, so a stop waits out its grace.
 const STUBBORN: &str = "trap '' TERM; while :; do sleep 1; done";
@@ -41,22 +81,44 @@ fn answer<T>(r: &Result<T, Status>) -> String {
     }
 }
 
-/// Kata sandboxes with a state directory on the host, but `keep`.
-fn sandboxes_but(keep: &str) -> Vec<String> {
+/// Kata sandboxes with a state directory on the host, but `keep` and those
+/// of other clients on this machine: a sandbox is another client's when a
+/// shim of it runs with an address other than `ours` (or none, as under
+/// CRI-O). One with no shim left at all is a forgotten one of ours.
+fn sandboxes_but(keep: &str, ours: &str) -> Vec<String> {
+    let shims: Vec<Vec<String>> = processes()
+        .into_iter()
+        .map(|(_, argv)| argv)
+        .filter(|argv| {
+            argv.first()
+                .is_some_and(|a| a.ends_with("containerd-shim-kata-v2"))
+        })
+        .collect();
     std::fs::read_dir(kata_shim::layout::PERSIST_ROOT)
         .into_iter()
         .flatten()
         .flatten()
         .filter_map(|e| e.file_name().to_str().map(str::to_string))
         .filter(|id| id != keep)
+        .filter(|id| {
+            let mine: Vec<&Vec<String>> = shims.iter().filter(|a| a.contains(id)).collect();
+            mine.is_empty() || mine.iter().any(|a| a.iter().any(|w| w == ours))
+        })
         .collect()
 }
 
 #[test]
 fn containerd_killed_at_every_phase_loses_no_pod() {
     require_vm_host();
+    let all = std::env::var("FAULT_CELLS").is_ok_and(|v| v == "all");
+    let faults: &[Fault] = if all {
+        &[Fault::Kill, Fault::Restart, Fault::Freeze]
+    } else {
+        &[Fault::Kill]
+    };
     let mut c = Containerd::start_cri("crash", false);
     let sock = c.address();
+    let ours = sock.display().to_string();
     let nb_cfg = pod_config("neighbour", &c.pod_log_dir("neighbour"));
     let (nb, nb_ctr) = {
         let cri = c.cri();
@@ -74,14 +136,19 @@ fn containerd_killed_at_every_phase_loses_no_pod() {
     let mut nb_vm = vm_processes(&nb);
     nb_vm.sort();
     let mut rows = Vec::new();
-    for phase in [
-        Phase::Boot,
-        Phase::Create,
-        Phase::Running,
-        Phase::Exec,
-        Phase::Stop,
-        Phase::Delete,
-    ] {
+    let cells = faults.iter().flat_map(|&f| {
+        [
+            Phase::Boot,
+            Phase::Create,
+            Phase::Running,
+            Phase::Exec,
+            Phase::Stop,
+            Phase::Delete,
+        ]
+        .map(|p| (f, p))
+    });
+    for (fault, phase) in cells {
+        eprintln!("containerd: {} at {phase:?}", fault.name());
         let began = Instant::now();
         let name = format!("{phase:?}").to_lowercase();
         let cfg = pod_config(&name, &c.pod_log_dir(&name));
@@ -130,7 +197,7 @@ fn containerd_killed_at_every_phase_loses_no_pod() {
         } else {
             Duration::from_millis(300)
         });
-        c.crash_and_restart();
+        fault.strike(&mut c);
         let saw = in_flight.join().expect("the in-flight call");
 
         // As kubelet: stop and remove every pod the CRI lists, but the
@@ -146,13 +213,13 @@ fn containerd_killed_at_every_phase_loses_no_pod() {
         for id in &listed {
             cri.stop_pod(id).unwrap_or_else(|e| {
                 panic!(
-                    "{phase:?}: StopPodSandbox {id} after the restart: {e}\n{}",
+                    "{phase:?} / {fault:?}: StopPodSandbox {id} after the restart: {e}\n{}",
                     c.log_tail()
                 )
             });
             cri.remove_pod(id).unwrap_or_else(|e| {
                 panic!(
-                    "{phase:?}: RemovePodSandbox {id} after the restart: {e}\n{}",
+                    "{phase:?} / {fault:?}: RemovePodSandbox {id} after the restart: {e}\n{}",
                     c.log_tail()
                 )
             });
@@ -160,23 +227,27 @@ fn containerd_killed_at_every_phase_loses_no_pod() {
         }
         // No sandbox the CRI forgot: nothing of ours but the neighbour's.
         let deadline = Instant::now() + Duration::from_secs(20);
-        while !sandboxes_but(&nb).is_empty() && Instant::now() < deadline {
+        while !sandboxes_but(&nb, &ours).is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(200));
         }
-        let forgotten = sandboxes_but(&nb);
+        let forgotten = sandboxes_but(&nb, &ours);
         assert!(
             forgotten.is_empty(),
-            "{phase:?}: sandboxes left after every listed pod was removed: {forgotten:?}"
+            "{phase:?} / {fault:?}: sandboxes left after every listed pod was removed: {forgotten:?}"
         );
         let mut vm = vm_processes(&nb);
         vm.sort();
-        assert_eq!(vm, nb_vm, "{phase:?}: the neighbour's VM processes changed");
+        assert_eq!(
+            vm, nb_vm,
+            "{phase:?} / {fault:?}: the neighbour's VM processes changed"
+        );
         let r = cri
             .exec_sync(&nb_ctr, &["echo", "here"], 60)
-            .unwrap_or_else(|e| panic!("{phase:?}: the neighbour's exec: {e}"));
+            .unwrap_or_else(|e| panic!("{phase:?} / {fault:?}: the neighbour's exec: {e}"));
         assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "here");
         let row = format!(
-            "| containerd | {phase:?} | kill -9, then started | in-flight call: {saw}; after the restart {} pod(s) listed, each stopped and removed | nothing; the neighbour answers | {:.0} s |",
+            "| containerd | {phase:?} | {} | in-flight call: {saw}; after it {} pod(s) listed, each stopped and removed | nothing; the neighbour answers | {:.0} s |",
+            fault.name(),
             listed.len(),
             began.elapsed().as_secs_f64()
         );
@@ -187,5 +258,12 @@ fn containerd_killed_at_every_phase_loses_no_pod() {
     cri.stop_pod(&nb).expect("StopPodSandbox neighbour");
     cri.remove_pod(&nb).expect("RemovePodSandbox neighbour");
     assert_no_leaks(&nb);
-    eprintln!("{}", rows.join("\n"));
+    let table = format!(
+        "| component | phase | fault | what the client saw | left | time |\n|---|---|---|---|---|---|\n{}\n",
+        rows.join("\n")
+    );
+    eprintln!("{table}");
+    if let Some(report) = std::env::var_os("FAULT_CRI_REPORT") {
+        std::fs::write(&report, &table).expect("write FAULT_CRI_REPORT");
+    }
 }
