@@ -9,6 +9,7 @@ use containerd_shim_protos::events::task::TaskOOM;
 
 use crate::agent_client::AgentClient;
 use crate::events::Event;
+use crate::host_cgroup;
 use crate::ratelimit::quote_guest;
 use crate::sandbox::container::Container;
 use crate::sandbox::oom::{self, OomFilter, Verdict};
@@ -43,8 +44,13 @@ pub(super) fn spawn(sb: Arc<Sandbox>, lc: &Lifecycle) {
 
 type ExitWatch = tokio::sync::watch::Receiver<Option<std::process::ExitStatus>>;
 
+/// How long a helper's exit waits for QEMU's own exit status before the
+/// sandbox's death is judged: when the host's OOM killer ends QEMU, its
+/// helpers lose their peer and may be seen exiting first.
+const QEMU_EXIT_GRACE: Duration = Duration::from_secs(2);
+
 /// Declares the sandbox dead when QEMU or one of its helpers exits, or the
-/// agent stops answering.
+/// agent stops answering; as OOM-killed when the host's OOM killer did it.
 async fn watch_vm(
     sb: Arc<Sandbox>,
     agent: AgentClient,
@@ -52,14 +58,12 @@ async fn watch_vm(
     helpers: Vec<(&'static str, ExitWatch)>,
 ) {
     let mut dead = sb.dead_watch();
+    let qemu_after = qemu_exit.clone();
     let qemu_exited = async move {
         match qemu_exit {
             Some(mut rx) => match rx.wait_for(|s| s.is_some()).await {
-                Ok(s) => format!(
-                    "QEMU exited ({})",
-                    s.map(|s| s.to_string()).unwrap_or_default()
-                ),
-                Err(_) => "QEMU's watcher ended".to_string(),
+                Ok(s) => ("QEMU", *s),
+                Err(_) => ("QEMU", None),
             },
             None => std::future::pending().await,
         }
@@ -69,20 +73,17 @@ async fn watch_vm(
     for (name, mut rx) in helpers {
         let tx = exited_tx.clone();
         tokio::spawn(async move {
-            let why = match rx.wait_for(|s| s.is_some()).await {
-                Ok(s) => format!(
-                    "{name} exited ({})",
-                    s.map(|s| s.to_string()).unwrap_or_default()
-                ),
-                Err(_) => format!("{name}'s watcher ended"),
+            let status = match rx.wait_for(|s| s.is_some()).await {
+                Ok(s) => *s,
+                Err(_) => None,
             };
-            let _ = tx.send(why).await;
+            let _ = tx.send((name, status)).await;
         });
     }
     drop(exited_tx);
     let helper_exited = async move {
         match exited.recv().await {
-            Some(why) => why,
+            Some(exit) => exit,
             None => std::future::pending().await,
         }
     };
@@ -110,13 +111,52 @@ async fn watch_vm(
             }
         }
     };
-    let reason = tokio::select! {
-        r = qemu_exited => r,
-        r = helper_exited => r,
-        r = stalled => r,
+    let ended = tokio::select! {
+        r = qemu_exited => Ok(r),
+        r = helper_exited => Ok(r),
+        r = stalled => Err(r),
         _ = dead.wait_for(|d| *d) => return,
     };
-    sb.die(reason).await;
+    let (who, status) = match ended {
+        Ok(exit) => exit,
+        Err(stalled) => return sb.die(stalled).await,
+    };
+    let reason = match status {
+        Some(s) => format!("{who} exited ({s})"),
+        None => format!("{who}'s watcher ended"),
+    };
+    match vmm_oom_kills(&sb, who, status, qemu_after).await {
+        Some((victim, kills)) => sb.die_oom_killed(reason, victim, kills).await,
+        None => sb.die(reason).await,
+    }
+}
+
+/// Which VM process the host's OOM killer ended, and how many OOM kills
+/// the pod's host cgroup counted since boot; `None` when the death was not
+/// for memory. A helper seen first defers to QEMU's own exit for a moment.
+async fn vmm_oom_kills(
+    sb: &Sandbox,
+    who: &'static str,
+    status: Option<std::process::ExitStatus>,
+    qemu: Option<ExitWatch>,
+) -> Option<(&'static str, u64)> {
+    use std::os::unix::process::ExitStatusExt;
+    let kills = sb.oom_kills_since_boot()?;
+    if kills == 0 {
+        return None;
+    }
+    if let Some(n) =
+        host_cgroup::oom::killed_for_memory(status.and_then(|s| s.signal()), Some(kills))
+    {
+        return Some((who, n));
+    }
+    let mut rx = qemu?;
+    let qemu_status = tokio::time::timeout(QEMU_EXIT_GRACE, rx.wait_for(|s| s.is_some()))
+        .await
+        .ok()?
+        .ok()
+        .and_then(|s| *s)?;
+    host_cgroup::oom::killed_for_memory(qemu_status.signal(), Some(kills)).map(|n| ("QEMU", n))
 }
 
 /// Forwards each OOM the agent reports: a `/tasks/oom` event for
