@@ -54,7 +54,13 @@ pub enum Error {
 pub type Result<T> = std::result::Result<T, Error>;
 
 impl Error {
+    /// The node ran out of something (disk, inodes, file descriptors,
+    /// memory) whatever the step: RESOURCE_EXHAUSTED, so an operator and
+    /// the caller's retry logic see a full node, not a broken shim.
     pub fn code(&self) -> Code {
+        if exhausted(self) {
+            return Code::RESOURCE_EXHAUSTED;
+        }
         match self {
             Error::NotFound { .. } => Code::NOT_FOUND,
             Error::AlreadyExists { .. } => Code::ALREADY_EXISTS,
@@ -87,6 +93,25 @@ impl Error {
         let id = id.to_string();
         move |source| Error::Agent { id, source }
     }
+}
+
+/// Whether an OS error in `e`'s chain says the node ran out of a resource.
+fn exhausted(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        let errno = err
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .or_else(|| err.downcast_ref::<nix::errno::Errno>().map(|e| *e as i32));
+        if matches!(
+            errno,
+            Some(libc::ENOSPC | libc::EDQUOT | libc::EMFILE | libc::ENFILE | libc::ENOMEM)
+        ) {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// A network namespace path that is not one is the spec's fault; a
@@ -164,6 +189,28 @@ mod tests {
             ))),
             Code::UNAVAILABLE
         );
+    }
+
+    #[test]
+    fn an_exhausted_node_is_resource_exhausted_at_any_depth() {
+        let full = crate::persist::PersistError::Io {
+            what: "write",
+            path: "/run/kata-shim/x/state.json".into(),
+            source: std::io::Error::from_raw_os_error(libc::ENOSPC),
+        };
+        assert_eq!(code_of(Error::Persist(full)), Code::RESOURCE_EXHAUSTED);
+        let emfile = crate::host_cgroup::CgroupError::Io {
+            action: "open",
+            path: "/sys/fs/cgroup/memory/x/cgroup.procs".into(),
+            source: std::io::Error::from_raw_os_error(libc::EMFILE),
+        };
+        assert_eq!(code_of(Error::Cgroup(emfile)), Code::RESOURCE_EXHAUSTED);
+        let denied = crate::host_cgroup::CgroupError::Io {
+            action: "open",
+            path: "/x".into(),
+            source: std::io::Error::from_raw_os_error(libc::EACCES),
+        };
+        assert_eq!(code_of(Error::Cgroup(denied)), Code::INTERNAL);
     }
 
     #[test]

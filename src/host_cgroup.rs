@@ -21,6 +21,7 @@ use layout::{
 };
 
 mod layout;
+pub mod oom;
 
 /// Where the hierarchies the shim uses are mounted.
 pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -215,6 +216,19 @@ impl HostCgroup {
     /// The leaf directory of each hierarchy.
     pub fn dirs(&self) -> &[PathBuf] {
         &self.dirs
+    }
+
+    /// The OOM-kill counter of the memory controller's leaf, counting from
+    /// now; `None` where no hierarchy has the memory controller.
+    pub fn oom_counter(&self) -> Option<oom::OomCounter> {
+        self.hierarchies
+            .iter()
+            .zip(&self.dirs)
+            .find_map(|(h, dir)| match h.kind {
+                Kind::V2 => oom::OomCounter::open(dir, true),
+                Kind::V1 if h.has("memory") => oom::OomCounter::open(dir, false),
+                Kind::V1 => None,
+            })
     }
 
     /// Removes what [`HostCgroup::create`] made, once its processes are gone.

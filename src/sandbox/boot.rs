@@ -131,6 +131,11 @@ impl Sandbox {
         let cg = lc.host_cgroup.insert(cg);
         created?;
         opts.cgroup_procs = cg.procs_files()?;
+        let counter = cg.oom_counter();
+        if counter.is_none() {
+            tracing::warn!(sandbox_id = %self.id, "the pod's host cgroup has no readable oom_kill counter: an OOM kill of the VM by the host will be reported as a plain VM death");
+        }
+        *lock(&self.oom_counter) = counter;
         Ok(())
     }
 

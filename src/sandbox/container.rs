@@ -137,7 +137,7 @@ impl Sandbox {
         if c.is_sandbox {
             lock(&self.state).stop();
             self.dead_tx.send_replace(true);
-            self.exit_all().await;
+            self.exit_all(crate::state::UNKNOWN_EXIT).await;
             self.teardown_vm(&mut lc).await;
         }
         self.persist(&lc);

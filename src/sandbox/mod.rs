@@ -47,6 +47,7 @@ use crate::error::{Error, Result};
 use crate::events::{Event, EventSink, timestamp};
 use crate::guest::SandboxVm;
 use crate::host_cgroup::HostCgroup;
+use crate::host_cgroup::oom::OomCounter;
 use crate::locks::lock;
 use crate::persist::{self, ContainerRecord, ProcessRecord};
 use crate::sandbox::container::Container;
@@ -58,6 +59,8 @@ use crate::state::{Exit, SandboxState};
 const OUTPUT_DRAIN: Duration = Duration::from_secs(10);
 /// The same once the VM is gone (nothing more can come).
 const DEAD_DRAIN: Duration = Duration::from_secs(1);
+/// Exit status of every process of a pod whose VM the host OOM-killed.
+const OOM_KILLED_EXIT: u32 = 137;
 
 /// What only VM boot and teardown touch.
 #[derive(Default)]
@@ -85,6 +88,9 @@ pub struct Sandbox {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     agent: Mutex<Option<AgentClient>>,
     qemu_pid: AtomicU32,
+    /// The pod's host cgroup's OOM-kill count from before QEMU started:
+    /// how the death of a VM process is told to be the host's OOM kill.
+    oom_counter: Mutex<Option<OomCounter>>,
     /// The sandbox container's namespace paths, which app containers name
     /// to share them.
     pod_namespaces: Mutex<namespaces::PodNamespaces>,
@@ -120,6 +126,7 @@ impl Sandbox {
             containers: Mutex::new(HashMap::new()),
             agent: Mutex::new(None),
             qemu_pid: AtomicU32::new(0),
+            oom_counter: Mutex::new(None),
             pod_namespaces: Mutex::default(),
             metrics: Arc::default(),
             dead_tx: watch::channel(false).0,
@@ -272,6 +279,13 @@ impl Sandbox {
         }
     }
 
+    /// OOM kills the pod's host cgroup counted since QEMU started; `None`
+    /// without a memory cgroup to ask.
+    pub fn oom_kills_since_boot(&self) -> Option<u64> {
+        let counter = lock(&self.oom_counter).clone()?;
+        crate::blocking::run(|| counter.kills_since_baseline())
+    }
+
     /// The VM died or its agent stalled: every process exits with 255 and
     /// the VM is torn down; the shim keeps serving.
     pub async fn die(&self, reason: String) {
@@ -279,10 +293,43 @@ impl Sandbox {
             return;
         }
         tracing::error!(sandbox_id = %self.id, reason = %reason, "sandbox is dead; every container exits with 255");
+        self.end_vm().await;
+        self.exit_all(crate::state::UNKNOWN_EXIT).await;
+    }
+
+    /// The host's OOM killer ended `victim` (QEMU or a helper), so the pod
+    /// lost its memory as a container does at its limit: each container is
+    /// reported OOM-killed (`<bundle>/oom` for CRI-O, `/tasks/oom` for
+    /// containerd, both before the exit) and every process exits with 137,
+    /// the status of a SIGKILL, as under runc.
+    pub async fn die_oom_killed(&self, reason: String, victim: &str, kills: u64) {
+        let reason = format!("{victim} was OOM-killed by the host ({reason})");
+        if !lock(&self.state).die(reason.clone()) {
+            return;
+        }
+        tracing::error!(sandbox_id = %self.id, reason = %reason, oom_kills = kills,
+            "the VMM was OOM-killed by the host: the pod's host cgroup counted {kills} OOM kill(s) since boot; every container is reported OOM-killed and exits with 137");
+        self.end_vm().await;
+        let containers: Vec<_> = lock(&self.containers).values().cloned().collect();
+        for c in containers.iter().filter(|c| !c.init.state().is_stopped()) {
+            tracing::warn!(sandbox_id = %self.id, container_id = %c.id, "container OOM-killed with its VM");
+            if c.crio {
+                monitor::write_oom_file(&self.id, c);
+            } else {
+                self.publish(Event::Oom(TaskOOM {
+                    container_id: c.id.clone(),
+                    ..Default::default()
+                }));
+            }
+        }
+        self.exit_all(OOM_KILLED_EXIT).await;
+    }
+
+    /// The VM goes first, so that when CRI-O or containerd see the exits
+    /// nothing of the VM is left on the host; the share's mounts go before
+    /// it, so that its directory can be removed with it.
+    async fn end_vm(&self) {
         self.dead_tx.send_replace(true);
-        // The VM goes first, so that when CRI-O or containerd see the
-        // exits nothing of the VM is left on the host; the share's mounts
-        // go before it, so that its directory can be removed with it.
         let containers: Vec<_> = lock(&self.containers).values().cloned().collect();
         for c in containers {
             c.release_share();
@@ -290,22 +337,19 @@ impl Sandbox {
         let mut lc = self.lifecycle.lock().await;
         self.teardown_vm(&mut lc).await;
         self.persist(&lc);
-        drop(lc);
-        self.exit_all().await;
     }
 
-    /// Every process still running exits 255: the pod's own container
-    /// last, so that a client that sees the sandbox exit (CRI-O then
-    /// stops the pod) finds its other containers exited too; the others
-    /// at once, since each may wait [`DEAD_DRAIN`] for its output.
-    async fn exit_all(&self) {
+    /// Every process still running exits with `status`: the pod's own
+    /// container last, so that a client that sees the sandbox exit (CRI-O
+    /// then stops the pod) finds its other containers exited too; the
+    /// others at once, since each may wait [`DEAD_DRAIN`] for its output.
+    async fn exit_all(&self, status: u32) {
         let containers: Vec<_> = lock(&self.containers).values().cloned().collect();
         let (own, others): (Vec<_>, Vec<_>) = containers.into_iter().partition(|c| c.id == self.id);
         let finish_all = |c: Arc<Container>| async move {
             for p in c.processes() {
                 if !p.state().is_stopped() {
-                    self.finish(&c, &p, Exit::now(crate::state::UNKNOWN_EXIT))
-                        .await;
+                    self.finish(&c, &p, Exit::now(status)).await;
                 }
             }
         };
@@ -319,7 +363,7 @@ impl Sandbox {
     pub async fn teardown(&self) {
         lock(&self.state).stop();
         self.dead_tx.send_replace(true);
-        self.exit_all().await;
+        self.exit_all(crate::state::UNKNOWN_EXIT).await;
         let containers: Vec<_> = lock(&self.containers).drain().map(|(_, c)| c).collect();
         for c in containers {
             for p in c.processes() {

@@ -9,6 +9,7 @@ use containerd_shim_protos::events::task::TaskOOM;
 
 use crate::agent_client::AgentClient;
 use crate::events::Event;
+use crate::host_cgroup;
 use crate::ratelimit::quote_guest;
 use crate::sandbox::container::Container;
 use crate::sandbox::oom::{self, OomFilter, Verdict};
@@ -28,9 +29,6 @@ const HEALTH_FAILURES: u32 = 2;
 const DEATH_VERDICT_WAIT: Duration = Duration::from_secs(
     (HEALTH_PERIOD.as_secs() + HEALTH_TIMEOUT.as_secs()) * (HEALTH_FAILURES as u64 + 1),
 );
-
-/// How long a helper's exit waits for QEMU's, to tell which caused which.
-const QEMU_AFTER_HELPER: Duration = Duration::from_millis(500);
 
 /// Starts the VM and OOM monitors of a freshly booted sandbox.
 pub(super) fn spawn(sb: Arc<Sandbox>, lc: &Lifecycle) {
@@ -53,8 +51,13 @@ pub(super) fn spawn(sb: Arc<Sandbox>, lc: &Lifecycle) {
 
 type ExitWatch = tokio::sync::watch::Receiver<Option<std::process::ExitStatus>>;
 
+/// How long a helper's exit waits for QEMU's own exit status before the
+/// sandbox's death is judged: when the host's OOM killer ends QEMU, its
+/// helpers lose their peer and may be seen exiting first.
+const QEMU_EXIT_GRACE: Duration = Duration::from_secs(2);
+
 /// Declares the sandbox dead when QEMU or one of its helpers exits, or the
-/// agent stops answering.
+/// agent stops answering; as OOM-killed when the host's OOM killer did it.
 async fn watch_vm(
     sb: Arc<Sandbox>,
     agent: AgentClient,
@@ -62,22 +65,12 @@ async fn watch_vm(
     helpers: Vec<(&'static str, ExitWatch)>,
 ) {
     let mut dead = sb.dead_watch();
-    let qemu_probe = qemu_exit.clone();
-    let qemu_reason = move |s: Option<std::process::ExitStatus>| {
-        let status = s.map(|s| s.to_string()).unwrap_or_default();
-        // The guest's own words, bounded by the console's line cap: an
-        // operator's first question.
-        match console.as_ref().and_then(panic_line) {
-            Some(line) => format!("QEMU exited ({status}): the guest kernel panicked: {line}"),
-            None => format!("QEMU exited ({status})"),
-        }
-    };
-    let qemu_said = qemu_reason.clone();
+    let qemu_after = qemu_exit.clone();
     let qemu_exited = async move {
         match qemu_exit {
             Some(mut rx) => match rx.wait_for(|s| s.is_some()).await {
-                Ok(s) => qemu_said(*s),
-                Err(_) => "QEMU's watcher ended".to_string(),
+                Ok(s) => ("QEMU", *s),
+                Err(_) => ("QEMU", None),
             },
             None => std::future::pending().await,
         }
@@ -87,20 +80,17 @@ async fn watch_vm(
     for (name, mut rx) in helpers {
         let tx = exited_tx.clone();
         tokio::spawn(async move {
-            let why = match rx.wait_for(|s| s.is_some()).await {
-                Ok(s) => format!(
-                    "{name} exited ({})",
-                    s.map(|s| s.to_string()).unwrap_or_default()
-                ),
-                Err(_) => format!("{name}'s watcher ended"),
+            let status = match rx.wait_for(|s| s.is_some()).await {
+                Ok(s) => *s,
+                Err(_) => None,
             };
-            let _ = tx.send(why).await;
+            let _ = tx.send((name, status)).await;
         });
     }
     drop(exited_tx);
     let helper_exited = async move {
         match exited.recv().await {
-            Some(why) => why,
+            Some(exit) => exit,
             None => std::future::pending().await,
         }
     };
@@ -128,23 +118,62 @@ async fn watch_vm(
             }
         }
     };
-    let mut reason = tokio::select! {
-        r = qemu_exited => r,
-        r = helper_exited => r,
-        r = stalled => r,
+    let ended = tokio::select! {
+        r = qemu_exited => Ok(r),
+        r = helper_exited => Ok(r),
+        r = stalled => Err(r),
         _ = dead.wait_for(|d| *d) => return,
     };
+    let (who, status) = match ended {
+        Ok(exit) => exit,
+        Err(stalled) => return sb.die(stalled).await,
+    };
+    let said = |who: &str, status: Option<std::process::ExitStatus>| match status {
+        Some(s) => format!("{who} exited ({s})"),
+        None => format!("{who}'s watcher ended"),
+    };
+    let mut reason = said(who, status);
+    let mut ended = vec![(who, status)];
     // A helper often goes first only because QEMU's end closed its socket
-    // (virtiofsd exits when its client leaves): then QEMU's end, and the
-    // guest's panic, is the reason to report.
-    if let Some(mut rx) = qemu_probe.filter(|_| !reason.starts_with("QEMU")) {
-        if let Ok(Ok(s)) =
-            tokio::time::timeout(QEMU_AFTER_HELPER, rx.wait_for(|s| s.is_some())).await
-        {
-            reason = format!("{}, and {reason}", qemu_reason(*s));
+    // (virtiofsd exits when its client leaves; the host's OOM killer ends
+    // QEMU): then QEMU's end is the news, the helper's its echo.
+    if who != "QEMU" {
+        if let Some(mut rx) = qemu_after {
+            if let Ok(Ok(s)) =
+                tokio::time::timeout(QEMU_EXIT_GRACE, rx.wait_for(|s| s.is_some())).await
+            {
+                reason = format!("{}, and {reason}", said("QEMU", *s));
+                ended.insert(0, ("QEMU", *s));
+            }
         }
     }
-    sb.die(reason).await;
+    // The guest's own words, bounded by the console's line cap: an
+    // operator's first question.
+    if let Some(line) = console.as_ref().and_then(panic_line) {
+        reason = format!("{reason}: the guest kernel panicked: {line}");
+    }
+    match vmm_oom_kills(&sb, &ended) {
+        Some((victim, kills)) => sb.die_oom_killed(reason, victim, kills).await,
+        None => sb.die(reason).await,
+    }
+}
+
+/// Which of the VM's processes that `ended` the host's OOM killer ended,
+/// and how many OOM kills the pod's host cgroup counted since boot; `None`
+/// when the death was not for memory.
+fn vmm_oom_kills(
+    sb: &Sandbox,
+    ended: &[(&'static str, Option<std::process::ExitStatus>)],
+) -> Option<(&'static str, u64)> {
+    use std::os::unix::process::ExitStatusExt;
+    let kills = sb.oom_kills_since_boot()?;
+    if kills == 0 {
+        return None;
+    }
+    ended.iter().find_map(|(who, status)| {
+        host_cgroup::oom::killed_for_memory(status.and_then(|s| s.signal()), Some(kills))
+            .map(|n| (*who, n))
+    })
 }
 
 /// Forwards each OOM the agent reports: a `/tasks/oom` event for

@@ -74,7 +74,17 @@ enum Sink {
     Discard,
     Fifo(FifoSink),
     Pipe(pipe::Sender),
-    File(tokio::fs::File),
+    File(FileSink),
+}
+
+/// A log file: a chunk it cannot take (a full filesystem, a quota) is
+/// dropped and the next one tried again, so output resumes once there is
+/// room, and the process never stalls on the file.
+struct FileSink {
+    file: tokio::fs::File,
+    path: PathBuf,
+    /// Bytes dropped since the last chunk the file took.
+    dropped: u64,
 }
 
 struct FifoSink {
@@ -149,7 +159,11 @@ async fn open(dest: Dest, ids: &Ids, stream: Stream) -> Sink {
             }
         },
         Dest::File(path) => match open_file(&path).await {
-            Ok(f) => Sink::File(f),
+            Ok(file) => Sink::File(FileSink {
+                file,
+                path,
+                dropped: 0,
+            }),
             Err(e) => {
                 tracing::error!(
                     container_id = %ids.container_id,
@@ -228,7 +242,7 @@ impl Sink {
             Sink::Discard => return,
             Sink::Fifo(f) => return f.write(data, ids, stream).await,
             Sink::Pipe(tx) => tx.write_all(data).await,
-            Sink::File(f) => f.write_all(data).await,
+            Sink::File(f) => return f.write(data, ids, stream).await,
         };
         if let Err(e) = result {
             // A logger that died, or a file that cannot take more: the
@@ -249,7 +263,20 @@ impl Sink {
         let Sink::File(mut f) = self else {
             return true;
         };
-        match f.flush().await {
+        if f.dropped > 0 {
+            // Deliberately dropped, like output nobody reads: the exit is
+            // not held up for it.
+            tracing::warn!(
+                container_id = %ids.container_id,
+                exec_id = %ids.exec_id,
+                stream = stream.name(),
+                path = %f.path.display(),
+                dropped_bytes = f.dropped,
+                "the stream ended while the log file had no room"
+            );
+            return true;
+        }
+        match f.file.flush().await {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(
@@ -260,6 +287,44 @@ impl Sink {
                     "flushing the log file failed"
                 );
                 false
+            }
+        }
+    }
+}
+
+impl FileSink {
+    async fn write(&mut self, data: &[u8], ids: &Ids, stream: Stream) {
+        // The flush waits for the write to reach the file, so a full
+        // filesystem is seen at this chunk, not at a later one.
+        let written = match self.file.write_all(data).await {
+            Ok(()) => self.file.flush().await,
+            Err(e) => Err(e),
+        };
+        match written {
+            Ok(()) if self.dropped > 0 => {
+                tracing::warn!(
+                    container_id = %ids.container_id,
+                    exec_id = %ids.exec_id,
+                    stream = stream.name(),
+                    path = %self.path.display(),
+                    dropped_bytes = self.dropped,
+                    "the log file takes output again"
+                );
+                self.dropped = 0;
+            }
+            Ok(()) => {}
+            Err(e) => {
+                if self.dropped == 0 {
+                    tracing::warn!(
+                        container_id = %ids.container_id,
+                        exec_id = %ids.exec_id,
+                        stream = stream.name(),
+                        path = %self.path.display(),
+                        error = %e,
+                        "cannot write the log file; output is dropped until it has room"
+                    );
+                }
+                self.dropped += data.len() as u64;
             }
         }
     }

@@ -476,6 +476,32 @@ async fn file_uri_appends_both_streams() {
     io.shutdown().await;
 }
 
+/// A log file that cannot take output (`/dev/full` fails every write with
+/// ENOSPC) neither stalls the process nor ends the copy: every chunk is
+/// still taken from the agent and the stream ends normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_log_file_drops_output_without_stalling_the_process() {
+    let uri = "file:///dev/full";
+    let agent = FakeAgent::new();
+    let io = ProcessIo::new(cfg("", uri, uri, false), CID, EID, "default").expect("valid");
+    io.start(agent.clone());
+    for _ in 0..3 {
+        agent.stdout.push(b"line that has no room\n");
+    }
+    agent.stdout.eof();
+    agent.stderr.push(b"err\n");
+    agent.stderr.eof();
+    eventually("every chunk taken from the agent", || {
+        agent.stdout.taken.load(Ordering::SeqCst) == 3 * 22
+    })
+    .await;
+    assert!(
+        io.wait_output(Duration::from_secs(10)).await,
+        "the copies end at EOF even though the file took nothing"
+    );
+    io.shutdown().await;
+}
+
 fn query_escape(s: &str) -> String {
     s.bytes()
         .map(|b| {

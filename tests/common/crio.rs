@@ -99,6 +99,9 @@ pub struct Prepared {
     pub rootfs_mounts: Vec<api::Mount>,
     pub tty: bool,
     pub stdin: bool,
+    /// Both output streams to this `file://` or `binary://` URI instead
+    /// of FIFOs (containerd's `--log-uri`).
+    pub log_uri: Option<String>,
 }
 
 impl Prepared {
@@ -265,6 +268,14 @@ impl Crio {
             vec![bundle.join("shm")],
             "mounts below the bundle other than CRI-O's shm"
         );
+    }
+
+    /// Everything the shims wrote to the bundles' `log` FIFOs so far.
+    pub fn shim_logs(&self) -> String {
+        self.logs
+            .iter()
+            .map(|d| String::from_utf8_lossy(&d.snapshot()).into_owned())
+            .collect()
     }
 
     pub fn bundle(&self, id: &str) -> PathBuf {
@@ -517,6 +528,7 @@ impl Crio {
             rootfs_mounts: Vec::new(),
             tty: false,
             stdin: false,
+            log_uri: None,
         };
         let created = self.create_prepared(prepared).map(|_| ());
         (id, created)
@@ -543,6 +555,7 @@ impl Crio {
             rootfs_mounts: Vec::new(),
             tty: false,
             stdin: false,
+            log_uri: None,
         }
     }
 
@@ -603,6 +616,10 @@ impl Crio {
         req.rootfs = p.rootfs_mounts.clone();
         req.terminal = p.tty;
         (req.stdin, req.stdout, req.stderr) = io.paths();
+        if let Some(uri) = &p.log_uri {
+            req.stdout = uri.clone();
+            req.stderr = uri.clone();
+        }
         req.options = self.create_options.clone().into();
         match self.rpc::<_, api::CreateTaskResponse>(&client, "Create", &req) {
             Ok(resp) => {

@@ -250,7 +250,7 @@ pub fn find_leaks(sandbox_id: &str, rootfs: &[PathBuf]) -> Vec<String> {
             leaks.push(format!("rootless uid claim {}", claim.path().display()));
         }
     }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let mounts = std::fs::read_to_string("/proc/thread-self/mountinfo").expect("mountinfo");
     for m in mounts.lines().filter(|l| l.contains(sandbox_id)) {
         leaks.push(format!("mount {m}"));
     }
@@ -337,9 +337,10 @@ pub fn arg_after<'a>(argv: &'a [String], flag: &str) -> Option<&'a str> {
         .map(|w| w[1].as_str())
 }
 
-/// Mount points of this mount namespace, octal escapes decoded.
+/// Mount points of this thread's mount namespace (a test may have one of
+/// its own, see `tests/exhaustion.rs`), octal escapes decoded.
 pub fn mount_points() -> Vec<PathBuf> {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let info = std::fs::read_to_string("/proc/thread-self/mountinfo").expect("mountinfo");
     info.lines()
         .filter_map(|l| l.split(' ').nth(4))
         .map(|p| kata_shim::mounts::path_field(p.as_bytes()))
