@@ -391,9 +391,6 @@ fn set_nofile(pid: u32, limit: &str) {
 /// UNAVAILABLE with a message, never UNKNOWN nor a hang), the shim must
 /// serve again once descriptors are free, and removal leaves nothing.
 #[test]
-#[ignore = "fails today: under EMFILE the shim starts an exec whose stdio FIFOs it \
-            cannot open and discards its output (stdio::copy open_fifo), instead of \
-            failing Start with RESOURCE_EXHAUSTED; the fix is not made yet"]
 fn a_shim_out_of_file_descriptors_fails_calls_clearly_and_recovers() {
     let mut crio = Crio::new("fds");
     let sid = crio.run_pod_sandbox(&PodConfig::new("fds"));
@@ -402,7 +399,8 @@ fn a_shim_out_of_file_descriptors_fails_calls_clearly_and_recovers() {
     let shim = crio.shim_pid(&sid);
     let open = open_fds(shim);
     let normal = nofile(shim);
-    let low = open + 6;
+    // Room for a few execs past the shim's headroom, then none.
+    let low = open + kata_shim::stdio::FD_HEADROOM as usize + 8;
     set_nofile(shim, &format!("{low}:"));
     println!("shim {shim}: {open} fds open, RLIMIT_NOFILE lowered to {low}");
 
@@ -429,6 +427,11 @@ fn a_shim_out_of_file_descriptors_fails_calls_clearly_and_recovers() {
         }
     }
     let (call, err) = failure.expect("32 execs started under a limit of a few fds");
+    assert!(
+        !held.is_empty(),
+        "not one exec started with {} spare descriptors",
+        low - open
+    );
     println!(
         "after {} execs, {call} failed with {:?}: {} (shim has {} fds open)",
         held.len(),

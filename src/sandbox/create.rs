@@ -37,6 +37,7 @@ impl Sandbox {
             field: "id",
             reason: e.to_string(),
         })?;
+        crate::stdio::ensure_fd_headroom()?;
         let spec = read_spec(&bundle)?;
         let annotations = annotations::spec_annotations(&spec);
         let identity = annotations::identity(&req.id, &annotations)?;

@@ -205,6 +205,7 @@ impl Sandbox {
             reason: e.to_string(),
         })?;
         let c = self.container(&spec.container_id)?;
+        crate::stdio::ensure_fd_headroom()?;
         if c.process(&spec.exec_id).is_ok() {
             return Err(Error::AlreadyExists {
                 what: "exec",

@@ -72,6 +72,15 @@ pub enum StdioError {
         #[source]
         source: Box<AgentError>,
     },
+    #[error(
+        "the shim has {open} of its {limit} file descriptors open, and a process's output needs up to {FD_HEADROOM} more"
+    )]
+    NoDescriptors {
+        open: u64,
+        limit: u64,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl StdioError {
@@ -79,8 +88,45 @@ impl StdioError {
         match self {
             StdioError::Invalid { .. } => ttrpc::Code::INVALID_ARGUMENT,
             StdioError::Agent { source, .. } => source.code(),
+            StdioError::NoDescriptors { .. } => ttrpc::Code::RESOURCE_EXHAUSTED,
         }
     }
+}
+
+/// File descriptors a new process's output may take in the shim (its
+/// FIFOs, a log file, the copies' pipes) with room to spare for the
+/// connections the shim must still accept.
+pub const FD_HEADROOM: u64 = 16;
+
+/// Refuses a new process while the shim is short of file descriptors: its
+/// output FIFOs are opened after the process starts, and one that cannot
+/// be opened would lose the output silently.
+pub fn ensure_fd_headroom() -> Result<(), StdioError> {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit(2) only writes the struct it is given, which lives
+    // for the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return Ok(());
+    }
+    let limit = rl.rlim_cur;
+    // Counting needs one descriptor of its own: a shim without even that
+    // is out.
+    let open = match std::fs::read_dir("/proc/self/fd") {
+        Ok(dir) => dir.count() as u64,
+        Err(e) if e.raw_os_error() == Some(libc::EMFILE) => limit,
+        Err(_) => return Ok(()),
+    };
+    if open.saturating_add(FD_HEADROOM) > limit {
+        return Err(StdioError::NoDescriptors {
+            open,
+            limit,
+            source: std::io::Error::from_raw_os_error(libc::EMFILE),
+        });
+    }
+    Ok(())
 }
 
 /// The agent's stream calls: the seam between the copies and the guest.

@@ -685,3 +685,38 @@ fn stdio_errors_name_the_stream_and_are_invalid_argument() {
     };
     assert_eq!(closed.code(), ttrpc::Code::UNAVAILABLE);
 }
+
+#[test]
+fn a_shim_short_of_descriptors_refuses_a_new_process() {
+    // nextest runs each test in its own process: the limit is ours alone.
+    let open = std::fs::read_dir("/proc/self/fd").expect("fds").count() as u64;
+    let mut saved = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write only the structs given.
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut saved), 0);
+    }
+    assert!(crate::stdio::ensure_fd_headroom().is_ok());
+    let low = libc::rlimit {
+        rlim_cur: open + FD_HEADROOM / 2,
+        rlim_max: saved.rlim_max,
+    };
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &low), 0);
+    }
+    let refused = crate::stdio::ensure_fd_headroom();
+    // SAFETY: as above.
+    unsafe {
+        assert_eq!(libc::setrlimit(libc::RLIMIT_NOFILE, &saved), 0);
+    }
+    let e = refused.expect_err("half the headroom is not enough");
+    assert_eq!(e.code(), ttrpc::Code::RESOURCE_EXHAUSTED);
+    assert!(
+        crate::logging::error_chain(&e).contains("Too many open files"),
+        "{}",
+        crate::logging::error_chain(&e)
+    );
+}
