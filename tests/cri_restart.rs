@@ -203,9 +203,18 @@ fn containerd_killed_at_every_phase_loses_no_pod() {
         // As kubelet: stop and remove every pod the CRI lists, but the
         // neighbour.
         let cri = c.cri();
-        let listed: Vec<String> = cri
-            .list_pods()
-            .expect("ListPodSandbox after the restart")
+        // containerd's CRI answers "not initialized" while it recovers its
+        // sandboxes after a start; kubelet retries, and so does this.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let pods = loop {
+            match cri.list_pods() {
+                Err(e) if e.message().contains("not initialized") && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(500))
+                }
+                r => break r.expect("ListPodSandbox after the restart"),
+            }
+        };
+        let listed: Vec<String> = pods
             .into_iter()
             .map(|p| p.id)
             .filter(|id| *id != nb)
