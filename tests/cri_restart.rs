@@ -13,6 +13,7 @@
 
 mod common;
 
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use common::containerd::Containerd;
@@ -275,4 +276,146 @@ fn containerd_killed_at_every_phase_loses_no_pod() {
     if let Some(report) = std::env::var_os("FAULT_CRI_REPORT") {
         std::fs::write(&report, &table).expect("write FAULT_CRI_REPORT");
     }
+}
+
+/// The host cgroup directories of `pid` that name `sid` (the pod's own).
+fn pod_cgroups(pid: u32, sid: &str) -> Vec<PathBuf> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+            let mount = ctrls.strip_prefix("name=").unwrap_or(ctrls);
+            let root = Path::new("/sys/fs/cgroup").join(mount);
+            path.contains(sid)
+                .then(|| root.join(path.trim_start_matches('/')))
+        })
+        .collect();
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    dirs
+}
+
+/// A node reboot (issue 15, item 4): the power goes with a kata pod
+/// running, so `/run` (our directories, containerd's state, the pod's
+/// network namespace) and the cgroups are gone at boot, while `/var`
+/// (containerd's metadata, the guest image) is kept. After the boot the
+/// client stops and removes what containerd still lists, as kubelet does,
+/// and a new kata pod must run and leave nothing, as must the old one.
+#[test]
+fn a_node_reboot_leaves_nothing_that_breaks_the_next_pod() {
+    require_vm_host();
+    let mut c = Containerd::start_cri("reboot", false);
+    let ours = c.address().display().to_string();
+    let cfg = pod_config("before", &c.pod_log_dir("before"));
+    let (old, netns) = {
+        let cri = c.cri();
+        let old = cri.run_pod(&cfg, KATA).expect("RunPodSandbox");
+        let ctr = cri
+            .create_container(
+                &old,
+                container_config("app", BUSYBOX_REF, &["sleep", "100000"]),
+                &cfg,
+            )
+            .expect("CreateContainer");
+        cri.start_container(&ctr).expect("StartContainer");
+        (old.clone(), cri.pod_netns(&old).expect("the pod's netns"))
+    };
+    let (_, qemu) = vm_processes(&old)
+        .into_iter()
+        .find(|(p, _)| p == "qemu-system-x86_64")
+        .expect("the pod's QEMU");
+    let cgroups = pod_cgroups(qemu, &old);
+    assert!(!cgroups.is_empty(), "QEMU is in no cgroup of its pod");
+
+    c.power_cycle(|| {
+        let victims: Vec<u32> = processes()
+            .into_iter()
+            .filter(|(_, argv)| argv.iter().any(|a| a.contains(&old)))
+            .map(|(pid, _)| pid)
+            .collect();
+        for &pid in &victims {
+            kill9(pid);
+        }
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while victims
+            .iter()
+            .any(|p| Path::new(&format!("/proc/{p}")).exists())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the pod's processes outlived SIGKILL"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        for dir in [
+            Path::new(kata_shim::layout::RUN_ROOT).join(&old),
+            Path::new(kata_shim::layout::SHARE_ROOT).join(&old),
+            Path::new(kata_shim::layout::PERSIST_ROOT).join(&old),
+        ] {
+            unmount_under(&dir);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
+        unmount_under(&netns);
+        let _ = std::fs::remove_file(&netns);
+        for dir in &cgroups {
+            let _ = std::fs::remove_dir(dir);
+        }
+    });
+
+    // As kubelet after the boot: stop and remove every pod listed.
+    let cri = c.cri();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let pods = loop {
+        match cri.list_pods() {
+            Err(e) if e.message().contains("not initialized") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(500))
+            }
+            r => break r.expect("ListPodSandbox after the boot"),
+        }
+    };
+    eprintln!(
+        "after the boot containerd lists {:?}",
+        pods.iter().map(|p| (&p.id, p.state)).collect::<Vec<_>>()
+    );
+    for p in &pods {
+        cri.stop_pod(&p.id).unwrap_or_else(|e| {
+            panic!(
+                "StopPodSandbox {} after the boot: {e}\n{}",
+                p.id,
+                c.log_tail()
+            )
+        });
+        cri.remove_pod(&p.id).unwrap_or_else(|e| {
+            panic!(
+                "RemovePodSandbox {} after the boot: {e}\n{}",
+                p.id,
+                c.log_tail()
+            )
+        });
+    }
+    assert_no_leaks(&old);
+
+    let cfg = pod_config("after", &c.pod_log_dir("after"));
+    let new = cri
+        .run_pod(&cfg, KATA)
+        .expect("RunPodSandbox after the boot");
+    let ctr = cri
+        .create_container(
+            &new,
+            container_config("app", BUSYBOX_REF, &["sleep", "100000"]),
+            &cfg,
+        )
+        .expect("CreateContainer after the boot");
+    cri.start_container(&ctr)
+        .expect("StartContainer after the boot");
+    let r = cri
+        .exec_sync(&ctr, &["echo", "booted"], 60)
+        .expect("ExecSync after the boot");
+    assert_eq!(String::from_utf8_lossy(&r.stdout).trim(), "booted");
+    cri.stop_pod(&new).expect("StopPodSandbox");
+    cri.remove_pod(&new).expect("RemovePodSandbox");
+    assert_no_leaks(&new);
+    let left = sandboxes_but("", &ours);
+    assert!(left.is_empty(), "sandboxes left after the boot: {left:?}");
 }

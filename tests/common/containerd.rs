@@ -245,6 +245,44 @@ impl Containerd {
         self.spawn();
     }
 
+    /// A node's power cut and boot: containerd dies with SIGKILL, `wipe`
+    /// ends what else the boot would (the pods' processes, `/run`),
+    /// containerd's state (its `/run` part) goes, and containerd starts
+    /// again on its root directory (its `/var` part). The harness's own
+    /// files in the state directory stay, as their stand-ins would: the
+    /// configurations and the CNI network (`/etc`), the logs (`/var/log`)
+    /// and the CNI address leases (`/var/lib/cni`).
+    pub fn power_cycle(&mut self, wipe: impl FnOnce()) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        wipe();
+        let keep = [
+            self.config.as_path(),
+            self.log.as_path(),
+            self.kata_config.as_path(),
+        ];
+        let kept_dirs = [self.state.join("pods"), self.state.join("cni")];
+        for entry in std::fs::read_dir(&self.state)
+            .expect("read containerd state")
+            .flatten()
+        {
+            let path = entry.path();
+            if keep.contains(&path.as_path()) || kept_dirs.contains(&path) {
+                continue;
+            }
+            super::unmount_under(&path);
+            let gone = if path.is_dir() {
+                std::fs::remove_dir_all(&path)
+            } else {
+                std::fs::remove_file(&path)
+            };
+            gone.unwrap_or_else(|e| panic!("wipe {}: {e}", path.display()));
+        }
+        self.spawn();
+    }
+
     /// Stops containerd gracefully (its shims keep running) and starts it
     /// again on the same directories and configuration.
     pub fn restart(&mut self) {
