@@ -20,6 +20,7 @@ use common::containerd::Containerd;
 use common::cri::{Cri, KATA, container_config, pod_config};
 use common::image::BUSYBOX_REF;
 use common::*;
+use k8s_cri::v1::PodSandbox;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tonic::Status;
@@ -120,20 +121,7 @@ fn containerd_killed_at_every_phase_loses_no_pod() {
     let mut c = Containerd::start_cri("crash", false);
     let sock = c.address();
     let ours = sock.display().to_string();
-    let nb_cfg = pod_config("neighbour", &c.pod_log_dir("neighbour"));
-    let (nb, nb_ctr) = {
-        let cri = c.cri();
-        let nb = cri.run_pod(&nb_cfg, KATA).expect("RunPodSandbox neighbour");
-        let ctr = cri
-            .create_container(
-                &nb,
-                container_config("app", BUSYBOX_REF, &["sleep", "100000"]),
-                &nb_cfg,
-            )
-            .expect("CreateContainer neighbour");
-        cri.start_container(&ctr).expect("StartContainer neighbour");
-        (nb, ctr)
-    };
+    let (nb, nb_ctr) = sleeping_pod(&c, "neighbour");
     let mut nb_vm = vm_processes(&nb);
     nb_vm.sort();
     let mut rows = Vec::new();
@@ -204,18 +192,7 @@ fn containerd_killed_at_every_phase_loses_no_pod() {
         // As kubelet: stop and remove every pod the CRI lists, but the
         // neighbour.
         let cri = c.cri();
-        // containerd's CRI answers "not initialized" while it recovers its
-        // sandboxes after a start; kubelet retries, and so does this.
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let pods = loop {
-            match cri.list_pods() {
-                Err(e) if e.message().contains("not initialized") && Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(500))
-                }
-                r => break r.expect("ListPodSandbox after the restart"),
-            }
-        };
-        let listed: Vec<String> = pods
+        let listed: Vec<String> = list_when_ready(&cri)
             .into_iter()
             .map(|p| p.id)
             .filter(|id| *id != nb)
@@ -278,6 +255,41 @@ fn containerd_killed_at_every_phase_loses_no_pod() {
     }
 }
 
+/// The pods containerd lists once it answers: its CRI says "not
+/// initialized" while it recovers its sandboxes after a start, and kubelet
+/// retries, as this does for up to a minute.
+fn list_when_ready(cri: &Cri) -> Vec<PodSandbox> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        match cri.list_pods() {
+            Err(e) if e.message().contains("not initialized") && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(500))
+            }
+            r => return r.expect("ListPodSandbox after containerd's start"),
+        }
+    }
+}
+
+/// A kata pod named `name` with one container sleeping: its pod and
+/// container ids.
+fn sleeping_pod(c: &Containerd, name: &str) -> (String, String) {
+    let cfg = pod_config(name, &c.pod_log_dir(name));
+    let cri = c.cri();
+    let pod = cri
+        .run_pod(&cfg, KATA)
+        .unwrap_or_else(|e| panic!("RunPodSandbox {name}: {e}"));
+    let ctr = cri
+        .create_container(
+            &pod,
+            container_config("app", BUSYBOX_REF, &["sleep", "100000"]),
+            &cfg,
+        )
+        .unwrap_or_else(|e| panic!("CreateContainer in {name}: {e}"));
+    cri.start_container(&ctr)
+        .unwrap_or_else(|e| panic!("StartContainer in {name}: {e}"));
+    (pod, ctr)
+}
+
 /// The host cgroup directories of `pid` that name `sid` (the pod's own).
 fn pod_cgroups(pid: u32, sid: &str) -> Vec<PathBuf> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();
@@ -307,20 +319,8 @@ fn a_node_reboot_leaves_nothing_that_breaks_the_next_pod() {
     require_vm_host();
     let mut c = Containerd::start_cri("reboot", false);
     let ours = c.address().display().to_string();
-    let cfg = pod_config("before", &c.pod_log_dir("before"));
-    let (old, netns) = {
-        let cri = c.cri();
-        let old = cri.run_pod(&cfg, KATA).expect("RunPodSandbox");
-        let ctr = cri
-            .create_container(
-                &old,
-                container_config("app", BUSYBOX_REF, &["sleep", "100000"]),
-                &cfg,
-            )
-            .expect("CreateContainer");
-        cri.start_container(&ctr).expect("StartContainer");
-        (old.clone(), cri.pod_netns(&old).expect("the pod's netns"))
-    };
+    let (old, _) = sleeping_pod(&c, "before");
+    let netns = c.cri().pod_netns(&old).expect("the pod's netns");
     let (_, qemu) = vm_processes(&old)
         .into_iter()
         .find(|(p, _)| p == "qemu-system-x86_64")
@@ -365,15 +365,7 @@ fn a_node_reboot_leaves_nothing_that_breaks_the_next_pod() {
 
     // As kubelet after the boot: stop and remove every pod listed.
     let cri = c.cri();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let pods = loop {
-        match cri.list_pods() {
-            Err(e) if e.message().contains("not initialized") && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(500))
-            }
-            r => break r.expect("ListPodSandbox after the boot"),
-        }
-    };
+    let pods = list_when_ready(&cri);
     eprintln!(
         "after the boot containerd lists {:?}",
         pods.iter().map(|p| (&p.id, p.state)).collect::<Vec<_>>()
@@ -396,19 +388,7 @@ fn a_node_reboot_leaves_nothing_that_breaks_the_next_pod() {
     }
     assert_no_leaks(&old);
 
-    let cfg = pod_config("after", &c.pod_log_dir("after"));
-    let new = cri
-        .run_pod(&cfg, KATA)
-        .expect("RunPodSandbox after the boot");
-    let ctr = cri
-        .create_container(
-            &new,
-            container_config("app", BUSYBOX_REF, &["sleep", "100000"]),
-            &cfg,
-        )
-        .expect("CreateContainer after the boot");
-    cri.start_container(&ctr)
-        .expect("StartContainer after the boot");
+    let (new, ctr) = sleeping_pod(&c, "after");
     let r = cri
         .exec_sync(&ctr, &["echo", "booted"], 60)
         .expect("ExecSync after the boot");

@@ -266,9 +266,14 @@ impl Sandbox {
             .as_ref()
             .and_then(|m| m.events.get("oom_kill").copied())
             .unwrap_or(0);
-        if oom_kills == 0 {
-            return;
+        if oom_kills > 0 {
+            self.report_oom(c);
         }
+    }
+
+    /// Tells the client that `c` was OOM-killed: `<bundle>/oom` for
+    /// CRI-O, a `/tasks/oom` event for containerd.
+    fn report_oom(&self, c: &Container) {
         if c.crio {
             monitor::write_oom_file(&self.id, c);
         } else {
@@ -313,14 +318,7 @@ impl Sandbox {
         let containers: Vec<_> = lock(&self.containers).values().cloned().collect();
         for c in containers.iter().filter(|c| !c.init.state().is_stopped()) {
             tracing::warn!(sandbox_id = %self.id, container_id = %c.id, "container OOM-killed with its VM");
-            if c.crio {
-                monitor::write_oom_file(&self.id, c);
-            } else {
-                self.publish(Event::Oom(TaskOOM {
-                    container_id: c.id.clone(),
-                    ..Default::default()
-                }));
-            }
+            self.report_oom(c);
         }
         self.exit_all(OOM_KILLED_EXIT).await;
     }
