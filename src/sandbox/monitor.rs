@@ -51,9 +51,13 @@ pub(super) fn spawn(sb: Arc<Sandbox>, lc: &Lifecycle) {
 
 type ExitWatch = tokio::sync::watch::Receiver<Option<std::process::ExitStatus>>;
 
-/// How long a helper's exit waits for QEMU's own exit status before the
-/// sandbox's death is judged: when the host's OOM killer ends QEMU, its
-/// helpers lose their peer and may be seen exiting first.
+/// How long a helper's exit waits for QEMU's own before the sandbox's
+/// death is judged: QEMU's end (a guest panic) closes the helpers' sockets,
+/// and they may be seen exiting first. Short, since a helper that died on
+/// its own leaves the pod hung until the death is declared.
+const QEMU_EXIT_ECHO: Duration = Duration::from_millis(500);
+/// The same when the pod's host cgroup counted OOM kills: the OOM killer
+/// may take QEMU a moment after a helper.
 const QEMU_EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// Declares the sandbox dead when QEMU or one of its helpers exits, or the
@@ -139,9 +143,12 @@ async fn watch_vm(
     // QEMU): then QEMU's end is the news, the helper's its echo.
     if who != "QEMU" {
         if let Some(mut rx) = qemu_after {
-            if let Ok(Ok(s)) =
-                tokio::time::timeout(QEMU_EXIT_GRACE, rx.wait_for(|s| s.is_some())).await
-            {
+            let wait = if sb.oom_kills_since_boot().is_some_and(|k| k > 0) {
+                QEMU_EXIT_GRACE
+            } else {
+                QEMU_EXIT_ECHO
+            };
+            if let Ok(Ok(s)) = tokio::time::timeout(wait, rx.wait_for(|s| s.is_some())).await {
                 reason = format!("{}, and {reason}", said("QEMU", *s));
                 ended.insert(0, ("QEMU", *s));
             }
