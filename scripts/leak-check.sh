@@ -51,8 +51,14 @@ if ip netns list 2>/dev/null | grep -q '^kata-test-'; then
 fi
 # containerd's CRI plugin pins each pod's netns as cni-*; the test CNI
 # bridges are kt<8 hex digits>; pod cgroups go under k8s.io.
+# Each test containerd has its own bridge and subnet: a namespace's
+# address names the test that left it, and its processes what still runs.
 if ip netns list 2>/dev/null | grep -q '^cni-'; then
-    echo "leak: CNI network namespaces:"; ip netns list | grep '^cni-'; fail=1
+    echo "leak: CNI network namespaces:"
+    for ns in $(ip netns list | awk '/^cni-/ {print $1}'); do
+        echo "$ns: $(ip -n "$ns" -o -4 addr show 2>/dev/null | awk '{print $2, $4}' | tr '\n' ' ')pids: $(ip netns pids "$ns" 2>/dev/null | tr '\n' ' ')"
+    done
+    fail=1
 fi
 if ip -o link show 2>/dev/null | grep -qE '^[0-9]+: kt[0-9a-f]{8}[:@]'; then
     echo "leak: test CNI bridges:"; ip -o link show | grep -E '^[0-9]+: kt[0-9a-f]{8}[:@]'; fail=1
@@ -70,7 +76,11 @@ for ns in "" $(ip netns list 2>/dev/null | awk '{print $1}'); do
 done
 pod_cgroups=$(find /sys/fs/cgroup/*/k8s.io -mindepth 1 -type d 2>/dev/null)
 if [ -n "$pod_cgroups" ]; then
-    echo "leak: host cgroups of CRI pods:"; echo "$pod_cgroups"; fail=1
+    echo "leak: host cgroups of CRI pods (with the processes still in them):"
+    for cg in $pod_cgroups; do
+        echo "$cg: $(cat "$cg/cgroup.procs" 2>/dev/null | tr '\n' ' ')"
+    done
+    fail=1
 fi
 if ls -d /sys/fs/cgroup/*/kata-test-* >/dev/null 2>&1; then
     echo "leak: host cgroups of test pods:"; ls -d /sys/fs/cgroup/*/kata-test-*; fail=1

@@ -263,7 +263,35 @@ pub fn find_leaks(sandbox_id: &str, rootfs: &[PathBuf]) -> Vec<String> {
             ));
         }
     }
+    for dir in host_cgroups(sandbox_id) {
+        leaks.push(format!("host cgroup {}", dir.display()));
+    }
     leaks
+}
+
+/// Every host cgroup directory whose name carries `sid`, in every
+/// hierarchy under /sys/fs/cgroup (v1, the hybrid `unified`, or pure v2),
+/// deepest first so they can be removed in order. The shim names a pod's
+/// cgroup after the sandbox (`k8s.io/<id>`, `kata-test-<id>`, ...).
+pub fn host_cgroups(sid: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, depth: u32, sid: &str, out: &mut Vec<PathBuf>) {
+        if depth == 0 {
+            return;
+        }
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = e.path();
+            walk(&path, depth - 1, sid, out);
+            if e.file_name().to_string_lossy().contains(sid) {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(Path::new("/sys/fs/cgroup"), 7, sid, &mut out);
+    out
 }
 
 /// Every process on the host with its argv (kernel threads have none).
