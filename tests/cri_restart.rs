@@ -186,6 +186,9 @@ fn containerd_killed_at_every_phase_loses_no_pod() {
         } else {
             Duration::from_millis(300)
         });
+        // The victims' ids, for the leak check, even of a pod that
+        // containerd forgets in the fault.
+        let mut victims = sandboxes_but(&nb, &ours);
         fault.strike(&mut c);
         let saw = in_flight.join().expect("the in-flight call");
 
@@ -222,6 +225,10 @@ fn containerd_killed_at_every_phase_loses_no_pod() {
             forgotten.is_empty(),
             "{phase:?} / {fault:?}: sandboxes left after every listed pod was removed: {forgotten:?}"
         );
+        victims.extend(pod);
+        for id in &victims {
+            assert_no_leaks(id);
+        }
         let mut vm = vm_processes(&nb);
         vm.sort();
         assert_eq!(
