@@ -88,7 +88,6 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
 }
 
 fn main() -> ExitCode {
-    forksafe::init();
     if nix::unistd::getpid().as_raw() == 1 {
         init::pid1_main();
     }

@@ -7,10 +7,11 @@
 //! intermediate process (a child of the agent) which clones the container
 //! init with `CLONE_PARENT`, so the init is a child of the agent too and
 //! the reaper collects it: exits flow reaper → [`Process`] (see
-//! `process.rs`). libcontainer's clone runs on a fresh thread, one at a
-//! time (the sandbox serializes them; see `forksafe.rs` for why fresh). The agent's own [`ContainerState`]
-//! is the authority over the lifecycle; libcontainer's status file is only
-//! used by libcontainer itself.
+//! `process.rs`). libcontainer's fork runs on a thread of its own, one
+//! at a time (the sandbox serializes them; `forksafe.rs` says why the fork
+//! is glibc's). The agent's own [`ContainerState`] is the authority over
+//! the lifecycle; libcontainer's status file is only used by libcontainer
+//! itself.
 
 pub mod cgroup;
 mod console;

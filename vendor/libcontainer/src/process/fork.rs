@@ -1,7 +1,6 @@
 use std::ffi::c_int;
 use std::num::NonZeroUsize;
 
-use libc::SIGCHLD;
 use nix::sys::{mman, resource};
 use nix::unistd::Pid;
 
@@ -51,8 +50,22 @@ pub fn container_clone_sibling(cb: CloneCb) -> Result<Pid, CloneError> {
 }
 
 // Clone a child process and execute the callback.
-pub fn container_clone(cb: CloneCb) -> Result<Pid, CloneError> {
-    clone_internal(cb, 0, Some(SIGCHLD as u64))
+//
+// Patched (vendor/README.md): a plain child is made with glibc's fork(), not
+// a raw clone3. The caller may be a multi-threaded process (the kata agent),
+// and only fork() takes glibc's malloc arena and stdio locks across the
+// fork and resets them in the child: after a raw clone3 a lock that another
+// thread held at that instant stays held in the child, whose next malloc
+// then waits forever.
+pub fn container_clone(mut cb: CloneCb) -> Result<Pid, CloneError> {
+    // SAFETY: the child runs only the callback, which is what libcontainer
+    // runs after clone3 as well, and then exits; fork() leaves glibc's own
+    // state consistent in the child.
+    match unsafe { libc::fork() } {
+        -1 => Err(CloneError::Clone(nix::Error::last())),
+        0 => std::process::exit(cb()),
+        pid => Ok(Pid::from_raw(pid)),
+    }
 }
 
 // An internal wrapper to manage the clone3 vs clone fallback logic.
