@@ -239,7 +239,8 @@ impl HostCgroup {
 }
 
 /// Removes cgroup directories deepest first, tolerating missing ones and
-/// retrying briefly while the kernel reports one busy. Paths outside
+/// retrying briefly while the kernel reports one busy, killing what is
+/// still in a busy leaf ([`kill_members`]). Paths outside
 /// [`CGROUP_ROOT`] are refused, so a damaged state file cannot aim it
 /// elsewhere.
 pub fn remove_dirs(dirs: &[PathBuf]) {
@@ -265,6 +266,9 @@ pub fn remove_dirs(dirs: &[PathBuf]) {
                 // children is waited on (its processes are still leaving).
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) && has_children(dir) => break,
                 Err(e) if e.raw_os_error() == Some(libc::EBUSY) && attempt < BUSY_RETRIES => {
+                    if attempt % KILL_EVERY == 1 {
+                        kill_members(dir);
+                    }
                     std::thread::sleep(BUSY_PAUSE);
                 }
                 Err(e) => {
@@ -272,6 +276,40 @@ pub fn remove_dirs(dirs: &[PathBuf]) {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// How often (in [`BUSY_PAUSE`]s) [`remove_dirs`] kills what is left in a
+/// busy leaf: at once, then about every second.
+const KILL_EVERY: u32 = 50;
+
+/// SIGKILLs every process left in the pod's leaf cgroup `dir`, but the
+/// shim itself, so the directory can go. The VM's teardown ends QEMU and
+/// the helpers it started, but not a helper's own child: virtiofsd's
+/// sandboxed child, when stopped (SIGSTOP), ignores its parent-death
+/// SIGTERM until continued and held the directory busy for good (the fault
+/// matrix's "virtiofsd, boot, SIGSTOP"). SIGKILL is the one signal a
+/// stopped process acts on. Only leaves the shim made or its record names
+/// come here: the pod's own processes are all that is in them.
+fn kill_members(dir: &Path) {
+    let me = std::process::id();
+    let Ok(procs) = fs::read_to_string(dir.join("cgroup.procs")) else {
+        return;
+    };
+    for pid in procs.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+        if pid == me || pid <= 1 {
+            continue;
+        }
+        let Ok(raw) = i32::try_from(pid) else {
+            continue;
+        };
+        match nix::sys::signal::kill(nix::unistd::Pid::from_raw(raw), nix::sys::signal::SIGKILL) {
+            Ok(()) => tracing::info!(
+                dir = %dir.display(), pid,
+                "killed a process left in the pod's host cgroup"
+            ),
+            Err(e) => tracing::debug!(dir = %dir.display(), pid, error = %e, "cannot kill"),
         }
     }
 }
@@ -500,6 +538,39 @@ mod tests {
         }
         parent.remove();
         for dir in parent.dirs() {
+            assert!(!dir.exists(), "{} left behind", dir.display());
+        }
+    }
+
+    /// A stopped process left in the pod's cgroup (a helper's child that
+    /// outlived it under SIGSTOP) is killed, and the directories go.
+    #[test]
+    fn a_stopped_process_left_in_the_pod_cgroup_does_not_keep_it() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: creating cgroups needs root");
+            return;
+        }
+        let unique = format!("kata-shim-test-stopped-{}", std::process::id());
+        let mut cleanup = Cleanup::default();
+        let mut pod = HostCgroup::for_sandbox(&format!("/{unique}"), "sb")
+            .expect("valid")
+            .expect("non-empty");
+        pod.create().expect("create");
+        cleanup.dirs.extend(pod.created_dirs());
+        let files = pod.procs_files().expect("open cgroup.procs");
+        let mut left = sleep_in(files.iter().map(|f| f.as_raw_fd()).collect());
+        drop(files);
+        let pid = nix::unistd::Pid::from_raw(left.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::SIGSTOP).expect("SIGSTOP");
+
+        pod.remove();
+        let status = left.wait().expect("wait");
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(libc::SIGKILL),
+            "{status:?}"
+        );
+        for dir in pod.created_dirs() {
             assert!(!dir.exists(), "{} left behind", dir.display());
         }
     }

@@ -228,8 +228,8 @@ fn teardown(sid: &str, id: &str, state: Option<SandboxRecord>, bundle: Option<&P
 
 /// The sandbox's own host cgroup, as its spec names it: a shim killed
 /// between making it and saving its record leaves it otherwise (the fault
-/// matrix's shim kill at boot). Only the leaf, only when empty: the
-/// kernel refuses to remove a cgroup that still holds a process.
+/// matrix's shim kill at boot). Only the leaf, which names the sandbox:
+/// what is still in it is the dead shim's VM, and `remove_dirs` kills it.
 fn remove_spec_cgroup(sid: &str, bundle: Option<&Path>) {
     let Some(spec) = bundle.and_then(|b| crate::oci::read_bundle_spec(b).ok()) else {
         return;
