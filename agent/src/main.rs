@@ -18,6 +18,7 @@ mod hostile;
 mod init;
 mod locks;
 mod logging;
+mod metrics;
 mod mountinfo;
 mod network;
 mod oom;

@@ -10,12 +10,12 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use kata_agent_protocol::agent::{
     AddArpNeighborsRequest, ContainerRequest, CreateContainerRequest, CreateSandboxRequest,
-    DestroySandboxRequest, Empty, ExecProcessRequest, GuestDetailsRequest, GuestDetailsResponse,
-    Interface, Interfaces, ListProcessesRequest, ListProcessesResponse, OomEvent, ProcessRequest,
-    ReadStreamRequest, ReadStreamResponse, RemoveContainerRequest, Route, Routes,
-    SetGuestDateTimeRequest, SignalProcessRequest, StatsContainerResponse, TtyWinResizeRequest,
-    UpdateContainerRequest, UpdateInterfaceRequest, UpdateRoutesRequest, WaitProcessResponse,
-    WriteStreamRequest, WriteStreamResponse,
+    DestroySandboxRequest, Empty, ExecProcessRequest, GetMetricsRequest, GuestDetailsRequest,
+    GuestDetailsResponse, GuestMetrics, Interface, Interfaces, ListProcessesRequest,
+    ListProcessesResponse, OomEvent, ProcessRequest, ReadStreamRequest, ReadStreamResponse,
+    RemoveContainerRequest, Route, Routes, SetGuestDateTimeRequest, SignalProcessRequest,
+    StatsContainerResponse, TtyWinResizeRequest, UpdateContainerRequest, UpdateInterfaceRequest,
+    UpdateRoutesRequest, WaitProcessResponse, WriteStreamRequest, WriteStreamResponse,
 };
 use kata_agent_protocol::health::{
     CheckRequest, HealthCheckResponse, VersionCheckResponse, health_check_response::ServingStatus,
@@ -28,6 +28,7 @@ use ttrpc::r#async::{Server, TtrpcContext};
 use crate::auth::Token;
 use crate::details::{self, GuestPaths};
 use crate::error::{AgentError, Result};
+use crate::metrics;
 use crate::network;
 use crate::reaper::Reaper;
 use crate::sandbox::Sandbox;
@@ -471,6 +472,19 @@ impl agent_ttrpc::AgentService for AgentService {
     async fn list_routes(&self, _ctx: &TtrpcContext, _req: Empty) -> ttrpc::Result<Routes> {
         tracing::debug!("ListRoutes");
         reply("ListRoutes", network::list_routes().await.map(routes))
+    }
+
+    async fn get_metrics(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: GetMetricsRequest,
+    ) -> ttrpc::Result<GuestMetrics> {
+        tracing::debug!("GetMetrics");
+        // procfs reads are blocking I/O; keep them off the workers.
+        let res = tokio::task::spawn_blocking(|| metrics::collect(std::path::Path::new("/proc")))
+            .await
+            .map_err(|e| AgentError::Internal(format!("metrics task: {e}")));
+        reply("GetMetrics", res)
     }
 }
 
