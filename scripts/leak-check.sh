@@ -37,7 +37,7 @@ pids=$(pgrep -f -- '-address /run/kata-test/' || true)
 if [ -n "$pids" ]; then
     echo "leak: shims of a test containerd:"; ps -o pid,args -p $pids; fail=1
 fi
-for d in /run/kata /run/kata-containers/shared/sandboxes /run/kata-shim \
+for d in /run/kata /run/kata-containers/shared/sandboxes /run/kata-shim /run/vc/sbs \
     /run/kata-test /var/lib/kata-test /run/containerd/s; do
     if [ -d "$d" ] && [ -n "$(ls -A "$d")" ]; then
         echo "leak: $d is not empty:"; ls -la "$d"; fail=1

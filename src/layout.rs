@@ -4,7 +4,8 @@
 //! - `RUN_ROOT/<id>`: the VM's sockets (QMP, vsock, virtiofsd);
 //! - `SHARE_ROOT/<id>`: the directory shared into the guest;
 //! - `PERSIST_ROOT/<id>`: the shim's own directory (task socket, pid file,
-//!   persisted state, metrics socket, fallback log).
+//!   persisted state, fallback log);
+//! - `MGMT_ROOT/<id>`: Kata's management socket, where kata-monitor looks.
 
 use std::path::{Path, PathBuf};
 
@@ -20,8 +21,11 @@ pub const STATE_FILE: &str = "state.json";
 /// The serving shim's pid, in the bundle (for containerd) and in the
 /// shim directory (for the `start` of later containers).
 pub const SHIM_PID_FILE: &str = "shim.pid";
-/// In the shim directory: the Prometheus endpoint.
-pub const METRICS_SOCKET: &str = "metrics.sock";
+/// Kata's sandbox directories: kata-monitor watches this one (Kata's Go
+/// runtime's path; kata-monitor looks nowhere else first).
+pub const MGMT_ROOT: &str = "/run/vc/sbs";
+/// In a sandbox's `MGMT_ROOT` directory: the management socket.
+pub const MGMT_SOCKET: &str = "shim-monitor.sock";
 
 /// Where one sandbox's VM keeps its sockets and its share.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,21 +65,28 @@ pub fn shim_socket(sandbox_id: &str) -> PathBuf {
     shim_dir(sandbox_id).join("shim.sock")
 }
 
-/// The Unix socket of the sandbox's Prometheus endpoint.
-pub fn metrics_socket(sandbox_id: &str) -> PathBuf {
-    shim_dir(sandbox_id).join(METRICS_SOCKET)
+/// The directory of the sandbox's management socket.
+pub fn mgmt_dir(sandbox_id: &str) -> PathBuf {
+    Path::new(MGMT_ROOT).join(sandbox_id)
 }
 
-/// Removes a sandbox's VM state directory (only our sockets live there)
-/// and its share directory. The share is removed with `rmdir`, never
+/// The sandbox's management socket (metrics, agent URL).
+pub fn mgmt_socket(sandbox_id: &str) -> PathBuf {
+    mgmt_dir(sandbox_id).join(MGMT_SOCKET)
+}
+
+/// Removes a sandbox's VM state and management directories (only our
+/// sockets live there) and its share directory. The share is removed with `rmdir`, never
 /// recursively: whatever is still in it may be a mount or data we do not
 /// own, and is reported instead.
 pub fn remove_sandbox_dirs(sandbox_id: &str, paths: &SandboxPaths) {
-    match std::fs::remove_dir_all(&paths.state_dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => tracing::warn!(sandbox_id, path = %paths.state_dir.display(), error = %e,
-            "cannot remove state directory"),
+    for dir in [&paths.state_dir, &mgmt_dir(sandbox_id)] {
+        match std::fs::remove_dir_all(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(sandbox_id, path = %dir.display(), error = %e,
+                "cannot remove state directory"),
+        }
     }
     match std::fs::remove_dir(&paths.share_dir) {
         Ok(()) => {}
@@ -99,7 +110,7 @@ mod tests {
             p.vsock_uds(),
             p.virtiofsd(),
             shim_socket(&id),
-            metrics_socket(&id),
+            mgmt_socket(&id),
         ] {
             assert!(s.as_os_str().len() < 108, "{} too long", s.display());
         }

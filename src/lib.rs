@@ -43,6 +43,7 @@ pub mod layout;
 pub mod locks;
 pub mod logging;
 pub mod metrics;
+pub mod mgmt;
 pub mod mounts;
 pub mod network;
 pub mod oci;

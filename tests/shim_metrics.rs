@@ -1,11 +1,18 @@
-//! The serving shim's metrics socket, read by `kata-ctl metrics` while a
-//! pod driven as CRI-O drives it runs: boot phases, QEMU memory, the
-//! agent's health-check latency, the root-only socket mode, and the socket
-//! gone (and `kata-ctl` failing, naming it) once the pod is removed.
+//! The serving shim's management socket (Kata's
+//! `/run/vc/sbs/<id>/shim-monitor.sock`) while a pod driven as CRI-O
+//! drives it runs:
+//! - read by `kata-ctl metrics`: boot phases, QEMU memory, the agent's
+//!   health-check latency, the root-only socket mode, and the socket gone
+//!   (and `kata-ctl` failing, naming it) once the pod is removed;
+//! - asked exactly as kata-monitor asks it: the sandbox found the way
+//!   kata-monitor finds it, Go's requests byte for byte within its 3 s, and
+//!   an exposition that its text parser takes, with Kata's families.
 
 mod common;
 
+use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::UnixStream;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -27,10 +34,10 @@ fn sample(text: &str, prefix: &str) -> Option<f64> {
 }
 
 #[test]
-fn kata_ctl_reads_the_shims_metrics_socket() {
+fn kata_ctl_reads_the_shims_management_socket() {
     let mut crio = Crio::new("metrics");
     let sid = crio.run_pod_sandbox(&PodConfig::new("metrics"));
-    let sock = kata_shim::layout::metrics_socket(&sid);
+    let sock = kata_shim::layout::mgmt_socket(&sid);
     let mode = std::fs::metadata(&sock)
         .unwrap_or_else(|e| panic!("{}: {e}", sock.display()))
         .permissions()
@@ -115,5 +122,206 @@ fn kata_ctl_reads_the_shims_metrics_socket() {
         "the error does not name {}: {err}",
         sock.display()
     );
+    crio.assert_no_leaks(&sid);
+}
+
+/// kata-monitor's request, byte for byte as Go's `http.Client.Get` with
+/// `DisableKeepAlives` sends it (`shimclient.DoGet`, Kata 3.19).
+fn go_get(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: shim\r\nUser-Agent: Go-http-client/1.1\r\n\
+         Accept-Encoding: gzip\r\nConnection: close\r\n\r\n"
+    )
+}
+
+/// One request as kata-monitor makes it; the status line and the body.
+/// Its client gives up after 3 s: so does this one.
+fn kata_monitor_get(sid: &str, path: &str) -> (String, String) {
+    let sock = kata_shim::layout::mgmt_socket(sid);
+    let began = Instant::now();
+    let mut s = UnixStream::connect(&sock).unwrap_or_else(|e| panic!("{}: {e}", sock.display()));
+    s.set_read_timeout(Some(Duration::from_secs(3)))
+        .expect("timeout");
+    s.write_all(go_get(path).as_bytes()).expect("write");
+    let mut raw = String::new();
+    s.read_to_string(&mut raw)
+        .unwrap_or_else(|e| panic!("GET {path} after {:?}: {e}", began.elapsed()));
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP answer");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.parse().ok())
+        .expect("Content-Length");
+    assert_eq!(length, body.len(), "{head}");
+    (
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    )
+}
+
+/// What Prometheus' text parser (kata-monitor's `expfmt.TextParser`)
+/// insists on, checked line by line: each family's HELP and TYPE once and
+/// before its samples, samples grouped under their family, valid metric
+/// and label names, quoted label values, no label twice, float values.
+/// Also that no sample carries the labels kata-monitor adds itself.
+fn check_exposition(text: &str) -> Vec<String> {
+    let valid_name = |n: &str| {
+        !n.is_empty()
+            && n.bytes().enumerate().all(|(i, b)| {
+                b.is_ascii_alphabetic() || b == b'_' || b == b':' || (i > 0 && b.is_ascii_digit())
+            })
+    };
+    let mut families: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for line in text.lines() {
+        if let Some(rest) = line
+            .strip_prefix("# HELP ")
+            .or_else(|| line.strip_prefix("# TYPE "))
+        {
+            let name = rest.split(' ').next().expect("name");
+            assert!(valid_name(name), "bad family name: {line}");
+            if line.starts_with("# TYPE ") {
+                let kind = rest.split(' ').nth(1).expect("type");
+                assert!(
+                    ["gauge", "counter", "summary", "histogram", "untyped"].contains(&kind),
+                    "{line}"
+                );
+                assert!(
+                    !families.contains(&name.to_string()),
+                    "family twice: {name}"
+                );
+                families.push(name.to_string());
+            }
+            current = name.to_string();
+            continue;
+        }
+        assert!(
+            !line.is_empty() && !line.starts_with('#'),
+            "stray line {line:?}"
+        );
+        let (series, value) = line.rsplit_once(' ').expect("a value");
+        assert!(value.parse::<f64>().is_ok(), "value of {line}");
+        let (name, labels) = match series.split_once('{') {
+            Some((n, l)) => (n, l.strip_suffix('}').expect("closed labels")),
+            None => (series, ""),
+        };
+        assert!(valid_name(name), "{line}");
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s).filter(|b| *b == current))
+            .unwrap_or(name);
+        assert_eq!(base, current, "sample outside its family: {line}");
+        let mut seen = Vec::new();
+        for pair in labels.split("\",").filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once("=\"").expect("k=\"v\"");
+            assert!(valid_name(k), "label name in {line}");
+            assert!(
+                !v.contains('"') || v.ends_with('"'),
+                "label value in {line}"
+            );
+            assert!(!seen.contains(&k), "label {k} twice in {line}");
+            assert!(
+                !["sandbox_id", "cri_uid", "cri_name", "cri_namespace"].contains(&k),
+                "kata-monitor adds {k} itself: {line}"
+            );
+            seen.push(k);
+        }
+    }
+    families
+}
+
+#[test]
+fn kata_monitors_requests_get_kata_families_from_a_live_sandbox() {
+    let mut crio = Crio::new("monitor");
+    let sid = crio.run_pod_sandbox(&PodConfig::new("monitor"));
+
+    // kata-monitor's sandbox cache: the directory names under /run/vc/sbs.
+    let listed: Vec<String> = std::fs::read_dir(kata_shim::layout::MGMT_ROOT)
+        .expect("/run/vc/sbs")
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .collect();
+    assert!(listed.contains(&sid), "{sid} not in {listed:?}");
+
+    let (status, url) = kata_monitor_get(&sid, "/agent-url");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    println!("/agent-url: {url}");
+    let uds = url
+        .strip_prefix("hvsock://")
+        .and_then(|r| r.strip_suffix(":1024"))
+        .unwrap_or_else(|| panic!("not Kata's hybrid vsock URL: {url}"));
+    assert!(std::path::Path::new(uds).exists(), "{uds}");
+
+    let (status, text) = kata_monitor_get(&sid, "/metrics");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    let families = check_exposition(&text);
+    println!(
+        "{} families, {} bytes; kata_guest_meminfo:",
+        families.len(),
+        text.len()
+    );
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("kata_guest_meminfo{item=\"mem_"))
+    {
+        println!("  {line}");
+    }
+    for family in [
+        "kata_shim_fds",
+        "kata_shim_threads",
+        "kata_shim_proc_status",
+        "kata_shim_proc_stat",
+        "kata_shim_io_stat",
+        "kata_shim_agent_rpc_durations_histogram_milliseconds",
+        "kata_hypervisor_fds",
+        "kata_hypervisor_threads",
+        "kata_hypervisor_proc_status",
+        "kata_hypervisor_proc_stat",
+        "kata_hypervisor_io_stat",
+        "kata_hypervisor_netdev",
+        "kata_virtiofsd_threads",
+        "kata_vsock_helper_threads",
+        "kata_agent_fds",
+        "kata_agent_threads",
+        "kata_agent_proc_status",
+        "kata_agent_total_rss",
+        "kata_agent_scrape_count",
+        "kata_guest_meminfo",
+        "kata_guest_load",
+        "kata_guest_tasks",
+        "kata_guest_cpu_time",
+        "kata_guest_vm_stat",
+        "kata_guest_netdev_stat",
+    ] {
+        assert!(
+            families.iter().any(|f| f == family),
+            "no {family} in\n{text}"
+        );
+    }
+    let mem_total = sample(&text, "kata_guest_meminfo{item=\"mem_total\"}").expect("MemTotal");
+    assert!(
+        mem_total > 256.0 * 1024.0 * 1024.0,
+        "guest MemTotal {mem_total}"
+    );
+    let cpus = text
+        .lines()
+        .filter(|l| l.starts_with("kata_guest_cpu_time{") && l.contains("item=\"user\""))
+        .count();
+    assert_eq!(cpus, 2, "total and one vCPU: {text}");
+    let (status, _) = kata_monitor_get(&sid, "/metrics?sandbox=x");
+    assert_eq!(status, "HTTP/1.1 200 OK");
+    // A second scrape is counted by the agent.
+    let (_, again) = kata_monitor_get(&sid, "/metrics");
+    let scrapes = sample(&again, "kata_agent_scrape_count").expect("scrapes");
+    assert!(scrapes >= 3.0, "{scrapes}");
+    let (status, body) = kata_monitor_get(&sid, "/debug/pprof/");
+    assert!(status.starts_with("HTTP/1.1 404"), "{status} {body}");
+
+    crio.remove_pod(&sid);
+    let dir = kata_shim::layout::mgmt_dir(&sid);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while dir.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(!dir.exists(), "{} left after the pod", dir.display());
     crio.assert_no_leaks(&sid);
 }

@@ -20,6 +20,9 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Deadline of container creation, start and exec: libcontainer under TCG
 /// takes seconds, more on a loaded node.
 pub const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Deadline of GetMetrics: the guest's part of a scrape that kata-monitor
+/// bounds at 3 s in all.
+pub const METRICS_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn process_request(container_id: &str, exec_id: &str) -> agent::ProcessRequest {
     let mut req = agent::ProcessRequest::new();
@@ -354,6 +357,15 @@ impl AgentClient {
         req.shared_fs_probe = shared_fs_probe.to_string();
         self.call("GetGuestDetails", Some(CALL_TIMEOUT), |a, ctx| async move {
             a.get_guest_details(ctx, &req).await
+        })
+        .await
+    }
+
+    /// The guest's procfs texts for the management socket's metrics. Its
+    /// deadline is short: kata-monitor gives a whole scrape 3 s.
+    pub async fn guest_metrics(&self) -> Result<agent::GuestMetrics, AgentError> {
+        self.call("GetMetrics", Some(METRICS_TIMEOUT), |a, ctx| async move {
+            a.get_metrics(ctx, &agent::GetMetricsRequest::new()).await
         })
         .await
     }

@@ -1,17 +1,18 @@
-//! `kata-ctl metrics`: reads the metrics socket of one sandbox's shim, or
-//! of every running one, and prints their Prometheus text as one
-//! exposition (each family's `# HELP`/`# TYPE` once).
+//! `kata-ctl metrics`: reads the management socket of one sandbox's shim,
+//! or of every running one, and prints their Prometheus text as one
+//! exposition (each family's `# HELP`/`# TYPE` once), every sample
+//! labelled with its `sandbox_id` as kata-monitor does.
 //!
 //! The sockets are root-only (mode 0600 in 0700 directories), so this must
-//! run as root. The exchange is the shim's minimal HTTP/1.0 (see
-//! [`crate::metrics`]); plain blocking I/O is enough for a one-shot tool.
+//! run as root. The exchange is the one of [`crate::mgmt`]; plain blocking
+//! I/O is enough for a one-shot tool.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::layout::PERSIST_ROOT;
+use crate::layout::MGMT_ROOT;
 use crate::metrics;
 
 /// How long one shim gets to answer.
@@ -22,16 +23,16 @@ const MAX_ANSWER: u64 = 4 << 20;
 /// Errors of `kata-ctl metrics`.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
-    #[error("kata-ctl metrics must run as root (the metrics sockets are mode 0600)")]
+    #[error("kata-ctl metrics must run as root (the management sockets are mode 0600)")]
     NotRoot,
     #[error("invalid sandbox id {id:?}: {reason}")]
     BadId { id: String, reason: String },
     #[error(
-        "no sandbox is running: no {PERSIST_ROOT}/*/{} found",
-        crate::layout::METRICS_SOCKET
+        "no sandbox is running: no {MGMT_ROOT}/*/{} found",
+        crate::layout::MGMT_SOCKET
     )]
     NoSandbox,
-    #[error("cannot list {PERSIST_ROOT}")]
+    #[error("cannot list {MGMT_ROOT}")]
     List(#[source] std::io::Error),
     #[error("the shim did not answer on {path} (is sandbox {sandbox_id} running?)")]
     Unreachable {
@@ -64,7 +65,7 @@ pub fn gather(sandbox_id: Option<&str>) -> Result<Gathered, MetricsError> {
                 id: id.to_string(),
                 reason: e.to_string(),
             })?;
-            vec![(id.to_string(), crate::layout::metrics_socket(id))]
+            vec![(id.to_string(), crate::layout::mgmt_socket(id))]
         }
         None => running()?,
     };
@@ -75,7 +76,7 @@ pub fn gather(sandbox_id: Option<&str>) -> Result<Gathered, MetricsError> {
     let mut failures = Vec::new();
     for (id, path) in targets {
         match scrape(&id, &path) {
-            Ok(t) => texts.push(t),
+            Ok(t) => texts.push(metrics::label_all(&t, "sandbox_id", &id)),
             Err(e) => failures.push(e),
         }
     }
@@ -85,9 +86,11 @@ pub fn gather(sandbox_id: Option<&str>) -> Result<Gathered, MetricsError> {
     })
 }
 
-/// Every `(sandbox id, socket)` under the shim root, sorted by id.
+/// Every `(sandbox id, socket)` under the management root, sorted by id:
+/// directories named like a sandbox id (Kata's own shims, if any, share
+/// the root and answer the same way).
 fn running() -> Result<Vec<(String, PathBuf)>, MetricsError> {
-    let entries = match std::fs::read_dir(PERSIST_ROOT) {
+    let entries = match std::fs::read_dir(MGMT_ROOT) {
         Ok(e) => e,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(MetricsError::List(e)),
@@ -96,7 +99,8 @@ fn running() -> Result<Vec<(String, PathBuf)>, MetricsError> {
         .filter_map(|e| e.ok())
         .filter_map(|e| {
             let id = e.file_name().to_str()?.to_string();
-            let sock = e.path().join(crate::layout::METRICS_SOCKET);
+            crate::ids::validate(&id).ok()?;
+            let sock = e.path().join(crate::layout::MGMT_SOCKET);
             sock.exists().then_some((id, sock))
         })
         .collect();
@@ -116,7 +120,7 @@ fn scrape(sandbox_id: &str, path: &Path) -> Result<String, MetricsError> {
         .map_err(unreachable)?;
     s.set_write_timeout(Some(ANSWER_TIMEOUT))
         .map_err(unreachable)?;
-    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: shim\r\nConnection: close\r\n\r\n")
         .map_err(unreachable)?;
     let mut raw = Vec::new();
     s.take(MAX_ANSWER)
@@ -128,7 +132,7 @@ fn scrape(sandbox_id: &str, path: &Path) -> Result<String, MetricsError> {
     })
 }
 
-/// The body of an HTTP/1.0 `200` answer, or what is wrong with it.
+/// The body of an HTTP/1.x `200` answer, or what is wrong with it.
 fn parse_answer(raw: &[u8]) -> Result<String, String> {
     let text = String::from_utf8_lossy(raw);
     let Some((head, body)) = text.split_once("\r\n\r\n") else {

@@ -2,8 +2,9 @@
 //! (status or payload, as the ttrpc client splits them), then each reply
 //! type the shim's calls read, and what the shim does with the fields:
 //! the protocol-version check of guest details, the exit status of
-//! WaitProcess, the gRPC code of an agent failure and the conversion of
-//! guest cgroup statistics into containerd's v2 metrics.
+//! WaitProcess, the gRPC code of an agent failure, the conversion of
+//! guest cgroup statistics into containerd's v2 metrics, and the guest's
+//! procfs texts into the management socket's metric families.
 
 use std::time::Duration;
 
@@ -281,6 +282,15 @@ fn reply_seeds() -> Vec<(&'static str, Vec<u8>)> {
     routes.routes.push(r);
     let mut h = health::HealthCheckResponse::new();
     h.status = health::health_check_response::ServingStatus::SERVING.into();
+    let mut gm = agent::GuestMetrics::new();
+    gm.meminfo = "MemTotal: 2000 kB\nActive(anon): 5 kB\n".into();
+    gm.loadavg = "0.10 0.20 0.30 1/50 99\n".into();
+    gm.stat = "cpu  1 2 3 4 5 6 7 8 9 10\ncpu0 1 2 3 4 5 6 7 8 9 10\n".into();
+    gm.netdev = "h\nh\n eth0: 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16\n".into();
+    gm.diskstats = " 7 0 loop0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17\n".into();
+    gm.agent_status = "Threads:\t3\nVmRSS:\t 100 kB\n".into();
+    gm.agent_stat = "1 (kata-agent) S 0 1 1 0 -1 0 0 0 0 0 3 2 0 0".into();
+    gm.scrapes = 7;
     let enc = |m: &dyn protobuf::MessageDyn| m.write_to_bytes_dyn().expect("encode");
     vec![
         ("GuestDetailsResponse", enc(&d)),
@@ -295,6 +305,7 @@ fn reply_seeds() -> Vec<(&'static str, Vec<u8>)> {
             "StatsContainerResponse",
             enc(&random_stats(&mut Rng::new(1))),
         ),
+        ("GuestMetrics", enc(&gm)),
     ]
 }
 
@@ -358,6 +369,26 @@ fn handle_reply(kind: &str, payload: &[u8]) -> bool {
                 return false;
             };
             assert!(o.container_id.len() <= payload.len(), "{}", what());
+        }
+        "GuestMetrics" => {
+            let Ok(m) = agent::GuestMetrics::parse_from_bytes(payload) else {
+                return false;
+            };
+            let text = crate::metrics::render(&crate::metrics::guest::families(&m));
+            // Bounded by the parsers, not by the input; one sample per line,
+            // every family a kata one, every label value plain.
+            let samples = text.lines().filter(|l| !l.starts_with('#')).count();
+            assert!(samples <= 20_000, "{samples} samples from {}", what());
+            for line in text.lines().filter(|l| !l.starts_with('#')) {
+                assert!(
+                    line.starts_with("kata_guest_") || line.starts_with("kata_agent_"),
+                    "{line} from {}",
+                    what()
+                );
+                assert!(!line.contains('\\'), "{line} from {}", what());
+                let value = line.rsplit(' ').next().unwrap_or_default();
+                assert!(value.parse::<f64>().is_ok_and(f64::is_finite), "{line}");
+            }
         }
         "WriteStreamResponse" => {
             return agent::WriteStreamResponse::parse_from_bytes(payload).is_ok();

@@ -1,31 +1,29 @@
-//! The serving shim's metrics: boot phases, agent RPC latency, QEMU's
-//! memory and the container count of one sandbox, in the Prometheus text
-//! exposition format (version 0.0.4), every sample labelled with
-//! `sandbox_id`.
+//! The serving shim's metrics in the Prometheus text exposition format
+//! (version 0.0.4), under Kata's family names: the shim's own figures
+//! (boot phases, agent RPC latency, QEMU's memory, the container count)
+//! here, every process's `/proc` figures in [`procfs`], and the guest's in
+//! [`guest`].
 //!
-//! They are served on `/run/kata-shim/<sandbox-id>/metrics.sock` (mode
-//! 0600, inside the shim's 0700 directory, so root only). The protocol is
-//! a minimal HTTP/1.0 exchange: one request per connection (any `GET`,
-//! e.g. `curl --unix-socket ... http://x/metrics`), answered with
-//! `HTTP/1.0 200 OK`, a `Content-Length` and the text, then the shim closes
-//! the connection. `kata-ctl metrics` is the client. The socket goes with
-//! the rest of the shim directory at teardown.
+//! They are served by [`crate::mgmt`] on Kata's management socket. As with
+//! Kata's shim, no sample carries `sandbox_id`: kata-monitor adds it (with
+//! the CRI labels) when it aggregates, and a duplicate label would make
+//! the whole scrape invalid. `kata-ctl metrics` adds it the same way
+//! ([`label_all`]).
 //!
 //! The text is rendered by hand (no Prometheus crate): [`Family`] is one
 //! metric with its `# HELP` and `# TYPE` lines, and [`merge`] joins the
 //! texts of several shims so each family appears once.
 
+pub mod guest;
+pub mod procfs;
+
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// How long a client may take to send its request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Requests are a request line and a few headers; anything longer is cut.
-const MAX_REQUEST: usize = 8192;
+/// Upper bounds (ms) of the agent RPC latency histogram: Kata's buckets
+/// (1 ms doubling to 512 ms).
+const RPC_BUCKETS_MS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0];
 
 /// Prometheus metric type of a family.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +31,7 @@ pub enum Kind {
     Gauge,
     Counter,
     Summary,
+    Histogram,
 }
 
 impl Kind {
@@ -41,33 +40,41 @@ impl Kind {
             Kind::Gauge => "gauge",
             Kind::Counter => "counter",
             Kind::Summary => "summary",
+            Kind::Histogram => "histogram",
         }
     }
 }
 
-/// One sample line: name suffix (`""`, `_sum`, `_count`), labels, value.
+/// One sample line: name suffix (`""`, `_sum`, `_count`, `_bucket`),
+/// labels, value.
 type Sample = (&'static str, Vec<(&'static str, String)>, f64);
 
 /// One metric family: its help text, type and samples.
 #[derive(Debug, Clone)]
 pub struct Family {
-    name: &'static str,
+    name: String,
     help: &'static str,
     kind: Kind,
     samples: Vec<Sample>,
 }
 
 impl Family {
-    pub fn new(name: &'static str, kind: Kind, help: &'static str) -> Family {
+    pub fn new(name: &str, kind: Kind, help: &'static str) -> Family {
         Family {
-            name,
+            name: name.to_string(),
             help,
             kind,
             samples: Vec::new(),
         }
     }
 
-    /// Adds a sample named `<name><suffix>` (suffix `""`, `_sum`, `_count`).
+    /// The family's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Adds a sample named `<name><suffix>` (suffix `""`, `_sum`, `_count`,
+    /// `_bucket`).
     pub fn sample(
         &mut self,
         suffix: &'static str,
@@ -88,7 +95,7 @@ impl Family {
         let _ = writeln!(out, "# HELP {} {}", self.name, escape_help(self.help));
         let _ = writeln!(out, "# TYPE {} {}", self.name, self.kind.as_str());
         for (suffix, labels, value) in &self.samples {
-            out.push_str(self.name);
+            out.push_str(&self.name);
             out.push_str(suffix);
             if !labels.is_empty() {
                 out.push('{');
@@ -131,14 +138,16 @@ fn format_value(v: f64) -> String {
     }
 }
 
-/// Latency of one agent RPC: count and sum of successful calls (a
-/// Prometheus summary without quantiles), the last one, and failures.
+/// Latency of one agent RPC: count and sum of successful calls, how many
+/// fell in each of [`RPC_BUCKETS_MS`] (not cumulative), the last one, and
+/// failures.
 #[derive(Debug, Clone, Copy, Default)]
 struct RpcStats {
     count: u64,
     sum: Duration,
     last: Duration,
     errors: u64,
+    buckets: [u64; RPC_BUCKETS_MS.len()],
 }
 
 #[derive(Debug, Default)]
@@ -190,6 +199,10 @@ impl Metrics {
                 s.count += 1;
                 s.sum += took;
                 s.last = took;
+                let ms = took.as_secs_f64() * 1000.0;
+                if let Some(i) = RPC_BUCKETS_MS.iter().position(|le| ms <= *le) {
+                    s.buckets[i] += 1;
+                }
             }
             Err(()) => s.errors += 1,
         }
@@ -226,14 +239,13 @@ fn kib_field(text: &str, key: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// The whole text of one sandbox.
-pub fn render(sandbox_id: &str, m: &Metrics, live: &Live) -> String {
+/// The shim's own families of one sandbox.
+pub fn shim_families(m: &Metrics, live: &Live) -> Vec<Family> {
     let f = m.figures();
-    let sid = ("sandbox_id", sandbox_id);
     let mut families = Vec::new();
 
     let mut up = Family::new("kata_shim_up", Kind::Gauge, "1 while the shim serves.");
-    up.sample("", &[sid], 1.0);
+    up.sample("", &[], 1.0);
     families.push(up);
 
     let mut boot = Family::new(
@@ -245,10 +257,15 @@ pub fn render(sandbox_id: &str, m: &Metrics, live: &Live) -> String {
          CreateSandbox), total (the whole boot).",
     );
     for (phase, took) in &f.boot {
-        boot.sample("", &[sid, ("phase", phase)], took.as_secs_f64());
+        boot.sample("", &[("phase", phase)], took.as_secs_f64());
     }
     families.push(boot);
 
+    let mut histogram = Family::new(
+        "kata_shim_agent_rpc_durations_histogram_milliseconds",
+        Kind::Histogram,
+        "RPC latency distributions.",
+    );
     let mut rpc = Family::new(
         "kata_shim_agent_rpc_seconds",
         Kind::Summary,
@@ -265,7 +282,24 @@ pub fn render(sandbox_id: &str, m: &Metrics, live: &Live) -> String {
         "Agent RPCs that failed or timed out.",
     );
     for (name, s) in &f.rpcs {
-        let labels = [sid, ("rpc", name)];
+        let mut cumulative = 0;
+        for (le, n) in RPC_BUCKETS_MS.iter().zip(s.buckets) {
+            cumulative += n;
+            let le = format_value(*le);
+            histogram.sample(
+                "_bucket",
+                &[("action", name), ("le", &le)],
+                cumulative as f64,
+            );
+        }
+        histogram.sample(
+            "_bucket",
+            &[("action", name), ("le", "+Inf")],
+            s.count as f64,
+        );
+        histogram.sample("_sum", &[("action", name)], s.sum.as_secs_f64() * 1000.0);
+        histogram.sample("_count", &[("action", name)], s.count as f64);
+        let labels = [("rpc", *name)];
         rpc.sample("_sum", &labels, s.sum.as_secs_f64());
         rpc.sample("_count", &labels, s.count as f64);
         if s.count > 0 {
@@ -273,7 +307,7 @@ pub fn render(sandbox_id: &str, m: &Metrics, live: &Live) -> String {
         }
         errors.sample("", &labels, s.errors as f64);
     }
-    families.extend([rpc, last, errors]);
+    families.extend([histogram, rpc, last, errors]);
 
     let mut mem = Family::new(
         "kata_shim_vm_memory_bytes",
@@ -282,10 +316,10 @@ pub fn render(sandbox_id: &str, m: &Metrics, live: &Live) -> String {
          (Private_Clean + Private_Dirty of smaps_rollup).",
     );
     if let Some(v) = live.qemu_rss {
-        mem.sample("", &[sid, ("kind", "rss")], v as f64);
+        mem.sample("", &[("kind", "rss")], v as f64);
     }
     if let Some(v) = live.qemu_private {
-        mem.sample("", &[sid, ("kind", "private")], v as f64);
+        mem.sample("", &[("kind", "private")], v as f64);
     }
     families.push(mem);
 
@@ -295,7 +329,7 @@ pub fn render(sandbox_id: &str, m: &Metrics, live: &Live) -> String {
         "Guest memory size the VM was booted with.",
     );
     if let Some(v) = f.guest_memory_bytes {
-        guest.sample("", &[sid], v as f64);
+        guest.sample("", &[], v as f64);
     }
     families.push(guest);
 
@@ -304,12 +338,49 @@ pub fn render(sandbox_id: &str, m: &Metrics, live: &Live) -> String {
         Kind::Gauge,
         "Containers of the sandbox, its sandbox (pause) container included.",
     );
-    ctrs.sample("", &[sid], live.containers as f64);
+    ctrs.sample("", &[], live.containers as f64);
     families.push(ctrs);
+    families
+}
 
+/// The text of a list of families.
+pub fn render(families: &[Family]) -> String {
     let mut out = String::new();
-    for fam in &families {
+    for fam in families {
         fam.render(&mut out);
+    }
+    out
+}
+
+/// Adds the label `key="value"` first to every sample line of `text` (what
+/// kata-monitor does with `sandbox_id` when it aggregates shims).
+pub fn label_all(text: &str, key: &str, value: &str) -> String {
+    let label = format!("{key}=\"{}\"", escape_label(value));
+    let mut out = String::with_capacity(text.len() + text.lines().count() * (label.len() + 3));
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            out.push_str(line);
+        } else {
+            match line.find(['{', ' ']) {
+                Some(i) if line.as_bytes()[i] == b'{' => {
+                    out.push_str(&line[..=i]);
+                    out.push_str(&label);
+                    if !line[i + 1..].starts_with('}') {
+                        out.push(',');
+                    }
+                    out.push_str(&line[i + 1..]);
+                }
+                Some(i) => {
+                    out.push_str(&line[..i]);
+                    out.push('{');
+                    out.push_str(&label);
+                    out.push('}');
+                    out.push_str(&line[i..]);
+                }
+                None => out.push_str(line),
+            }
+        }
+        out.push('\n');
     }
     out
 }
@@ -376,122 +447,6 @@ pub fn merge<S: AsRef<str>>(texts: &[S]) -> String {
     out
 }
 
-/// The endpoint of a serving shim; dropping it stops serving (the socket
-/// file goes with the shim directory, or with [`Endpoint::remove`]).
-#[derive(Debug)]
-pub struct Endpoint {
-    path: PathBuf,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Endpoint {
-    /// Stops serving and removes the socket.
-    pub fn remove(self) {
-        self.task.abort();
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-impl Drop for Endpoint {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Renders the whole text of one sandbox at scrape time.
-pub type Renderer = Arc<dyn Fn() -> String + Send + Sync>;
-
-/// Binds `metrics.sock` in the shim directory of `sandbox_id` (which
-/// `start` created, mode 0700) and serves what `render` returns. A failure
-/// is logged, not fatal: the pod works without metrics.
-pub fn serve(sandbox_id: &str, render: Renderer) -> Option<Endpoint> {
-    let path = crate::layout::metrics_socket(sandbox_id);
-    let sb = Scraped {
-        id: sandbox_id.to_string(),
-        render,
-    };
-    match bind(&path) {
-        Ok(listener) => {
-            tracing::info!(sandbox_id = %sb.id, socket = %path.display(), "serving metrics");
-            let task = tokio::spawn(accept_loop(Arc::new(sb), listener));
-            Some(Endpoint { path, task })
-        }
-        Err(e) => {
-            tracing::warn!(sandbox_id = %sb.id, socket = %path.display(), error = %e,
-                "cannot serve metrics");
-            None
-        }
-    }
-}
-
-fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
-    use std::os::unix::fs::PermissionsExt;
-    // A stale socket of a previous shim of this id.
-    let _ = std::fs::remove_file(path);
-    let listener = tokio::net::UnixListener::bind(path)?;
-    // The directory is 0700 already; the mode says root-only on its own.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(listener)
-}
-
-/// What the endpoint serves.
-struct Scraped {
-    id: String,
-    render: Renderer,
-}
-
-async fn accept_loop(sb: Arc<Scraped>, listener: tokio::net::UnixListener) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, _)) => {
-                tokio::spawn(answer(sb.clone(), stream));
-            }
-            Err(e) => {
-                tracing::warn!(sandbox_id = %sb.id, error = %e, "metrics accept failed");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// Reads one request (up to the blank line ending its headers) and
-/// answers it.
-async fn answer(sb: Arc<Scraped>, mut stream: tokio::net::UnixStream) {
-    let mut req = Vec::new();
-    let read = tokio::time::timeout(REQUEST_TIMEOUT, async {
-        let mut buf = [0u8; 1024];
-        while !req.windows(4).any(|w| w == b"\r\n\r\n") && !req.windows(2).any(|w| w == b"\n\n") {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            req.extend_from_slice(&buf[..n]);
-            if req.len() > MAX_REQUEST {
-                break;
-            }
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if !matches!(read, Ok(Ok(()))) {
-        return;
-    }
-    let response = if req.starts_with(b"GET ") {
-        let body = (sb.render)();
-        format!(
-            "HTTP/1.0 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\n\
-             Content-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-    } else {
-        "HTTP/1.0 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n".to_string()
-    };
-    if let Err(e) = stream.write_all(response.as_bytes()).await {
-        tracing::debug!(sandbox_id = %sb.id, error = %e, "metrics client went away");
-    }
-    let _ = stream.shutdown().await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,21 +494,29 @@ mod tests {
             qemu_rss: Some(1 << 20),
             qemu_private: None,
         };
-        let text = render("sb1", &m, &live);
+        let text = render(&shim_families(&m, &live));
         for want in [
-            "# TYPE kata_shim_up gauge\nkata_shim_up{sandbox_id=\"sb1\"} 1\n",
-            "kata_shim_boot_seconds{sandbox_id=\"sb1\",phase=\"vm_spawn\"} 0.5\n",
+            "# TYPE kata_shim_up gauge\nkata_shim_up 1\n",
+            "kata_shim_boot_seconds{phase=\"vm_spawn\"} 0.5\n",
+            "# TYPE kata_shim_agent_rpc_durations_histogram_milliseconds histogram\n",
+            "kata_shim_agent_rpc_durations_histogram_milliseconds_bucket{action=\"Health.Check\",le=\"8\"} 0\n",
+            "kata_shim_agent_rpc_durations_histogram_milliseconds_bucket{action=\"Health.Check\",le=\"16\"} 1\n",
+            "kata_shim_agent_rpc_durations_histogram_milliseconds_bucket{action=\"Health.Check\",le=\"32\"} 2\n",
+            "kata_shim_agent_rpc_durations_histogram_milliseconds_bucket{action=\"Health.Check\",le=\"+Inf\"} 2\n",
+            "kata_shim_agent_rpc_durations_histogram_milliseconds_sum{action=\"Health.Check\"} 40\n",
+            "kata_shim_agent_rpc_durations_histogram_milliseconds_count{action=\"Health.Check\"} 2\n",
             "# TYPE kata_shim_agent_rpc_seconds summary\n",
-            "kata_shim_agent_rpc_seconds_sum{sandbox_id=\"sb1\",rpc=\"Health.Check\"} 0.04\n",
-            "kata_shim_agent_rpc_seconds_count{sandbox_id=\"sb1\",rpc=\"Health.Check\"} 2\n",
-            "kata_shim_agent_rpc_last_seconds{sandbox_id=\"sb1\",rpc=\"Health.Check\"} 0.03\n",
-            "kata_shim_agent_rpc_errors_total{sandbox_id=\"sb1\",rpc=\"Health.Check\"} 1\n",
-            "kata_shim_vm_memory_bytes{sandbox_id=\"sb1\",kind=\"rss\"} 1048576\n",
-            "kata_shim_vm_guest_memory_bytes{sandbox_id=\"sb1\"} 2147483648\n",
-            "kata_shim_containers{sandbox_id=\"sb1\"} 2\n",
+            "kata_shim_agent_rpc_seconds_sum{rpc=\"Health.Check\"} 0.04\n",
+            "kata_shim_agent_rpc_seconds_count{rpc=\"Health.Check\"} 2\n",
+            "kata_shim_agent_rpc_last_seconds{rpc=\"Health.Check\"} 0.03\n",
+            "kata_shim_agent_rpc_errors_total{rpc=\"Health.Check\"} 1\n",
+            "kata_shim_vm_memory_bytes{kind=\"rss\"} 1048576\n",
+            "kata_shim_vm_guest_memory_bytes 2147483648\n",
+            "kata_shim_containers 2\n",
         ] {
             assert!(text.contains(want), "missing {want:?} in\n{text}");
         }
+        assert!(!text.contains("sandbox_id"), "kata-monitor adds it: {text}");
         assert_eq!(text.matches("phase=\"vm_spawn\"").count(), 1, "{text}");
         assert!(!text.contains("kind=\"private\""));
         // Every sample line belongs to the family TYPE'd last.
@@ -568,11 +531,22 @@ mod tests {
     }
 
     #[test]
+    fn label_all_puts_the_label_first_on_every_sample() {
+        let text = "# HELP a h\n# TYPE a gauge\na 1\na{x=\"y\"} 2\nb{} 3\n";
+        assert_eq!(
+            label_all(text, "sandbox_id", "s\"1"),
+            "# HELP a h\n# TYPE a gauge\na{sandbox_id=\"s\\\"1\"} 1\n\
+             a{sandbox_id=\"s\\\"1\",x=\"y\"} 2\nb{sandbox_id=\"s\\\"1\"} 3\n"
+        );
+    }
+
+    #[test]
     fn merge_keeps_one_header_per_family_and_groups_samples() {
         let m = Metrics::default();
         let live = Live::default();
-        let a = render("a", &m, &live);
-        let b = render("b", &m, &live);
+        let text = render(&shim_families(&m, &live));
+        let a = label_all(&text, "sandbox_id", "a");
+        let b = label_all(&text, "sandbox_id", "b");
         let merged = merge(&[a, b]);
         assert_eq!(merged.matches("# HELP kata_shim_up ").count(), 1);
         assert_eq!(merged.matches("# TYPE kata_shim_up ").count(), 1);

@@ -174,6 +174,10 @@ impl Sandbox {
             .into_iter()
             .filter_map(|(name, pid)| ProcessRecord::capture(name, pid))
             .collect();
+        self.set_scrape_targets(super::scrape::Targets {
+            processes: lc.processes.clone(),
+            agent_url: Some(crate::mgmt::agent_url(&vm.vm.agent_addr)),
+        });
         let agent = vm.agent.clone().with_metrics(self.metrics.clone());
         lc.vm = Some(vm);
         *lock(&self.agent) = Some(agent.clone());

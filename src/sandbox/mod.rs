@@ -32,6 +32,7 @@ pub mod namespaces;
 pub mod network;
 pub mod oom;
 pub mod process;
+mod scrape;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -96,6 +97,8 @@ pub struct Sandbox {
     pod_namespaces: Mutex<namespaces::PodNamespaces>,
     /// Boot phases and agent RPC latencies, served by [`crate::metrics`].
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// What the management socket reads on a scrape ([`scrape`]).
+    scrape_targets: Mutex<scrape::Targets>,
     dead_tx: watch::Sender<bool>,
     shutdown_tx: watch::Sender<bool>,
 }
@@ -129,6 +132,7 @@ impl Sandbox {
             oom_counter: Mutex::new(None),
             pod_namespaces: Mutex::default(),
             metrics: Arc::default(),
+            scrape_targets: Mutex::default(),
             dead_tx: watch::channel(false).0,
             shutdown_tx: watch::channel(false).0,
         })
@@ -141,22 +145,6 @@ impl Sandbox {
 
     pub fn state(&self) -> SandboxState {
         lock(&self.state).clone()
-    }
-
-    /// The Prometheus text of this sandbox, read now.
-    pub fn metrics_text(&self) -> String {
-        let pid = self.pid();
-        let (qemu_rss, qemu_private) = if pid != 0 && self.state().is_running() {
-            crate::metrics::qemu_memory(pid)
-        } else {
-            (None, None)
-        };
-        let live = crate::metrics::Live {
-            containers: self.container_count(),
-            qemu_rss,
-            qemu_private,
-        };
-        crate::metrics::render(&self.id, &self.metrics, &live)
     }
 
     pub fn publish(&self, event: Event) {

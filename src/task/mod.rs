@@ -104,8 +104,7 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     let mut server = server.register_service(services);
     server.start().await.map_err(ServeError::Server)?;
     tracing::info!(sandbox_id = %opts.sandbox_id, socket = %opts.socket_path.display(), "serving the task API");
-    let scraped = sandbox.clone();
-    let metrics = crate::metrics::serve(&opts.sandbox_id, Arc::new(move || scraped.metrics_text()));
+    let mgmt = crate::mgmt::serve(&opts.sandbox_id, sandbox.clone());
 
     let mut shutdown = sandbox.shutdown_watch();
     tokio::select! {
@@ -121,9 +120,9 @@ pub async fn serve(opts: ServeOptions) -> Result<(), ServeError> {
     if let Some(k) = &keeper {
         k.release();
     }
-    // Teardown removed the shim directory, the socket with it; this only
-    // stops answering.
-    if let Some(m) = metrics {
+    // Teardown removed the sandbox's directories, the management socket's
+    // with them; this only stops answering.
+    if let Some(m) = mgmt {
         m.remove();
     }
     if let Err(e) = server.shutdown().await {

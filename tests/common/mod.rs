@@ -235,6 +235,7 @@ pub fn find_leaks(sandbox_id: &str, rootfs: &[PathBuf]) -> Vec<String> {
         Path::new(kata_shim::layout::RUN_ROOT).join(sandbox_id),
         Path::new(kata_shim::layout::SHARE_ROOT).join(sandbox_id),
         Path::new(kata_shim::layout::PERSIST_ROOT).join(sandbox_id),
+        kata_shim::layout::mgmt_dir(sandbox_id),
     ] {
         if dir.exists() {
             leaks.push(format!("directory {}", dir.display()));
@@ -476,6 +477,7 @@ pub fn remove_sandbox_dirs(sandbox_id: &str) {
         Path::new(kata_shim::layout::PERSIST_ROOT).join(sandbox_id),
         Path::new(kata_shim::layout::RUN_ROOT).join(sandbox_id),
         Path::new(kata_shim::layout::SHARE_ROOT).join(sandbox_id),
+        kata_shim::layout::mgmt_dir(sandbox_id),
     ] {
         unmount_under(&dir);
         let _ = std::fs::remove_dir_all(dir);
