@@ -1,7 +1,10 @@
 //! Log set-up for the shim's binaries: `tracing` to stderr for the tools,
 //! and for the serving shim plain logfmt lines into the bundle's `log` FIFO
 //! (which containerd and CRI-O copy into their own logs), with a file under
-//! the sandbox's shim directory when nobody reads that FIFO.
+//! the sandbox's shim directory when nobody reads that FIFO. Where the node
+//! has a system log (`/dev/log`), the serving shim's lines also go there
+//! under the identifier `kata`, as Kata's shim does ([`Syslog`]), so that
+//! `journalctl -t kata` finds them.
 
 use std::fmt;
 use std::fs::File;
@@ -16,10 +19,19 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::field::RecordFields;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields, MakeWriter};
 use tracing_subscriber::registry::LookupSpan;
 
 use crate::config::LogLevel;
+
+/// The system log socket (journald's, or a syslog daemon's).
+pub const SYSLOG_SOCKET: &str = "/dev/log";
+/// The identifier of the shim's lines in the system log (Kata's).
+pub const SYSLOG_IDENT: &str = "kata";
+/// Longest line sent to the system log; journald's datagram limit is far
+/// above, but a guest console line has no business being longer.
+const SYSLOG_LINE_MAX: usize = 8192;
 
 /// Environment variable holding a `tracing` filter that overrides the level.
 pub const LOG_ENV: &str = "KATA_LOG";
@@ -86,7 +98,7 @@ pub fn init_daemon(bundle: &Path, sandbox_id: &str, debug: bool) {
         .with_ansi(false)
         .fmt_fields(LogfmtFields)
         .event_format(LogfmtEvent::new(sandbox_id))
-        .with_writer(sink)
+        .with_writer(sink.and(Syslog::connect(Path::new(SYSLOG_SOCKET))))
         .try_init()
         .is_ok();
     if installed {
@@ -236,6 +248,69 @@ impl Write for LogSink {
 
 impl<'a> MakeWriter<'a> for LogSink {
     type Writer = LogSink;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// The serving shim's lines in the system log, as `<pri>kata[<pid>]: <line>`
+/// datagrams (RFC 3164's form, which journald and syslog daemons take),
+/// the priority from the line's `level=`. Sends never block: a full or
+/// missing log drops the line.
+#[derive(Clone, Debug)]
+pub struct Syslog {
+    sock: Option<Arc<std::os::unix::net::UnixDatagram>>,
+    pid: u32,
+}
+
+impl Syslog {
+    /// Connects to the log socket at `path`; without one, writes go nowhere.
+    pub fn connect(path: &Path) -> Syslog {
+        let sock = std::os::unix::net::UnixDatagram::unbound()
+            .and_then(|s| s.connect(path).map(|()| s))
+            .and_then(|s| s.set_nonblocking(true).map(|()| s))
+            .ok();
+        Syslog {
+            sock: sock.map(Arc::new),
+            pid: std::process::id(),
+        }
+    }
+
+    /// Facility user (1), severity from the logfmt `level=`.
+    fn priority(line: &str) -> u8 {
+        let severity = match line.split_once("level=").map(|(_, r)| r) {
+            Some(r) if r.starts_with("error") => 3,
+            Some(r) if r.starts_with("warn") => 4,
+            Some(r) if r.starts_with("info") => 6,
+            _ => 7,
+        };
+        8 + severity
+    }
+}
+
+impl Write for Syslog {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if let Some(sock) = &self.sock {
+            let line = String::from_utf8_lossy(&buf[..buf.len().min(SYSLOG_LINE_MAX)]);
+            let line = line.trim_end_matches('\n');
+            let msg = format!(
+                "<{}>{SYSLOG_IDENT}[{}]: {line}",
+                Self::priority(line),
+                self.pid
+            );
+            let _ = sock.send(msg.as_bytes());
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for Syslog {
+    type Writer = Syslog;
 
     fn make_writer(&'a self) -> Self::Writer {
         self.clone()
@@ -515,5 +590,32 @@ mod tests {
         // Rust runtime in tests, by the shim explicitly).
         drop(reader);
         assert_eq!(sink.write(b"gone\n").expect("epipe"), 5);
+    }
+
+    #[test]
+    fn lines_reach_the_system_log_as_kata() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("log");
+        let journal = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+        let mut log = Syslog::connect(&path);
+        log.write_all(b"time=1 level=warn msg=\"slow\" sandbox_id=a\n")
+            .expect("write");
+        log.write_all(b"time=2 level=info msg=x\n").expect("write");
+        let mut buf = [0u8; 256];
+        let n = journal.recv(&mut buf).expect("recv");
+        let want = format!(
+            "<12>kata[{}]: time=1 level=warn msg=\"slow\" sandbox_id=a",
+            std::process::id()
+        );
+        assert_eq!(std::str::from_utf8(&buf[..n]).expect("utf8"), want);
+        let n = journal.recv(&mut buf).expect("recv");
+        assert!(
+            std::str::from_utf8(&buf[..n])
+                .expect("utf8")
+                .starts_with("<14>kata[")
+        );
+        // No log socket: lines go nowhere, and nothing fails.
+        let mut none = Syslog::connect(&dir.path().join("missing"));
+        assert_eq!(none.write(b"level=error msg=x\n").expect("write"), 18);
     }
 }
