@@ -1,6 +1,8 @@
-//! A private containerd 1.6 per test: its own root, state, sockets, config
+//! A private containerd per test: its own root, state, sockets, config
 //! and log, with the workspace's binaries first on its PATH so that runtime
-//! `io.containerd.kata.v2` resolves to the shim under test. Dropping it
+//! `io.containerd.kata.v2` resolves to the shim under test. It runs the
+//! node's containerd 1.6 unless the options name another build
+//! ([`ContainerdBin`]: 1.7, or a 2.x by hand). Dropping it
 //! removes its tasks, stops it, kills shims it left behind, unmounts and
 //! removes its directories, and prints its log when the test failed.
 
@@ -9,10 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub use super::containerd_bin::ContainerdBin;
 use super::*;
 
-const CONTAINERD: &str = "/usr/bin/containerd";
-const CTR: &str = "/usr/bin/ctr";
 /// Long enough for `ctr run` of a kata task, which boots a VM under TCG.
 pub const CTR_TIMEOUT: Duration = Duration::from_secs(240);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,6 +36,8 @@ pub struct ContainerdOptions {
     /// Run the installed shim with its installed configuration (`make
     /// demo`) instead of the workspace's build and the test image.
     pub installed: bool,
+    /// The containerd build to run.
+    pub bin: ContainerdBin,
 }
 
 impl Default for ContainerdOptions {
@@ -44,6 +47,7 @@ impl Default for ContainerdOptions {
             namespace: String::new(),
             sandbox_image: super::image::BUSYBOX_REF.into(),
             installed: false,
+            bin: ContainerdBin::system(),
         }
     }
 }
@@ -69,6 +73,11 @@ impl Containerd {
     /// A containerd with its CRI plugin, in the `k8s.io` namespace as
     /// kubelet's, with the busybox and pause images imported.
     pub fn start_cri(name: &str, installed: bool) -> Containerd {
+        Containerd::start_cri_on(name, installed, ContainerdBin::system())
+    }
+
+    /// [`Containerd::start_cri`] on the containerd build `bin`.
+    pub fn start_cri_on(name: &str, installed: bool, bin: ContainerdBin) -> Containerd {
         let c = Containerd::start_with(
             name,
             ContainerdOptions {
@@ -76,6 +85,7 @@ impl Containerd {
                 namespace: "k8s.io".into(),
                 sandbox_image: super::image::PAUSE_REF.into(),
                 installed,
+                bin,
             },
         );
         super::image::import_pause(&c);
@@ -97,11 +107,9 @@ impl Containerd {
         dir
     }
 
+    /// A private containerd; its binary's presence was checked when
+    /// `opts.bin` was made.
     pub fn start_with(name: &str, mut opts: ContainerdOptions) -> Containerd {
-        assert!(
-            Path::new(CONTAINERD).exists() && Path::new(CTR).exists(),
-            "containerd is missing: apt-get install containerd (or make deps)"
-        );
         let tag = format!("containerd-{name}-{}", std::process::id());
         if opts.namespace.is_empty() {
             opts.namespace = format!("kata-test-{name}");
@@ -211,7 +219,7 @@ impl Containerd {
     }
 
     fn ctr_ns_within(&self, ns: &str, args: &[&str], limit: Duration) -> Option<Output> {
-        let mut cmd = Command::new(CTR);
+        let mut cmd = Command::new(self.opts.bin.ctr());
         cmd.arg("--address")
             .arg(self.address())
             .args(["-n", ns])
@@ -296,8 +304,9 @@ impl Containerd {
         let lines: Vec<&str> = text.lines().collect();
         let from = lines.len().saturating_sub(LOG_TAIL_LINES);
         format!(
-            "--- containerd {} log (last {} lines of {}) ---\n{}",
+            "--- containerd {} ({}) log (last {} lines of {}) ---\n{}",
             self.name,
+            self.opts.bin.label,
             lines.len() - from,
             self.log.display(),
             lines[from..].join("\n")
@@ -413,13 +422,22 @@ disabled_plugins = [{disabled}]
             .expect("open containerd log");
         let system_path =
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-        let mut cmd = Command::new(CONTAINERD);
+        // The build's own directory comes before the system's, so that
+        // containerd 1.7 or 2.x starts its own containerd-shim-runc-v2.
+        let build_dir = self.opts.bin.dir.display();
+        let mut cmd = Command::new(self.opts.bin.containerd());
         if self.opts.installed {
-            cmd.env("PATH", format!("/usr/local/bin:/usr/bin:{system_path}"))
-                .env_remove("KATA_CONF_FILE");
+            cmd.env(
+                "PATH",
+                format!("/usr/local/bin:{build_dir}:/usr/bin:{system_path}"),
+            )
+            .env_remove("KATA_CONF_FILE");
         } else {
-            cmd.env("PATH", format!("{}:{system_path}", bin_dir().display()))
-                .env("KATA_CONF_FILE", &self.kata_config);
+            cmd.env(
+                "PATH",
+                format!("{}:{build_dir}:{system_path}", bin_dir().display()),
+            )
+            .env("KATA_CONF_FILE", &self.kata_config);
         }
         let child = cmd
             .arg("--config")
@@ -564,7 +582,9 @@ impl Drop for Containerd {
             let mut cmd = Command::new(bin_dir().join("containerd-shim-kata-v2"));
             cmd.args(["-namespace", &ns, "-address"])
                 .arg(self.address())
-                .args(["-publish-binary", CONTAINERD, "-id", &id, "-bundle"])
+                .arg("-publish-binary")
+                .arg(self.opts.bin.containerd())
+                .args(["-id", &id, "-bundle"])
                 .arg(&bundle)
                 .arg("delete")
                 .current_dir(&bundle)
