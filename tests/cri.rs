@@ -166,6 +166,21 @@ fn walk_through(bin: ContainerdBin) {
         want.trim_start_matches('v'),
         "{version:?}"
     );
+    // containerd 2.x logs when it migrated an older configuration: the
+    // harness's version 3 file (2.x) is read as written, a version 2 one
+    // (KATA_TEST_CONTAINERD2_CONFIG_VERSION=2) migrated.
+    let bin = &c.opts.bin;
+    let migrated = std::fs::read_to_string(&c.log)
+        .unwrap_or_default()
+        .contains("Configuration migrated from version");
+    assert_eq!(
+        migrated,
+        bin.label == "2.x" && bin.config_version() < 3,
+        "config version {} on containerd {}\n{}",
+        bin.config_version(),
+        bin.label,
+        c.log_tail()
+    );
     assert!(
         cri.has_image(BUSYBOX_REF).expect("ImageStatus"),
         "busybox is not known to CRI"

@@ -315,7 +315,7 @@ impl Containerd {
 
     fn write_config_file(&self) {
         let mut text = format!(
-            r#"version = 2
+            r#"version = {version}
 root = "{root}"
 state = "{state}"
 oom_score = 0
@@ -336,6 +336,7 @@ disabled_plugins = [{disabled}]
 [plugins."io.containerd.internal.v1.opt"]
   path = "{root}/opt"
 "#,
+            version = self.opts.bin.config_version(),
             root = self.root.display(),
             state = self.state.display(),
             grpc = self.address().display(),
@@ -379,6 +380,36 @@ disabled_plugins = [{disabled}]
         )
         .expect("write CNI conflist");
         let cri = r#"plugins."io.containerd.grpc.v1.cri""#;
+        if self.opts.bin.config_version() >= 3 {
+            // containerd 2.x's own form: the images, runtime and gRPC parts
+            // of the CRI plugin are separate plugins.
+            let images = r#"plugins."io.containerd.cri.v1.images""#;
+            let rt = r#"plugins."io.containerd.cri.v1.runtime""#;
+            return format!(
+                r#"
+[{images}]
+  snapshotter = "overlayfs"
+  [{images}.pinned_images]
+    sandbox = "{sandbox_image}"
+[{rt}]
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  [{rt}.containerd]
+    default_runtime_name = "runc"
+{runtimes}
+  [{rt}.cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "{cni_dir}"
+    max_conf_num = 1
+[{cri}]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+"#,
+                sandbox_image = self.opts.sandbox_image,
+                runtimes = self.cri_runtimes(rt),
+                cni_dir = cni_dir.display(),
+            );
+        }
         format!(
             r#"
 [{cri}]
@@ -390,27 +421,36 @@ disabled_plugins = [{disabled}]
   [{cri}.containerd]
     default_runtime_name = "runc"
     snapshotter = "overlayfs"
-    [{cri}.containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-    [{cri}.containerd.runtimes.kata]
-      runtime_type = "io.containerd.kata.v2"
-      pod_annotations = ["io.katacontainers.*"]
-      privileged_without_host_devices = true{kata_options}
+{runtimes}
   [{cri}.cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{cni_dir}"
     max_conf_num = 1
 "#,
             sandbox_image = self.opts.sandbox_image,
-            kata_options = if self.opts.installed {
-                String::new()
-            } else {
-                format!(
-                    "\n      [{cri}.containerd.runtimes.kata.options]\n        ConfigPath = \"{}\"",
-                    self.kata_config.display()
-                )
-            },
+            runtimes = self.cri_runtimes(cri),
             cni_dir = cni_dir.display(),
+        )
+    }
+
+    /// The runc and kata runtime tables under the CRI plugin `plugin` (the
+    /// same keys in config versions 2 and 3).
+    fn cri_runtimes(&self, plugin: &str) -> String {
+        let kata_options = if self.opts.installed {
+            String::new()
+        } else {
+            format!(
+                "\n      [{plugin}.containerd.runtimes.kata.options]\n        ConfigPath = \"{}\"",
+                self.kata_config.display()
+            )
+        };
+        format!(
+            r#"    [{plugin}.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [{plugin}.containerd.runtimes.kata]
+      runtime_type = "io.containerd.kata.v2"
+      pod_annotations = ["io.katacontainers.*"]
+      privileged_without_host_devices = true{kata_options}"#
         )
     }
 

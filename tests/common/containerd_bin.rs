@@ -15,6 +15,8 @@ pub const CONTAINERD_1_7_DIR: &str = "/opt/containerd-1.7/usr/bin";
 /// Names the directory of a containerd 2.x build (`containerd`, `ctr` and,
 /// optionally, its `containerd-shim-runc-v2`) for the by-hand runs.
 pub const CONTAINERD2_ENV: &str = "KATA_TEST_CONTAINERD2_DIR";
+/// The configuration version the harness writes for a 2.x build (2 or 3).
+pub const CONTAINERD2_CONFIG_ENV: &str = "KATA_TEST_CONTAINERD2_CONFIG_VERSION";
 
 /// A containerd build: the directory of its `containerd` and `ctr`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,10 +114,19 @@ impl ContainerdBin {
             .to_string()
     }
 
-    /// The newest containerd configuration version this build reads: 3
-    /// for containerd 2.x (`io.containerd.cri.v1.*`), else 2.
+    /// The configuration version the harness writes for this build: 3
+    /// (`io.containerd.cri.v1.*`) for containerd 2.x, else 2.
+    /// `KATA_TEST_CONTAINERD2_CONFIG_VERSION=2` gives 2.x a version 2 file
+    /// instead, which it migrates when it loads it.
     pub fn config_version(&self) -> i64 {
-        if self.label == "2.x" { 3 } else { 2 }
+        if self.label != "2.x" {
+            return 2;
+        }
+        match std::env::var(CONTAINERD2_CONFIG_ENV).as_deref() {
+            Err(_) | Ok("3") => 3,
+            Ok("2") => 2,
+            Ok(other) => panic!("{CONTAINERD2_CONFIG_ENV}={other:?}: 2 or 3"),
+        }
     }
 
     fn require(&self, hint: &str) {
