@@ -31,6 +31,7 @@ INSTALLED_FILES := \
 	$(UNITDIR)/kata-guest-image.service \
 	$(SHAREDIR)/crio/50-kata \
 	$(SHAREDIR)/containerd/kata.toml \
+	$(SHAREDIR)/containerd/kata-v3.toml \
 	$(SHAREDIR)/runtimeclass.yaml
 
 # Directories of ours that uninstall removes when nothing else is left in
@@ -70,7 +71,10 @@ install-files:
 		configs/crio/50-kata > $(DESTDIR)$(SHAREDIR)/crio/50-kata
 	sed -e 's|/usr/bin/containerd-shim-kata-v2|$(BINDIR)/containerd-shim-kata-v2|' \
 		configs/containerd/kata.toml > $(DESTDIR)$(SHAREDIR)/containerd/kata.toml
-	chmod 0644 $(DESTDIR)$(SHAREDIR)/crio/50-kata $(DESTDIR)$(SHAREDIR)/containerd/kata.toml
+	sed -e 's|/usr/bin/containerd-shim-kata-v2|$(BINDIR)/containerd-shim-kata-v2|' \
+		configs/containerd/kata-v3.toml > $(DESTDIR)$(SHAREDIR)/containerd/kata-v3.toml
+	chmod 0644 $(DESTDIR)$(SHAREDIR)/crio/50-kata $(DESTDIR)$(SHAREDIR)/containerd/kata.toml \
+		$(DESTDIR)$(SHAREDIR)/containerd/kata-v3.toml
 	install -D -m 0644 configs/runtimeclass.yaml $(DESTDIR)$(SHAREDIR)/runtimeclass.yaml
 	@for f in $(INSTALLED_FILES); do \
 		[ -f "$(DESTDIR)$$f" ] || { echo "install: $(DESTDIR)$$f was not installed" >&2; exit 1; }; done

@@ -72,6 +72,69 @@ if [ "${#bpo[@]}" -gt 0 ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
         -t bookworm-backports "${bpo[@]}" >/dev/null
 fi
+
+# containerd 1.7 beside the node's 1.6: `make test` runs the CRI tests against both.
+# Debian 13's package would replace 1.6 if installed, so it is only downloaded from
+# the trixie suite and unpacked with dpkg-deb into a tree of its own under /opt (a
+# self-contained add-on tree, on no PATH and in no unit: nothing on the node starts
+# it by accident; the tests name its binary). The suite is pinned at -1: apt never
+# installs or upgrades anything from it, and `apt-get download containerd/trixie`
+# still fetches the one file. Its only dependencies, runc and libc6 (>= 2.34), are
+# Debian 12's.
+CTRD17_DIR=/opt/containerd-1.7
+TRIXIE_FILE=/etc/apt/sources.list.d/kata-trixie.sources
+TRIXIE_PIN=/etc/apt/preferences.d/kata-trixie
+ctrd17_version() { "$CTRD17_DIR/usr/bin/containerd" --version 2>/dev/null | awk '{print $3}' || true; }
+v=$(ctrd17_version)
+case "$v" in
+    1.7.*) say "found containerd $v in $CTRD17_DIR" ;;
+    *)
+        if ! grep -rqsE '(^|[[:space:]])trixie([[:space:]]|$)' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+            # The pin first: a trixie suite without it would offer every package an upgrade.
+            say "adding the trixie suite at pin priority -1 ($TRIXIE_FILE, $TRIXIE_PIN)"
+            cat >"$TRIXIE_PIN" <<'PIN'
+# Debian 13 (trixie) is here only so that `apt-get download containerd/trixie`
+# works (scripts/deps.sh of containerd-shim-kata-v2): nothing is ever installed
+# or upgraded from it.
+Package: *
+Pin: release n=trixie
+Pin-Priority: -1
+PIN
+            cat >"$TRIXIE_FILE" <<'SRC'
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: trixie
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+            apt_updated=0
+        fi
+        apt_update
+        dl=$(mktemp -d)
+        chown _apt "$dl" 2>/dev/null || true # apt downloads as _apt where it can
+        (cd "$dl" && apt-get download -qq containerd/trixie) || die "apt-get download containerd/trixie failed"
+        deb=$(ls "$dl"/containerd_*.deb)
+        pv=$(dpkg-deb -f "$deb" Version)
+        case "$pv" in 1.7.*) ;; *) die "trixie's containerd is $pv, not 1.7.x" ;; esac
+        rm -rf "$CTRD17_DIR.new"
+        dpkg-deb -x "$deb" "$CTRD17_DIR.new"
+        rm -rf "$dl"
+        nv=$("$CTRD17_DIR.new/usr/bin/containerd" --version 2>&1 | awk '{print $3}')
+        case "$nv" in
+            1.7.*) ;;
+            *) rm -rf "$CTRD17_DIR.new"; die "the unpacked containerd does not report 1.7.x: $nv" ;;
+        esac
+        rm -rf "$CTRD17_DIR"
+        mv "$CTRD17_DIR.new" "$CTRD17_DIR"
+        say "unpacked containerd $pv into $CTRD17_DIR (binary reports $(ctrd17_version))"
+        ;;
+esac
+v=$(pkg_version containerd)
+case "$v" in
+    1.6.*) say "the node's containerd stays $v" ;;
+    *) die "the node's containerd is ${v:-not installed}, not 1.6 (apt-get install containerd/bookworm)" ;;
+esac
+
 qv=$(qemu-system-x86_64 --version | head -1)
 case "$qv" in
     *"version "1[0-9].*) say "qemu: $qv" ;;

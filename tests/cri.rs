@@ -2,7 +2,11 @@
 //! plugin (runc the default handler, `kata` the shim under test, a CNI
 //! bridge network, local pause and busybox images) driven by a CRI client
 //! the way kubelet drives it. Every test removes its pods and checks that
-//! nothing of their sandboxes is left on the host.
+//! nothing of their sandboxes is left on the host. The walk-through and the
+//! lifecycle checks run again on containerd 1.7 (module `containerd_1_7`,
+//! part of `make test`) and, by hand, on a containerd 2.x build
+//! (`containerd_2x`, ignored unless asked for; README, "containerd
+//! versions").
 
 mod common;
 // The bench's pod memory accounting: its unit tests run here, and the
@@ -12,7 +16,7 @@ mod memory;
 
 use std::time::{Duration, Instant};
 
-use common::containerd::Containerd;
+use common::containerd::{Containerd, ContainerdBin};
 use common::cri::{Cri, KATA, container_config, log_file, log_payload, pod_config};
 use common::image::BUSYBOX_REF;
 use common::stream::{self, ExecStream};
@@ -99,8 +103,13 @@ fn remove_pod(c: &Containerd, cri: &Cri, pod: &KataPod) {
 
 /// A private CRI containerd named `name` and one kata pod in it.
 fn kata_pod(name: &str) -> (Containerd, Cri, KataPod) {
+    kata_pod_on(name, ContainerdBin::system())
+}
+
+/// [`kata_pod`] on the containerd build `bin`.
+fn kata_pod_on(name: &str, bin: ContainerdBin) -> (Containerd, Cri, KataPod) {
     require_vm_host();
-    let c = Containerd::start_cri(name, false);
+    let c = Containerd::start_cri_on(name, false, bin);
     let cri = c.cri();
     let pod = run_kata_pod(&c, &cri, name);
     (c, cri, pod)
@@ -138,12 +147,40 @@ fn exec_ok(cri: &Cri, id: &str, cmd: &[&str]) -> String {
 
 #[test]
 fn cri_pod_of_two_containers_runs_in_one_vm_and_answers_exec_sync() {
+    walk_through(ContainerdBin::system());
+}
+
+/// The CRI walk-through: a pod of two containers in one VM, ExecSync,
+/// stats, a resource update, the CRI log, stop and removal.
+fn walk_through(bin: ContainerdBin) {
     require_vm_host();
     let (_, _, guest_kernel) = test_image();
-    let c = Containerd::start_cri("pod", false);
+    let want = bin.version();
+    let c = Containerd::start_cri_on("pod", false, bin);
     let cri = c.cri();
     let version = cri.version().expect("CRI Version");
     assert_eq!(version.runtime_name, "containerd");
+    // The CRI answers from the build under test, not the node's.
+    assert_eq!(
+        version.runtime_version.trim_start_matches('v'),
+        want.trim_start_matches('v'),
+        "{version:?}"
+    );
+    // containerd 2.x logs when it migrated an older configuration: the
+    // harness's version 3 file (2.x) is read as written, a version 2 one
+    // (KATA_TEST_CONTAINERD2_CONFIG_VERSION=2) migrated.
+    let bin = &c.opts.bin;
+    let migrated = std::fs::read_to_string(&c.log)
+        .unwrap_or_default()
+        .contains("Configuration migrated from version");
+    assert_eq!(
+        migrated,
+        bin.label == "2.x" && bin.config_version() < 3,
+        "config version {} on containerd {}\n{}",
+        bin.config_version(),
+        bin.label,
+        c.log_tail()
+    );
     assert!(
         cri.has_image(BUSYBOX_REF).expect("ImageStatus"),
         "busybox is not known to CRI"
@@ -242,7 +279,13 @@ fn cri_pod_of_two_containers_runs_in_one_vm_and_answers_exec_sync() {
 
 #[test]
 fn cri_stop_honours_sigterm_then_kills_after_the_grace_period() {
-    let (c, cri, pod) = kata_pod("stop");
+    stop_lifecycle(ContainerdBin::system());
+}
+
+/// StopContainer: SIGTERM honoured, SIGKILL after the grace period, the
+/// exit codes and reasons, removal.
+fn stop_lifecycle(bin: ContainerdBin) {
+    let (c, cri, pod) = kata_pod_on("stop", bin);
     let polite = start_sh(&c, &cri, &pod, "polite", POLITE);
     let stubborn = start_sh(&c, &cri, &pod, "stubborn", STUBBORN);
     wait_log(&pod, "polite", "hello", Duration::from_secs(30));
@@ -287,7 +330,12 @@ fn cri_stop_honours_sigterm_then_kills_after_the_grace_period() {
 
 #[test]
 fn cri_streaming_exec_with_a_tty_sees_the_resize() {
-    let (c, cri, pod) = kata_pod("stream");
+    streaming_exec(ContainerdBin::system());
+}
+
+/// Exec through the CRI streaming server with a tty and a resize.
+fn streaming_exec(bin: ContainerdBin) {
+    let (c, cri, pod) = kata_pod_on("stream", bin);
     let id = start_sh(&c, &cri, &pod, "shell", POLITE);
 
     let url = cri
@@ -321,7 +369,12 @@ fn cri_streaming_exec_with_a_tty_sees_the_resize() {
 
 #[test]
 fn cri_oom_kill_is_reported_as_oomkilled() {
-    let (c, cri, pod) = kata_pod("oom");
+    oom_kill(ContainerdBin::system());
+}
+
+/// The guest's OOM kill reaches the CRI as OOMKilled (the TaskOOM event).
+fn oom_kill(bin: ContainerdBin) {
+    let (c, cri, pod) = kata_pod_on("oom", bin);
     let mut hog = container_config(
         "hog",
         BUSYBOX_REF,
@@ -497,8 +550,14 @@ fn cri_pod_pid_namespace_is_shared_on_request_and_stop_ends_by_sigterm() {
 
 #[test]
 fn cri_created_container_is_removed_and_exec_keeps_the_confinement() {
+    created_and_confined(ContainerdBin::system());
+}
+
+/// A container created and never started is stopped and removed; an
+/// exec keeps the init's seccomp, capabilities and masked paths.
+fn created_and_confined(bin: ContainerdBin) {
     use k8s_cri::v1::{LinuxContainerSecurityContext, SecurityProfile, security_profile};
-    let (c, cri, pod) = kata_pod("confine");
+    let (c, cri, pod) = kata_pod_on("confine", bin);
     // The runtime/default seccomp profile, as kubelet asks for it.
     let mut cfg = container_config(
         "app",
@@ -546,4 +605,74 @@ fn cri_created_container_is_removed_and_exec_keeps_the_confinement() {
     cri.remove_container(&never)
         .expect("RemoveContainer of a created container");
     remove_pod(&c, &cri, &pod);
+}
+
+/// The walk-through and the lifecycle checks on Debian 13's containerd 1.7,
+/// which `make deps` unpacks into /opt/containerd-1.7 beside the node's 1.6
+/// (a missing one fails with how to install it).
+mod containerd_1_7 {
+    use super::*;
+
+    #[test]
+    fn walk_through() {
+        super::walk_through(ContainerdBin::v1_7());
+    }
+
+    #[test]
+    fn stop_honours_sigterm_then_kills_after_the_grace_period() {
+        stop_lifecycle(ContainerdBin::v1_7());
+    }
+
+    #[test]
+    fn created_container_is_removed_and_exec_keeps_the_confinement() {
+        created_and_confined(ContainerdBin::v1_7());
+    }
+
+    #[test]
+    fn streaming_exec_with_a_tty_sees_the_resize() {
+        streaming_exec(ContainerdBin::v1_7());
+    }
+
+    #[test]
+    fn oom_kill_is_reported_as_oomkilled() {
+        oom_kill(ContainerdBin::v1_7());
+    }
+}
+
+/// The same on a containerd 2.x built by hand (CI has no Go toolchain and
+/// no copy of containerd's source): `KATA_TEST_CONTAINERD2_DIR=<dir of
+/// containerd and ctr> cargo nextest run --release -j 1 --run-ignored only
+/// -E 'binary(cri) & test(containerd_2x::)'` (README, "containerd versions").
+mod containerd_2x {
+    use super::*;
+
+    #[test]
+    #[ignore = "by hand: needs KATA_TEST_CONTAINERD2_DIR naming a containerd 2.x build"]
+    fn walk_through() {
+        super::walk_through(ContainerdBin::v2_from_env());
+    }
+
+    #[test]
+    #[ignore = "by hand: needs KATA_TEST_CONTAINERD2_DIR naming a containerd 2.x build"]
+    fn stop_honours_sigterm_then_kills_after_the_grace_period() {
+        stop_lifecycle(ContainerdBin::v2_from_env());
+    }
+
+    #[test]
+    #[ignore = "by hand: needs KATA_TEST_CONTAINERD2_DIR naming a containerd 2.x build"]
+    fn created_container_is_removed_and_exec_keeps_the_confinement() {
+        created_and_confined(ContainerdBin::v2_from_env());
+    }
+
+    #[test]
+    #[ignore = "by hand: needs KATA_TEST_CONTAINERD2_DIR naming a containerd 2.x build"]
+    fn streaming_exec_with_a_tty_sees_the_resize() {
+        streaming_exec(ContainerdBin::v2_from_env());
+    }
+
+    #[test]
+    #[ignore = "by hand: needs KATA_TEST_CONTAINERD2_DIR naming a containerd 2.x build"]
+    fn oom_kill_is_reported_as_oomkilled() {
+        oom_kill(ContainerdBin::v2_from_env());
+    }
 }

@@ -1,6 +1,8 @@
-//! A private containerd 1.6 per test: its own root, state, sockets, config
+//! A private containerd per test: its own root, state, sockets, config
 //! and log, with the workspace's binaries first on its PATH so that runtime
-//! `io.containerd.kata.v2` resolves to the shim under test. Dropping it
+//! `io.containerd.kata.v2` resolves to the shim under test. It runs the
+//! node's containerd 1.6 unless the options name another build
+//! ([`ContainerdBin`]: 1.7, or a 2.x by hand). Dropping it
 //! removes its tasks, stops it, kills shims it left behind, unmounts and
 //! removes its directories, and prints its log when the test failed.
 
@@ -9,10 +11,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+pub use super::containerd_bin::ContainerdBin;
 use super::*;
 
-const CONTAINERD: &str = "/usr/bin/containerd";
-const CTR: &str = "/usr/bin/ctr";
 /// Long enough for `ctr run` of a kata task, which boots a VM under TCG.
 pub const CTR_TIMEOUT: Duration = Duration::from_secs(240);
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,6 +36,8 @@ pub struct ContainerdOptions {
     /// Run the installed shim with its installed configuration (`make
     /// demo`) instead of the workspace's build and the test image.
     pub installed: bool,
+    /// The containerd build to run.
+    pub bin: ContainerdBin,
 }
 
 impl Default for ContainerdOptions {
@@ -44,6 +47,7 @@ impl Default for ContainerdOptions {
             namespace: String::new(),
             sandbox_image: super::image::BUSYBOX_REF.into(),
             installed: false,
+            bin: ContainerdBin::system(),
         }
     }
 }
@@ -69,6 +73,11 @@ impl Containerd {
     /// A containerd with its CRI plugin, in the `k8s.io` namespace as
     /// kubelet's, with the busybox and pause images imported.
     pub fn start_cri(name: &str, installed: bool) -> Containerd {
+        Containerd::start_cri_on(name, installed, ContainerdBin::system())
+    }
+
+    /// [`Containerd::start_cri`] on the containerd build `bin`.
+    pub fn start_cri_on(name: &str, installed: bool, bin: ContainerdBin) -> Containerd {
         let c = Containerd::start_with(
             name,
             ContainerdOptions {
@@ -76,6 +85,7 @@ impl Containerd {
                 namespace: "k8s.io".into(),
                 sandbox_image: super::image::PAUSE_REF.into(),
                 installed,
+                bin,
             },
         );
         super::image::import_pause(&c);
@@ -97,11 +107,9 @@ impl Containerd {
         dir
     }
 
+    /// A private containerd; its binary's presence was checked when
+    /// `opts.bin` was made.
     pub fn start_with(name: &str, mut opts: ContainerdOptions) -> Containerd {
-        assert!(
-            Path::new(CONTAINERD).exists() && Path::new(CTR).exists(),
-            "containerd is missing: apt-get install containerd (or make deps)"
-        );
         let tag = format!("containerd-{name}-{}", std::process::id());
         if opts.namespace.is_empty() {
             opts.namespace = format!("kata-test-{name}");
@@ -211,7 +219,7 @@ impl Containerd {
     }
 
     fn ctr_ns_within(&self, ns: &str, args: &[&str], limit: Duration) -> Option<Output> {
-        let mut cmd = Command::new(CTR);
+        let mut cmd = Command::new(self.opts.bin.ctr());
         cmd.arg("--address")
             .arg(self.address())
             .args(["-n", ns])
@@ -296,8 +304,9 @@ impl Containerd {
         let lines: Vec<&str> = text.lines().collect();
         let from = lines.len().saturating_sub(LOG_TAIL_LINES);
         format!(
-            "--- containerd {} log (last {} lines of {}) ---\n{}",
+            "--- containerd {} ({}) log (last {} lines of {}) ---\n{}",
             self.name,
+            self.opts.bin.label,
             lines.len() - from,
             self.log.display(),
             lines[from..].join("\n")
@@ -306,7 +315,7 @@ impl Containerd {
 
     fn write_config_file(&self) {
         let mut text = format!(
-            r#"version = 2
+            r#"version = {version}
 root = "{root}"
 state = "{state}"
 oom_score = 0
@@ -327,6 +336,7 @@ disabled_plugins = [{disabled}]
 [plugins."io.containerd.internal.v1.opt"]
   path = "{root}/opt"
 "#,
+            version = self.opts.bin.config_version(),
             root = self.root.display(),
             state = self.state.display(),
             grpc = self.address().display(),
@@ -370,6 +380,36 @@ disabled_plugins = [{disabled}]
         )
         .expect("write CNI conflist");
         let cri = r#"plugins."io.containerd.grpc.v1.cri""#;
+        if self.opts.bin.config_version() >= 3 {
+            // containerd 2.x's own form: the images, runtime and gRPC parts
+            // of the CRI plugin are separate plugins.
+            let images = r#"plugins."io.containerd.cri.v1.images""#;
+            let rt = r#"plugins."io.containerd.cri.v1.runtime""#;
+            return format!(
+                r#"
+[{images}]
+  snapshotter = "overlayfs"
+  [{images}.pinned_images]
+    sandbox = "{sandbox_image}"
+[{rt}]
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  [{rt}.containerd]
+    default_runtime_name = "runc"
+{runtimes}
+  [{rt}.cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = "{cni_dir}"
+    max_conf_num = 1
+[{cri}]
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+"#,
+                sandbox_image = self.opts.sandbox_image,
+                runtimes = self.cri_runtimes(rt),
+                cni_dir = cni_dir.display(),
+            );
+        }
         format!(
             r#"
 [{cri}]
@@ -381,27 +421,36 @@ disabled_plugins = [{disabled}]
   [{cri}.containerd]
     default_runtime_name = "runc"
     snapshotter = "overlayfs"
-    [{cri}.containerd.runtimes.runc]
-      runtime_type = "io.containerd.runc.v2"
-    [{cri}.containerd.runtimes.kata]
-      runtime_type = "io.containerd.kata.v2"
-      pod_annotations = ["io.katacontainers.*"]
-      privileged_without_host_devices = true{kata_options}
+{runtimes}
   [{cri}.cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "{cni_dir}"
     max_conf_num = 1
 "#,
             sandbox_image = self.opts.sandbox_image,
-            kata_options = if self.opts.installed {
-                String::new()
-            } else {
-                format!(
-                    "\n      [{cri}.containerd.runtimes.kata.options]\n        ConfigPath = \"{}\"",
-                    self.kata_config.display()
-                )
-            },
+            runtimes = self.cri_runtimes(cri),
             cni_dir = cni_dir.display(),
+        )
+    }
+
+    /// The runc and kata runtime tables under the CRI plugin `plugin` (the
+    /// same keys in config versions 2 and 3).
+    fn cri_runtimes(&self, plugin: &str) -> String {
+        let kata_options = if self.opts.installed {
+            String::new()
+        } else {
+            format!(
+                "\n      [{plugin}.containerd.runtimes.kata.options]\n        ConfigPath = \"{}\"",
+                self.kata_config.display()
+            )
+        };
+        format!(
+            r#"    [{plugin}.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+    [{plugin}.containerd.runtimes.kata]
+      runtime_type = "io.containerd.kata.v2"
+      pod_annotations = ["io.katacontainers.*"]
+      privileged_without_host_devices = true{kata_options}"#
         )
     }
 
@@ -413,13 +462,22 @@ disabled_plugins = [{disabled}]
             .expect("open containerd log");
         let system_path =
             std::env::var("PATH").unwrap_or_else(|_| "/usr/sbin:/usr/bin:/sbin:/bin".into());
-        let mut cmd = Command::new(CONTAINERD);
+        // The build's own directory comes before the system's, so that
+        // containerd 1.7 or 2.x starts its own containerd-shim-runc-v2.
+        let build_dir = self.opts.bin.dir.display();
+        let mut cmd = Command::new(self.opts.bin.containerd());
         if self.opts.installed {
-            cmd.env("PATH", format!("/usr/local/bin:/usr/bin:{system_path}"))
-                .env_remove("KATA_CONF_FILE");
+            cmd.env(
+                "PATH",
+                format!("/usr/local/bin:{build_dir}:/usr/bin:{system_path}"),
+            )
+            .env_remove("KATA_CONF_FILE");
         } else {
-            cmd.env("PATH", format!("{}:{system_path}", bin_dir().display()))
-                .env("KATA_CONF_FILE", &self.kata_config);
+            cmd.env(
+                "PATH",
+                format!("{}:{build_dir}:{system_path}", bin_dir().display()),
+            )
+            .env("KATA_CONF_FILE", &self.kata_config);
         }
         let child = cmd
             .arg("--config")
@@ -564,7 +622,9 @@ impl Drop for Containerd {
             let mut cmd = Command::new(bin_dir().join("containerd-shim-kata-v2"));
             cmd.args(["-namespace", &ns, "-address"])
                 .arg(self.address())
-                .args(["-publish-binary", CONTAINERD, "-id", &id, "-bundle"])
+                .arg("-publish-binary")
+                .arg(self.opts.bin.containerd())
+                .args(["-id", &id, "-bundle"])
                 .arg(&bundle)
                 .arg("delete")
                 .current_dir(&bundle)

@@ -10,6 +10,7 @@
 #![allow(dead_code)]
 
 pub mod containerd;
+pub mod containerd_bin;
 pub mod cri;
 pub mod crio;
 pub mod image;
