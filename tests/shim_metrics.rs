@@ -291,6 +291,9 @@ fn kata_monitors_requests_get_kata_families_from_a_live_sandbox() {
         "kata_guest_cpu_time",
         "kata_guest_vm_stat",
         "kata_guest_netdev_stat",
+        "kata_guest_container_cpu_usage_seconds_total",
+        "kata_guest_container_memory_usage_bytes",
+        "kata_guest_container_pids",
     ] {
         assert!(
             families.iter().any(|f| f == family),
@@ -307,6 +310,12 @@ fn kata_monitors_requests_get_kata_families_from_a_live_sandbox() {
         .filter(|l| l.starts_with("kata_guest_cpu_time{") && l.contains("item=\"user\""))
         .count();
     assert_eq!(cpus, 2, "total and one vCPU: {text}");
+    // The sandbox (pause) container is the pod's one container.
+    let usage = sample(
+        &text,
+        &format!("kata_guest_container_memory_usage_bytes{{container_id=\"{sid}\"}}"),
+    );
+    assert!(usage.is_some_and(|v| v > 0.0), "container memory: {text}");
     let (status, _) = kata_monitor_get(&sid, "/metrics?sandbox=x");
     assert_eq!(status, "HTTP/1.1 200 OK");
     // A second scrape is counted by the agent.

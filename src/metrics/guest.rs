@@ -8,7 +8,7 @@
 //! guest sends (each text is also cut at 64 KiB by the agent, and the
 //! ttrpc reply is bounded by the client).
 
-use kata_agent_protocol::agent::GuestMetrics;
+use kata_agent_protocol::agent::{GuestMetrics, StatsContainerResponse};
 
 use super::procfs::{self, ProcTexts, valid_name};
 use super::{Family, Kind};
@@ -269,6 +269,52 @@ fn agent(m: &GuestMetrics) -> Vec<Family> {
     out
 }
 
+/// Most containers reported per scrape (a pod has a handful).
+pub const MAX_CONTAINERS: usize = 64;
+
+/// `kata_guest_container_*`: each container's guest cgroup figures (the
+/// StatsContainer replies), by `container_id`. The ids are the host's own
+/// (validated when the container was created), not the guest's.
+pub fn containers(stats: &[(String, StatsContainerResponse)]) -> Vec<Family> {
+    let mut cpu = Family::new(
+        "kata_guest_container_cpu_usage_seconds_total",
+        Kind::Counter,
+        "CPU time of the container's guest cgroup.",
+    );
+    let mut mem = Family::new(
+        "kata_guest_container_memory_usage_bytes",
+        Kind::Gauge,
+        "Memory use of the container's guest cgroup.",
+    );
+    let mut limit = Family::new(
+        "kata_guest_container_memory_limit_bytes",
+        Kind::Gauge,
+        "Memory limit of the container's guest cgroup (absent when unlimited).",
+    );
+    let mut pids = Family::new(
+        "kata_guest_container_pids",
+        Kind::Gauge,
+        "Tasks in the container's guest cgroup.",
+    );
+    for (id, s) in stats.iter().take(MAX_CONTAINERS) {
+        let l = [("container_id", id.as_str())];
+        if let Some(c) = s.cpu.as_ref() {
+            cpu.sample("", &l, c.usage_usec as f64 / 1e6);
+        }
+        if let Some(m) = s.memory.as_ref() {
+            mem.sample("", &l, m.usage as f64);
+            // The guest writes u64::MAX (or anything past 2^62) for "max".
+            if m.limit > 0 && m.limit < 1 << 62 {
+                limit.sample("", &l, m.limit as f64);
+            }
+        }
+        if let Some(p) = s.pids.as_ref() {
+            pids.sample("", &l, p.current as f64);
+        }
+    }
+    vec![cpu, mem, limit, pids]
+}
+
 /// Every guest and agent family of one reply.
 pub fn families(m: &GuestMetrics) -> Vec<Family> {
     let mut out = agent(m);
@@ -371,6 +417,33 @@ mod tests {
                 assert!(!labels.contains('\\'), "no escapes needed: {line}");
             }
         }
+    }
+
+    #[test]
+    fn container_stats_are_labelled_by_the_hosts_id() {
+        let mut s = StatsContainerResponse::new();
+        let mut cpu = kata_agent_protocol::agent::CpuStats::new();
+        cpu.usage_usec = 2_500_000;
+        s.cpu = Some(cpu).into();
+        let mut m = kata_agent_protocol::agent::MemoryStats::new();
+        m.usage = 4096;
+        m.limit = u64::MAX;
+        s.memory = Some(m).into();
+        let many: Vec<_> = (0..100).map(|i| (format!("c{i}"), s.clone())).collect();
+        let text = render(&containers(&many));
+        assert!(
+            text.contains(
+                "kata_guest_container_cpu_usage_seconds_total{container_id=\"c0\"} 2.5\n"
+            )
+        );
+        assert!(
+            text.contains("kata_guest_container_memory_usage_bytes{container_id=\"c1\"} 4096\n")
+        );
+        assert!(
+            !text.contains("kata_guest_container_memory_limit_bytes"),
+            "max is no limit"
+        );
+        assert!(!text.contains("\"c64\""), "bounded: {}", text.len());
     }
 
     #[test]
