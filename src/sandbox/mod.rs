@@ -32,6 +32,7 @@ pub mod namespaces;
 pub mod network;
 pub mod oom;
 pub mod process;
+mod resize;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -96,6 +97,8 @@ pub struct Sandbox {
     pod_namespaces: Mutex<namespaces::PodNamespaces>,
     /// Boot phases and agent RPC latencies, served by [`crate::metrics`].
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The VM's size as it grows with the containers (`resize`).
+    resources: tokio::sync::Mutex<resize::Resources>,
     dead_tx: watch::Sender<bool>,
     shutdown_tx: watch::Sender<bool>,
 }
@@ -129,6 +132,7 @@ impl Sandbox {
             oom_counter: Mutex::new(None),
             pod_namespaces: Mutex::default(),
             metrics: Arc::default(),
+            resources: tokio::sync::Mutex::default(),
             dead_tx: watch::channel(false).0,
             shutdown_tx: watch::channel(false).0,
         })
