@@ -87,6 +87,23 @@ impl Limits {
         }
     }
 
+    /// An Update's resources over the limits held before: a dimension the
+    /// update does not mention (no `cpu.quota`, no `memory.limit`) keeps its
+    /// old value, as it keeps its old cgroup setting.
+    pub fn updated(old: Limits, resources: &Value) -> Limits {
+        let new = Limits::from_resources(resources);
+        Limits {
+            milli_cpus: match resources.pointer("/cpu/quota") {
+                Some(_) => new.milli_cpus,
+                None => old.milli_cpus,
+            },
+            memory_mib: match resources.pointer("/memory/limit") {
+                Some(_) => new.memory_mib,
+                None => old.memory_mib,
+            },
+        }
+    }
+
     /// From a whole OCI spec (its `linux.resources`).
     pub fn from_spec(spec: &Value) -> Limits {
         spec.pointer("/linux/resources")
@@ -315,6 +332,24 @@ mod tests {
             }
         );
         assert_eq!(Limits::from_spec(&json!({})), Limits::default());
+        let old = Limits {
+            milli_cpus: 2000,
+            memory_mib: 1024,
+        };
+        assert_eq!(
+            Limits::updated(old, &json!({"cpu": {"quota": 100000, "period": 100000}})),
+            Limits {
+                milli_cpus: 1000,
+                memory_mib: 1024
+            }
+        );
+        assert_eq!(
+            Limits::updated(old, &json!({"memory": {"limit": -1}})),
+            Limits {
+                milli_cpus: 2000,
+                memory_mib: 0
+            }
+        );
         let huge = json!({"cpu": {"quota": i64::MAX, "period": 1}, "memory": {"limit": i64::MAX}});
         let l = Limits::from_resources(&huge);
         assert_eq!(l.milli_cpus, u64::MAX);

@@ -24,6 +24,12 @@ use crate::error::{Error, Result};
 use crate::growth::{self, Ceiling, Limits, MEMORY_BLOCK_MIB, Target};
 use crate::sandbox::Sandbox;
 
+/// How long a new DIMM may take to show in the guest's MemTotal.
+const MEMORY_ONLINE_WAIT: Duration = Duration::from_secs(15);
+/// A reply that is not (yet) what was asked for; retried while a new
+/// DIMM may still be on its way into the guest.
+struct MemoryNotOnline(String);
+
 /// How long a DIMM removal may take before it is reported as refused.
 const DIMM_REMOVAL_WAIT: Duration = Duration::from_secs(10);
 
@@ -136,9 +142,21 @@ impl Sandbox {
             None
         };
         if added.is_some() || target.vcpus != old_vcpus {
-            let checked = match self.online(target.vcpus).await {
-                Ok(resp) => self.check_reply(g, &resp, target.vcpus, added.is_some(), old_mib),
-                Err(e) => Err(e),
+            // The guest learns of a DIMM by an ACPI event it handles in its
+            // own time: ask again until the memory shows or time is up.
+            let deadline = Instant::now() + MEMORY_ONLINE_WAIT;
+            let checked = loop {
+                let checked = match self.online(target.vcpus).await {
+                    Ok(resp) => self.check_reply(g, &resp, target.vcpus, added.is_some(), old_mib),
+                    Err(e) => break Err(e),
+                };
+                match checked {
+                    Err(MemoryNotOnline(why)) if Instant::now() < deadline => {
+                        tracing::debug!(sandbox_id = %self.id, "{why}; asking again");
+                        tokio::time::sleep(Duration::from_millis(300)).await;
+                    }
+                    other => break other.map_err(|MemoryNotOnline(why)| why),
+                }
             };
             if let Err(why) = checked {
                 self.undo_growth(g, old_vcpus, added).await;
@@ -207,22 +225,22 @@ impl Sandbox {
         vcpus: u32,
         added: bool,
         old_mib: u32,
-    ) -> std::result::Result<(), String> {
+    ) -> std::result::Result<(), MemoryNotOnline> {
         let max_kib = u64::from(g.ceiling.max_memory_mib) << 10;
         if r.online_cpus > g.ceiling.max_vcpus
             || r.present_cpus > g.ceiling.max_vcpus
             || r.mem_total_kib > max_kib
         {
-            return Err(format!(
+            return Err(MemoryNotOnline(format!(
                 "the guest reported {} of {} vCPUs online and {} KiB, beyond what the VM has",
                 r.online_cpus, r.present_cpus, r.mem_total_kib
-            ));
+            )));
         }
         if r.online_cpus != vcpus {
-            return Err(format!(
+            return Err(MemoryNotOnline(format!(
                 "the guest has {} vCPUs online, not {vcpus}",
                 r.online_cpus
-            ));
+            )));
         }
         if added {
             // The boot memory's MemTotal is below its size by what the
@@ -230,10 +248,11 @@ impl Sandbox {
             let grown = u64::from(g.memory_mib().saturating_sub(old_mib)) << 10;
             let floor = (u64::from(old_mib) << 10) * 3 / 4 + grown * 3 / 4;
             if r.mem_total_kib < floor {
-                return Err(format!(
-                    "the guest did not online the new memory (MemTotal {} KiB)",
+                return Err(MemoryNotOnline(format!(
+                    "the guest did not online the new memory within {MEMORY_ONLINE_WAIT:?} \
+                     (MemTotal {} KiB)",
                     r.mem_total_kib
-                ));
+                )));
             }
         }
         Ok(())
@@ -328,8 +347,8 @@ impl Sandbox {
         resources: &serde_json::Value,
         apply_cgroup: impl std::future::Future<Output = Result<()>>,
     ) -> Result<()> {
-        let new = Limits::from_resources(resources);
         let old = self.limits_of(container_id).await;
+        let new = Limits::updated(old, resources);
         if grows(old, new) {
             self.resize_for(container_id, Some(new)).await?;
             apply_cgroup.await
