@@ -210,10 +210,12 @@ impl Sandbox {
 
     async fn online(&self, vcpus: u32) -> std::result::Result<OnlineCPUMemResponse, String> {
         let agent = self.agent().map_err(|e| e.to_string())?;
-        agent
-            .online_cpu_mem(vcpus)
-            .await
-            .map_err(|e| format!("the guest did not bring its resources online: {e}"))
+        agent.online_cpu_mem(vcpus).await.map_err(|e| {
+            format!(
+                "the guest did not bring its resources online: {}",
+                crate::logging::error_chain(&e)
+            )
+        })
     }
 
     /// The guest's word, bounded: no more vCPUs or memory than the VM can
