@@ -131,9 +131,9 @@ struct CrioResources {
 /// warnings for every value that had to be clamped.
 ///
 /// vCPUs are `default_vcpus + ceil(quota / period)` (only when both are
-/// positive), memory is `default_memory + bytes / MiB`. vCPUs never exceed
-/// `default_maxvcpus` (0: the host's CPUs) nor the host's CPUs; memory
-/// never exceeds the host's.
+/// positive), memory is `default_memory + bytes / MiB`, both bounded by
+/// the VM's ceiling ([`crate::growth::ceiling`]). This is the boot-time
+/// sizing of `static_sandbox_resource_mgmt = true`.
 pub fn vm_size(
     annotations: &BTreeMap<String, String>,
     qemu: &Qemu,
@@ -150,16 +150,13 @@ pub fn vm_size(
         _ => 0,
     };
     let wanted_vcpus = u64::from(qemu.default_vcpus).saturating_add(extra_vcpus);
-    let host_cpus = host.cpus.max(1);
-    let max_vcpus = match qemu.default_maxvcpus {
-        0 => host_cpus,
-        n => n.min(host_cpus),
-    };
+    let ceiling = crate::growth::ceiling(qemu, host);
+    let max_vcpus = ceiling.max_vcpus;
     let vcpus = if wanted_vcpus > u64::from(max_vcpus) {
         warnings.push(format!(
             "{wanted_vcpus} vCPUs wanted ({} default + {extra_vcpus} from {}), clamped to {max_vcpus} \
-             (default_maxvcpus {}, host has {host_cpus} CPUs)",
-            qemu.default_vcpus, limits.source, qemu.default_maxvcpus
+             (default_maxvcpus {}, host has {} CPUs)",
+            qemu.default_vcpus, limits.source, qemu.default_maxvcpus, host.cpus
         ));
         max_vcpus
     } else {
@@ -171,11 +168,11 @@ pub fn vm_size(
         _ => 0,
     };
     let wanted_mib = u64::from(qemu.default_memory).saturating_add(extra_mib);
-    let max_mib = host.memory_mib.min(u64::from(u32::MAX));
+    let max_mib = u64::from(ceiling.max_memory_mib);
     let memory_mib = if wanted_mib > max_mib {
         warnings.push(format!(
             "{wanted_mib} MiB of memory wanted ({} default + {extra_mib} from {}), clamped to \
-             {max_mib} MiB (host memory)",
+             {max_mib} MiB (default_maxmemory, else host memory)",
             qemu.default_memory, limits.source
         ));
         max_mib
@@ -273,6 +270,9 @@ mod tests {
             machine_type: "q35".into(),
             accel: Accel::Tcg,
             vcpus: size.vcpus,
+            max_vcpus: size.vcpus,
+            memory_slots: 0,
+            max_memory_mib: 0,
             memory_mib: size.memory_mib,
             kernel: "/k".into(),
             initrd: "/i".into(),
@@ -442,10 +442,18 @@ mod tests {
                 1,
             ),
             (
-                "default_maxvcpus above host clamps to host",
+                "an explicit default_maxvcpus above the host is honoured",
                 &[(CRI_CPU_QUOTA, "2000000"), (CRI_CPU_PERIOD, "100000")],
                 64,
-                "8",
+                "21",
+                "2048M",
+                0,
+            ),
+            (
+                "default_maxvcpus 0 is the host plus default_vcpus",
+                &[(CRI_CPU_QUOTA, "2000000"), (CRI_CPU_PERIOD, "100000")],
+                0,
+                "9",
                 "2048M",
                 1,
             ),
@@ -457,7 +465,7 @@ mod tests {
                     (CRI_MEMORY, "9223372036854775807"),
                 ],
                 0,
-                "8",
+                "9",
                 "16384M",
                 2,
             ),
@@ -468,7 +476,7 @@ mod tests {
                     r#"{"cpu_period":1,"cpu_quota":9223372036854775807,"memory_limit_in_bytes":9223372036854775807}"#,
                 )],
                 0,
-                "8",
+                "9",
                 "16384M",
                 2,
             ),
@@ -512,7 +520,9 @@ mod tests {
     }
 
     #[test]
-    fn defaults_above_the_host_are_clamped_too() {
+    fn defaults_are_honoured_above_the_host() {
+        // The defaults are the operator's own figures; the ceiling never
+        // goes below them.
         let small = HostSize {
             cpus: 2,
             memory_mib: 1024,
@@ -521,11 +531,11 @@ mod tests {
         assert_eq!(
             size,
             VmSize {
-                vcpus: 2,
-                memory_mib: 1024
+                vcpus: 4,
+                memory_mib: 2048
             }
         );
-        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings.is_empty(), "{warnings:?}");
     }
 
     #[test]

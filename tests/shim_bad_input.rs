@@ -229,7 +229,12 @@ fn sizing_annotations_zero_negative_and_huge() {
     let host_cpus = std::thread::available_parallelism()
         .expect("cpu count")
         .get() as u64;
-    let mut crio = Crio::new("sizing");
+    // The pod annotations size the VM only under static sizing.
+    let mut crio = Crio::with_configs(
+        "sizing",
+        "",
+        "\n[runtime]\nstatic_sandbox_resource_mgmt = true\n",
+    );
     let cases: [(&str, Value); 3] = [
         (
             "zero",
@@ -254,7 +259,11 @@ fn sizing_annotations_zero_negative_and_huge() {
         let smp = leading_number(arg_after(&argv, "-smp").expect("-smp"), false);
         let mem = leading_number(arg_after(&argv, "-m").expect("-m"), true);
         if name == "huge" {
-            assert_eq!(smp, host_cpus, "huge quota: vCPUs clamped to the host");
+            assert_eq!(
+                smp,
+                host_cpus + def_cpus,
+                "huge quota: vCPUs clamped to the ceiling (the host's plus default_vcpus)"
+            );
             assert!(
                 (def_mib..=host_mib()).contains(&mem),
                 "huge limit: {mem} MiB is not within [{def_mib}, host {}]",

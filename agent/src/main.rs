@@ -24,6 +24,7 @@ mod network;
 mod oom;
 mod process;
 mod reaper;
+mod resources;
 mod sandbox;
 mod server;
 mod stdio;

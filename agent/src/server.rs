@@ -486,6 +486,23 @@ impl agent_ttrpc::AgentService for AgentService {
             .map_err(|e| AgentError::Internal(format!("metrics task: {e}")));
         reply("GetMetrics", res)
     }
+
+    // Resources.
+    async fn online_cpu_mem(
+        &self,
+        _ctx: &TtrpcContext,
+        req: kata_agent_protocol::agent::OnlineCPUMemRequest,
+    ) -> ttrpc::Result<kata_agent_protocol::agent::OnlineCPUMemResponse> {
+        tracing::info!(vcpus = req.vcpus, "OnlineCPUMem");
+        let paths = Arc::clone(&self.paths);
+        // sysfs writes that bring a CPU up block for seconds under TCG.
+        let res = tokio::task::spawn_blocking(move || {
+            crate::resources::online_cpu_mem(&paths, req.vcpus)
+        })
+        .await
+        .unwrap_or_else(|e| Err(AgentError::Internal(format!("OnlineCPUMem task: {e}"))));
+        reply("OnlineCPUMem", res)
+    }
 }
 
 impl AgentService {

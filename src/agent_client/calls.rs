@@ -17,6 +17,8 @@ use super::{AgentClient, AgentError, call_context};
 
 /// Deadline of short calls.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// OnlineCPUMem: a vCPU takes about 3 s to come up under TCG on a busy host.
+const ONLINE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Deadline of container creation, start and exec: libcontainer under TCG
 /// takes seconds, more on a loaded node.
 pub const CREATE_TIMEOUT: Duration = Duration::from_secs(120);
@@ -366,6 +368,21 @@ impl AgentClient {
     pub async fn guest_metrics(&self) -> Result<agent::GuestMetrics, AgentError> {
         self.call("GetMetrics", Some(METRICS_TIMEOUT), |a, ctx| async move {
             a.get_metrics(ctx, &agent::GetMetricsRequest::new()).await
+        })
+        .await
+    }
+
+    /// Brings the guest's online vCPUs to `vcpus` (0: unchanged) and onlines
+    /// hot-added memory. The reply is the guest's word: the caller bounds it.
+    pub async fn online_cpu_mem(
+        &self,
+        vcpus: u32,
+    ) -> Result<agent::OnlineCPUMemResponse, AgentError> {
+        let mut req = agent::OnlineCPUMemRequest::new();
+        req.vcpus = vcpus;
+        // Bringing a vCPU up takes seconds under TCG.
+        self.call("OnlineCPUMem", Some(ONLINE_TIMEOUT), |a, ctx| async move {
+            a.online_cpu_mem(ctx, &req).await
         })
         .await
     }

@@ -143,11 +143,19 @@ pub struct Qemu {
     /// default (an eighth of host RAM, at most 1 GiB). Ignored under KVM.
     pub tcg_tb_size: u32,
     pub default_vcpus: u32,
-    /// Upper bound of a VM's vCPUs when pod limits add to `default_vcpus`;
-    /// 0 means the host's CPU count (never exceeded either way).
+    /// Most vCPUs a VM can grow to when container limits add to
+    /// `default_vcpus`; 0 means the host's CPU count plus `default_vcpus`
+    /// (a limit of the whole host on top of the guest's own headroom).
+    /// Every one of them is present in the VM from boot, offline until used.
     pub default_maxvcpus: u32,
     /// Guest memory in MiB.
     pub default_memory: u32,
+    /// Most memory (MiB) a VM can grow to by hot-added DIMMs; 0 means the
+    /// host's RAM.
+    pub default_maxmemory: u32,
+    /// DIMM slots for hot-added memory: each growth of a VM's memory takes
+    /// one; 0 turns memory hotplug off.
+    pub memory_slots: u32,
     /// Extra kernel parameters, appended after the built-in ones.
     pub kernel_params: String,
     /// QEMU's `-sandbox` (its seccomp filter), as Kata's key of the same
@@ -207,6 +215,8 @@ impl Default for Qemu {
             default_vcpus: 1,
             default_maxvcpus: 0,
             default_memory: 2048,
+            default_maxmemory: 0,
+            memory_slots: 10,
             kernel_params: String::new(),
             seccompsandbox: DEFAULT_SECCOMP_SANDBOX.into(),
             rootless: false,
@@ -286,6 +296,25 @@ pub struct Runtime {
     pub log_level: LogLevel,
     /// Debug mode: verbose guest kernel and agent logs.
     pub enable_debug: bool,
+    /// Size the VM once at boot from the pod's annotations (Kata's key of
+    /// the same name) instead of growing it on CreateContainer and
+    /// UpdateContainerResources.
+    pub static_sandbox_resource_mgmt: bool,
+    /// What a container limit that would take the VM past
+    /// `default_maxvcpus`/`default_maxmemory` gets.
+    pub limit_above_max: LimitAboveMax,
+}
+
+/// `[runtime] limit_above_max`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LimitAboveMax {
+    /// The VM grows to the maximum and a warning is logged; the container's
+    /// cgroup still gets its full limit.
+    Cap,
+    /// CreateContainer or UpdateContainerResources fails with
+    /// INVALID_ARGUMENT naming the limit.
+    Refuse,
 }
 
 impl Default for Runtime {
@@ -293,6 +322,8 @@ impl Default for Runtime {
         Runtime {
             log_level: LogLevel::Info,
             enable_debug: false,
+            static_sandbox_resource_mgmt: false,
+            limit_above_max: LimitAboveMax::Cap,
         }
     }
 }
@@ -472,6 +503,21 @@ impl Config {
                     "is {} MiB, must be between 128 and 1048576",
                     q.default_memory
                 ),
+            ));
+        }
+        if q.default_maxmemory != 0 && q.default_maxmemory < q.default_memory {
+            return Err(invalid(
+                "hypervisor.qemu.default_maxmemory",
+                format!(
+                    "is {} MiB, must be 0 (the host's RAM) or at least default_memory ({})",
+                    q.default_maxmemory, q.default_memory
+                ),
+            ));
+        }
+        if q.memory_slots > 256 {
+            return Err(invalid(
+                "hypervisor.qemu.memory_slots",
+                format!("is {}, must be at most 256", q.memory_slots),
             ));
         }
         if q.tcg_tb_size > 2048 {

@@ -1,7 +1,8 @@
 //! The boot of a pod's VM as one sequence of named steps, and its undoing
 //! in reverse order.
 //!
-//! 1. size the VM from the pod's annotations;
+//! 1. size the VM: from the pod's annotations under static sizing, else the
+//!    defaults with room to grow (`resize`);
 //! 2. the pod's host cgroup, which QEMU and its helpers join before exec;
 //! 3. the pod's network namespace: taps and tc redirects on CNI's veths;
 //! 4. the VM: vsock and share helpers, then QEMU in that netns and cgroup
@@ -60,6 +61,7 @@ impl Sandbox {
         lock(&self.state).begin_boot()?;
         let booted = async {
             let mut opts = self.size_vm(&plan)?;
+            let growth = opts.growth;
             self.make_host_cgroup(lc, &plan, &mut opts)?;
             let net = self.attach_network(lc, &plan, &mut opts).await?;
             self.persist(lc);
@@ -76,6 +78,9 @@ impl Sandbox {
                 self.configure_guest_network(&agent, net).await?;
             }
             self.create_guest_sandbox(&agent, &plan).await?;
+            if let Some(ceiling) = growth {
+                self.start_growth(plan.config, ceiling).await;
+            }
             self.metrics.boot_phase("total", began.elapsed());
             Ok(())
         }
@@ -96,8 +101,25 @@ impl Sandbox {
         }
     }
 
-    /// Step 1: vCPUs and memory from the pod's annotations and the host.
+    /// Step 1: vCPUs and memory. Under static sizing from the pod's
+    /// annotations and the host; otherwise the defaults, with every vCPU
+    /// and DIMM slot up to the ceiling ready for the containers' limits
+    /// (the annotations are not read then: the containers' own limits
+    /// will be added, and counting them twice would double the VM).
     fn size_vm(&self, plan: &BootPlan<'_>) -> Result<VmOptions> {
+        let q = &plan.config.hypervisor.qemu;
+        if !plan.config.runtime.static_sandbox_resource_mgmt {
+            let ceiling = crate::growth::ceiling(q, &HostSize::probe());
+            tracing::info!(sandbox_id = %self.id, vcpus = q.default_vcpus,
+                memory_mib = q.default_memory, max_vcpus = ceiling.max_vcpus,
+                max_memory_mib = ceiling.max_memory_mib, cgroup = plan.cgroups_path(),
+                "booting the sandbox VM; it grows with its containers' limits");
+            self.metrics.guest_memory_mib(q.default_memory);
+            return Ok(VmOptions {
+                growth: Some(ceiling),
+                ..VmOptions::default()
+            });
+        }
         let (size, warnings) = sizing::vm_size(
             plan.annotations,
             &plan.config.hypervisor.qemu,

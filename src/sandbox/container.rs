@@ -132,6 +132,9 @@ impl Sandbox {
             p.io.shutdown().await;
         }
         c.release_all();
+        if !c.is_sandbox {
+            self.shrink_after(&c.id).await;
+        }
         let mut lc = self.lifecycle.lock().await;
         lock(&self.containers).remove(&c.id);
         if c.is_sandbox {
@@ -193,15 +196,27 @@ impl Sandbox {
         Ok(())
     }
 
-    /// Update: applies `LinuxResources` (JSON) in the guest.
+    /// Update: applies `LinuxResources` (JSON) in the guest, growing or
+    /// shrinking the VM with it (`resize`).
     pub async fn update(&self, container_id: &str, resources_json: &[u8]) -> Result<()> {
         let c = self.container(container_id)?;
         let json = crate::oci::guest_resources(resources_json)?;
         let agent = self.agent()?;
-        agent
-            .update_container(&c.id, json)
-            .await
-            .map_err(Error::agent(&c.id))
+        let resources: serde_json::Value =
+            serde_json::from_slice(&json).map_err(|e| Error::InvalidArgument {
+                field: "resources",
+                reason: e.to_string(),
+            })?;
+        let cgroup = async {
+            agent
+                .update_container(&c.id, json)
+                .await
+                .map_err(Error::agent(&c.id))
+        };
+        if c.is_sandbox {
+            return cgroup.await;
+        }
+        self.update_with_resize(&c.id, &resources, cgroup).await
     }
 
     /// The guest's cgroup statistics of a container.

@@ -57,6 +57,7 @@ impl Sandbox {
             });
         }
         let is_sandbox = matches!(identity.kind, ContainerKind::Sandbox);
+        let limits = crate::growth::Limits::from_spec(&spec);
         // Chosen before anything is created, so a refusal changes nothing.
         let config = if is_sandbox {
             let netns = network::pod_netns(&spec, &annotations)?;
@@ -111,6 +112,15 @@ impl Sandbox {
         // Delete take the lock.
         drop(lc);
         let mut mounts = prepared.mounts;
+        // The VM grows before the container exists in it, so the container
+        // starts with the vCPUs and memory of its limits.
+        if !is_sandbox {
+            if let Err(e) = self.resize_for(&req.id, Some(limits)).await {
+                mounts.release_share();
+                mounts.release_bundle_rootfs();
+                return Err(e);
+            }
+        }
         let created = agent
             .create_container(&req.id, prepared.guest_spec_json, sandbox_namespaces)
             .await;
@@ -130,6 +140,9 @@ impl Sandbox {
         };
         if let Some(e) = refused {
             drop(lc);
+            if !is_sandbox {
+                self.shrink_after(&req.id).await;
+            }
             mounts.release_share();
             mounts.release_bundle_rootfs();
             return Err(e);

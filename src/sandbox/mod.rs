@@ -32,6 +32,7 @@ pub mod namespaces;
 pub mod network;
 pub mod oom;
 pub mod process;
+mod resize;
 mod scrape;
 
 use std::collections::HashMap;
@@ -99,6 +100,8 @@ pub struct Sandbox {
     pub metrics: Arc<crate::metrics::Metrics>,
     /// What the management socket reads on a scrape ([`scrape`]).
     scrape_targets: Mutex<scrape::Targets>,
+    /// The VM's size as it grows with the containers (`resize`).
+    resources: tokio::sync::Mutex<resize::Resources>,
     dead_tx: watch::Sender<bool>,
     shutdown_tx: watch::Sender<bool>,
 }
@@ -133,6 +136,7 @@ impl Sandbox {
             pod_namespaces: Mutex::default(),
             metrics: Arc::default(),
             scrape_targets: Mutex::default(),
+            resources: tokio::sync::Mutex::default(),
             dead_tx: watch::channel(false).0,
             shutdown_tx: watch::channel(false).0,
         })

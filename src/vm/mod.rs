@@ -97,6 +97,9 @@ pub struct VmOptions {
     /// vCPUs and memory; `None` = the configured defaults.
     pub vcpus: Option<u32>,
     pub memory_mib: Option<u32>,
+    /// What the VM can grow to after boot (vCPUs present but offline,
+    /// DIMM slots and `maxmem`); `None`: it keeps its boot size.
+    pub growth: Option<crate::growth::Ceiling>,
     /// `cgroup.procs` files of the pod's host cgroup: QEMU and its helpers
     /// join them before exec, so the pod's limits bound them from their
     /// first allocation.
@@ -404,9 +407,15 @@ impl Vm {
             config.agent.kata.log_level
         };
         let vcpus = opts.vcpus.unwrap_or(q.default_vcpus);
+        let max_vcpus = opts.growth.map_or(vcpus, |c| c.max_vcpus.max(vcpus));
+        let (memory_slots, max_memory_mib) = match opts.growth {
+            Some(c) => (q.memory_slots, c.max_memory_mib),
+            None => (0, 0),
+        };
         let kernel_cmdline = KernelCmdline {
             accel: self.accel,
             vcpus,
+            max_vcpus,
             debug,
             agent_log,
             debug_console: config.agent.kata.debug_console_enabled,
@@ -421,6 +430,9 @@ impl Vm {
             accel: self.accel,
             tcg_tb_size_mib: q.tcg_tb_size,
             vcpus,
+            max_vcpus,
+            memory_slots,
+            max_memory_mib,
             memory_mib: opts.memory_mib.unwrap_or(q.default_memory),
             kernel: q.kernel.clone(),
             initrd: q.initrd.clone(),
@@ -604,6 +616,11 @@ impl Vm {
             .as_ref()
             .map(Supervised::recent_output)
             .unwrap_or_default()
+    }
+
+    /// The QMP session, once QEMU runs.
+    pub fn qmp(&mut self) -> Option<&mut Qmp> {
+        self.qmp.as_mut()
     }
 
     /// The run state reported over QMP.

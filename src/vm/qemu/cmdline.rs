@@ -70,8 +70,16 @@ pub struct QemuSpec {
     /// TCG translation cache in MiB (`-accel tcg,tb-size=`); 0 leaves
     /// QEMU's default. Not used under KVM.
     pub tcg_tb_size_mib: u32,
+    /// vCPUs online at boot.
     pub vcpus: u32,
+    /// vCPUs present (`-smp`): the most the VM can grow to.
+    pub max_vcpus: u32,
     pub memory_mib: u32,
+    /// DIMM slots for hot-added memory; 0 (or `max_memory_mib` not above
+    /// `memory_mib`): no memory hotplug.
+    pub memory_slots: u32,
+    /// The most memory (MiB) the VM can grow to (`maxmem`).
+    pub max_memory_mib: u32,
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub kernel_cmdline: String,
@@ -152,8 +160,20 @@ impl QemuSpec {
         if self.accel == Accel::Kvm {
             push(&["-cpu", "host,pmu=off"]);
         }
-        push(&["-smp", &self.vcpus.to_string()]);
-        push(&["-m", &format!("{}M", self.memory_mib)]);
+        // All of them present; the guest's `maxcpus=` keeps the extra ones
+        // offline (see `kernel_cmdline`).
+        push(&["-smp", &self.max_vcpus.max(self.vcpus).to_string()]);
+        if self.memory_slots > 0 && self.max_memory_mib > self.memory_mib {
+            push(&[
+                "-m",
+                &format!(
+                    "{}M,slots={},maxmem={}M",
+                    self.memory_mib, self.memory_slots, self.max_memory_mib
+                ),
+            ]);
+        } else {
+            push(&["-m", &format!("{}M", self.memory_mib)]);
+        }
         // vhost-user devices (vsock, virtio-fs) need guest memory that other
         // processes can map, hence a shared memfd.
         push(&[
@@ -269,6 +289,7 @@ mod tests {
         let cmdline = KernelCmdline {
             accel,
             vcpus: 1,
+            max_vcpus: 1,
             debug: false,
             agent_log: LogLevel::Info,
             debug_console: false,
@@ -283,6 +304,9 @@ mod tests {
             accel,
             tcg_tb_size_mib: 64,
             vcpus: 1,
+            max_vcpus: 1,
+            memory_slots: 0,
+            max_memory_mib: 0,
             memory_mib: 2048,
             kernel: "/k".into(),
             initrd: "/i".into(),
@@ -322,6 +346,58 @@ mod tests {
             ]
         );
         assert!(nic_args(&[]).is_empty());
+    }
+
+    #[test]
+    fn growth_makes_every_vcpu_present_and_memory_hotpluggable_on_kvm_and_tcg() {
+        for accel in [Accel::Kvm, Accel::Tcg] {
+            let mut s = spec(
+                accel,
+                VsockDevice::Hybrid {
+                    socket: "/v".into(),
+                },
+                ShareDevice::None,
+            );
+            let boot = s.to_args();
+            assert_eq!(values(&boot, "-smp"), ["1"], "{accel:?}");
+            assert_eq!(values(&boot, "-m"), ["2048M"], "{accel:?}");
+            s.max_vcpus = 4;
+            s.memory_slots = 10;
+            s.max_memory_mib = 8192;
+            s.kernel_cmdline = KernelCmdline {
+                accel,
+                vcpus: 1,
+                max_vcpus: 4,
+                debug: false,
+                agent_log: LogLevel::Info,
+                debug_console: false,
+                share: &ShareDevice::None,
+                extra: "",
+            }
+            .render();
+            let a = s.to_args();
+            assert_eq!(values(&a, "-smp"), ["4"], "{accel:?}");
+            assert_eq!(
+                values(&a, "-m"),
+                ["2048M,slots=10,maxmem=8192M"],
+                "{accel:?}"
+            );
+            // The boot memory stays one shared memfd of the boot size.
+            assert!(
+                values(&a, "-object")
+                    .contains(&"memory-backend-memfd,id=entire-guest-memory,size=2048M,share=on"),
+                "{accel:?}: {a:?}"
+            );
+            let append = values(&a, "-append")[0];
+            assert!(append.contains("nr_cpus=4 maxcpus=1 "), "{append}");
+            assert!(
+                append.contains("memhp_default_state=online_movable"),
+                "{append}"
+            );
+            // No slots: no hotplug, whatever maxmem says.
+            s.memory_slots = 0;
+            assert_eq!(values(&s.to_args(), "-m"), ["2048M"], "{accel:?}");
+        }
     }
 
     /// The value following `flag` each time it occurs.

@@ -22,7 +22,11 @@ use crate::vm::qemu::cmdline::{Accel, ShareDevice};
 pub struct KernelCmdline<'a> {
     /// The guest's clock source depends on it (see `render`).
     pub accel: Accel,
+    /// vCPUs online at boot (`maxcpus=`).
     pub vcpus: u32,
+    /// vCPUs present in the VM (`nr_cpus=`); those above `vcpus` stay
+    /// offline until the agent onlines them (OnlineCPUMem).
+    pub max_vcpus: u32,
     pub debug: bool,
     pub agent_log: LogLevel,
     /// `[agent.kata] debug_console_enabled`: `agent.debug_console=1`, else `=0`.
@@ -70,7 +74,20 @@ impl KernelCmdline<'_> {
             .iter()
             .map(|s| s.to_string()),
         );
-        p.push(format!("nr_cpus={}", self.vcpus));
+        // Every vCPU the VM may grow to is present from boot, and only the
+        // boot count is brought up. QEMU's ACPI CPU hotplug cannot be used
+        // instead: Linux 6.12 counts MADT entries of absent CPUs as
+        // hot-pluggable only on a hypervisor it recognises, and under TCG
+        // it recognises none, so a hot-added CPU is refused ("Unable to map
+        // lapic to logical cpu number"). A present, offline vCPU costs a
+        // halted thread and its per-CPU areas, and is onlined in seconds.
+        p.push(format!("nr_cpus={}", self.max_vcpus.max(self.vcpus)));
+        if self.max_vcpus > self.vcpus {
+            p.push(format!("maxcpus={}", self.vcpus));
+        }
+        // Hot-added DIMMs come up movable, so their memory can be offlined
+        // and the DIMM unplugged when the VM shrinks again.
+        p.push("memhp_default_state=online_movable".to_string());
         // The kernel's own chatter slows a TCG boot and floods the log; keep
         // it for debugging only.
         p.push(if self.debug { "debug" } else { "quiet" }.to_string());
@@ -108,6 +125,7 @@ mod tests {
         let c = KernelCmdline {
             accel: Accel::Kvm,
             vcpus: 1,
+            max_vcpus: 1,
             debug: false,
             agent_log: LogLevel::Warn,
             debug_console: false,
@@ -137,6 +155,7 @@ mod tests {
         let c = KernelCmdline {
             accel: Accel::Kvm,
             vcpus: 2,
+            max_vcpus: 2,
             debug: false,
             agent_log: LogLevel::Debug,
             debug_console: false,
@@ -148,12 +167,13 @@ mod tests {
             c,
             "tsc=reliable no_timer_check rcupdate.rcu_expedited=1 i8042.direct=1 i8042.dumbkbd=1 \
              i8042.nopnp=1 i8042.noaux=1 noreplace-smp reboot=k console=hvc0 cryptomgr.notests \
-             net.ifnames=0 pci=lastbus=0 panic=1 nr_cpus=2 quiet foo=1 bar agent.log=debug \
+             net.ifnames=0 pci=lastbus=0 panic=1 nr_cpus=2 memhp_default_state=online_movable quiet foo=1 bar agent.log=debug \
              agent.shared_fs=virtiofs agent.debug_console=0"
         );
         let d = KernelCmdline {
             accel: Accel::Tcg,
             vcpus: 1,
+            max_vcpus: 1,
             debug: true,
             agent_log: LogLevel::Info,
             debug_console: false,
@@ -177,6 +197,7 @@ mod tests {
             KernelCmdline {
                 accel: Accel::Tcg,
                 vcpus: 1,
+                max_vcpus: 1,
                 debug: false,
                 agent_log: LogLevel::Info,
                 debug_console,

@@ -160,16 +160,30 @@ impl Qmp {
 use tokio::io::AsyncReadExt as _;
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use tokio::net::UnixListener;
 
     /// A scripted QMP server: greeting, then for each request the reply
     /// from `script` (with an event injected before each reply).
     async fn server(script: Vec<Value>) -> (tempfile::TempDir, std::path::PathBuf) {
+        let (d, p, _) = recording_server(script).await;
+        (d, p)
+    }
+
+    /// [`server`], also keeping every request it received.
+    pub(crate) async fn recording_server(
+        script: Vec<Value>,
+    ) -> (
+        tempfile::TempDir,
+        std::path::PathBuf,
+        std::sync::Arc<std::sync::Mutex<Vec<Value>>>,
+    ) {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("qmp.sock");
         let l = UnixListener::bind(&path).expect("bind");
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let record = seen.clone();
         tokio::spawn(async move {
             let (s, _) = l.accept().await.expect("accept");
             let (r, mut w) = s.into_split();
@@ -183,6 +197,7 @@ mod tests {
                     return;
                 }
                 let req: Value = serde_json::from_str(&line).expect("json");
+                record.lock().expect("lock").push(req.clone());
                 let mut reply = reply;
                 reply["id"] = req["id"].clone();
                 w.write_all(b"{\"event\": \"RTC_CHANGE\", \"data\": {}}\n")
@@ -193,7 +208,7 @@ mod tests {
                     .expect("reply");
             }
         });
-        (dir, path)
+        (dir, path, seen)
     }
 
     #[tokio::test]
