@@ -35,7 +35,6 @@ pub mod error;
 pub mod events;
 #[cfg(test)]
 mod fuzz_tests;
-pub mod growth;
 pub mod guest;
 pub mod host_cgroup;
 pub mod ids;

@@ -200,15 +200,30 @@ fn vm_sizes_from_random_pod_limits_stay_in_bounds() {
             };
             match vm_size(&a, &q, &host) {
                 Ok((size, warnings)) => {
-                    assert!(size.vcpus >= 1, "{a:?}");
-                    assert!(size.vcpus <= host.cpus.max(1), "{size:?} {host:?}");
-                    if q.default_maxvcpus != 0 {
-                        assert!(size.vcpus <= q.default_maxvcpus, "{size:?}");
+                    // The ceiling: default_maxvcpus (0: the host's CPUs plus
+                    // the default, at most QEMU's 240), default_maxmemory
+                    // (0: the host's RAM), never below the defaults, which
+                    // the VM always gets.
+                    let max_vcpus = match q.default_maxvcpus {
+                        0 => (host.cpus.max(1) + q.default_vcpus).min(240),
+                        n => n,
                     }
-                    assert!(u64::from(size.memory_mib) <= host.memory_mib, "{size:?}");
-                    let clamped = size.vcpus < q.default_vcpus
-                        || u64::from(size.memory_mib) < u64::from(q.default_memory);
-                    assert!(!clamped || !warnings.is_empty(), "clamped silently: {a:?}");
+                    .max(q.default_vcpus);
+                    let max_mib = host
+                        .memory_mib
+                        .min(u64::from(u32::MAX))
+                        .max(u64::from(q.default_memory));
+                    assert!(size.vcpus >= q.default_vcpus, "{size:?} {q:?}");
+                    assert!(size.vcpus <= max_vcpus, "{size:?} {host:?} {q:?}");
+                    assert!(
+                        u64::from(size.memory_mib) >= u64::from(q.default_memory),
+                        "{size:?}"
+                    );
+                    assert!(u64::from(size.memory_mib) <= max_mib, "{size:?} {host:?}");
+                    // A warning names a figure that was cut to the ceiling.
+                    for w in &warnings {
+                        assert!(w.contains("clamped to"), "{w}");
+                    }
                     tally.add(if warnings.is_empty() {
                         "sized"
                     } else {

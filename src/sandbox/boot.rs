@@ -109,7 +109,7 @@ impl Sandbox {
     fn size_vm(&self, plan: &BootPlan<'_>) -> Result<VmOptions> {
         let q = &plan.config.hypervisor.qemu;
         if !plan.config.runtime.static_sandbox_resource_mgmt {
-            let ceiling = crate::growth::ceiling(q, &HostSize::probe());
+            let ceiling = crate::sizing::growth::ceiling(q, &HostSize::probe());
             tracing::info!(sandbox_id = %self.id, vcpus = q.default_vcpus,
                 memory_mib = q.default_memory, max_vcpus = ceiling.max_vcpus,
                 max_memory_mib = ceiling.max_memory_mib, cgroup = plan.cgroups_path(),

@@ -57,7 +57,7 @@ impl Sandbox {
             });
         }
         let is_sandbox = matches!(identity.kind, ContainerKind::Sandbox);
-        let limits = crate::growth::Limits::from_spec(&spec);
+        let limits = crate::sizing::growth::Limits::from_spec(&spec);
         // Chosen before anything is created, so a refusal changes nothing.
         let config = if is_sandbox {
             let netns = network::pod_netns(&spec, &annotations)?;

@@ -21,8 +21,8 @@ use kata_agent_protocol::agent::OnlineCPUMemResponse;
 
 use crate::config::{Config, LimitAboveMax, Qemu};
 use crate::error::{Error, Result};
-use crate::growth::{self, Ceiling, Limits, MEMORY_BLOCK_MIB, Target};
 use crate::sandbox::Sandbox;
+use crate::sizing::growth::{self, Ceiling, Limits, MEMORY_BLOCK_MIB, Target};
 
 /// How long a new DIMM may take to show in the guest's MemTotal.
 const MEMORY_ONLINE_WAIT: Duration = Duration::from_secs(15);

@@ -63,6 +63,15 @@ pub enum VmError {
     },
 }
 
+/// The most a VM can grow to: every vCPU up to `max_vcpus` is present
+/// from boot, and DIMM slots reach `max_memory_mib` (`sizing::growth`
+/// decides it, `sandbox::resize` uses it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ceiling {
+    pub max_vcpus: u32,
+    pub max_memory_mib: u32,
+}
+
 /// How the shim reaches the agent in this VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AgentAddr {
@@ -99,7 +108,7 @@ pub struct VmOptions {
     pub memory_mib: Option<u32>,
     /// What the VM can grow to after boot (vCPUs present but offline,
     /// DIMM slots and `maxmem`); `None`: it keeps its boot size.
-    pub growth: Option<crate::growth::Ceiling>,
+    pub growth: Option<Ceiling>,
     /// `cgroup.procs` files of the pod's host cgroup: QEMU and its helpers
     /// join them before exec, so the pod's limits bound them from their
     /// first allocation.

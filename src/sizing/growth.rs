@@ -22,12 +22,8 @@ pub const CPU_FIELD: &str = "linux.resources.cpu.quota";
 /// The OCI field a memory limit comes from, named in refusals.
 pub const MEMORY_FIELD: &str = "linux.resources.memory.limit";
 
-/// The most a VM can grow to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ceiling {
-    pub max_vcpus: u32,
-    pub max_memory_mib: u32,
-}
+/// The most a VM can grow to (the VM's own type: its argv reserves it).
+pub use crate::vm::Ceiling;
 
 /// The ceiling of a VM: `default_maxvcpus` (0: the host's CPUs plus
 /// `default_vcpus`, so a container limited to the whole host still gets

@@ -8,6 +8,10 @@
 //! `io.kubernetes.cri-o.PodLinuxResources`). The defaults stay as headroom
 //! for the guest kernel and agent, so the limits are added on top of them,
 //! as Kata does. Everything here is pure apart from [`HostSize::probe`].
+//! This is the boot-time sizing (`static_sandbox_resource_mgmt = true`);
+//! [`growth`] holds the rule by which the VM grows with its containers.
+
+pub mod growth;
 
 use std::collections::BTreeMap;
 
@@ -132,7 +136,7 @@ struct CrioResources {
 ///
 /// vCPUs are `default_vcpus + ceil(quota / period)` (only when both are
 /// positive), memory is `default_memory + bytes / MiB`, both bounded by
-/// the VM's ceiling ([`crate::growth::ceiling`]). This is the boot-time
+/// the VM's ceiling ([`crate::sizing::growth::ceiling`]). This is the boot-time
 /// sizing of `static_sandbox_resource_mgmt = true`.
 pub fn vm_size(
     annotations: &BTreeMap<String, String>,
@@ -150,7 +154,7 @@ pub fn vm_size(
         _ => 0,
     };
     let wanted_vcpus = u64::from(qemu.default_vcpus).saturating_add(extra_vcpus);
-    let ceiling = crate::growth::ceiling(qemu, host);
+    let ceiling = crate::sizing::growth::ceiling(qemu, host);
     let max_vcpus = ceiling.max_vcpus;
     let vcpus = if wanted_vcpus > u64::from(max_vcpus) {
         warnings.push(format!(
