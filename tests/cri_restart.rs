@@ -340,6 +340,7 @@ fn a_node_reboot_leaves_nothing_that_breaks_the_next_pod() {
             Path::new(kata_shim::layout::RUN_ROOT).join(&old),
             Path::new(kata_shim::layout::SHARE_ROOT).join(&old),
             Path::new(kata_shim::layout::PERSIST_ROOT).join(&old),
+            kata_shim::layout::mgmt_dir(&old),
         ] {
             unmount_under(&dir);
             let _ = std::fs::remove_dir_all(&dir);

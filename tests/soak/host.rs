@@ -70,6 +70,7 @@ pub fn snapshot(c: &Containerd, cri: &Cri, anchor: &Pod, anchor_ctr: &str) -> Sn
             kata_shim::layout::PERSIST_ROOT,
             kata_shim::layout::RUN_ROOT,
             kata_shim::layout::SHARE_ROOT,
+            kata_shim::layout::MGMT_ROOT,
         ]
         .iter()
         .map(|d| entries_under(Path::new(d)))
