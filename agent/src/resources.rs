@@ -150,8 +150,15 @@ fn online_memory(sys: &Path) -> Result<u32> {
         if text.trim() != "offline" {
             continue;
         }
-        if write(&state, "online_movable").is_err() {
-            write(&state, "online")?;
+        let wrote = write(&state, "online_movable").or_else(|_| write(&state, "online"));
+        if let Err(e) = wrote {
+            // The kernel onlines new blocks itself (memhp_default_state), and
+            // a write to a block it onlined since the read above fails with
+            // EINVAL: only a block that is still offline is a failure.
+            match fs::read_to_string(&state) {
+                Ok(now) if now.trim() != "offline" => continue,
+                _ => return Err(e),
+            }
         }
         tracing::info!(block = %entry.file_name().to_string_lossy(), "memory block onlined");
         onlined += 1;
