@@ -10,7 +10,7 @@
 
 use kata_agent_protocol::agent::{GuestMetrics, StatsContainerResponse};
 
-use super::procfs::{self, ProcTexts, valid_name};
+use super::procfs::{self, ProcTexts, number, valid_name};
 use super::{Family, Kind};
 
 /// Most `/proc/meminfo` and `/proc/vmstat` entries read.
@@ -81,10 +81,6 @@ fn snake_key(key: &str) -> Option<String> {
         out.push(c.to_ascii_lowercase());
     }
     Some(out.trim_end_matches('_').to_string())
-}
-
-fn number(s: &str) -> Option<f64> {
-    s.parse::<u64>().ok().map(|v| v as f64)
 }
 
 fn meminfo(text: &str) -> Family {

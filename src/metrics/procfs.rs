@@ -83,7 +83,7 @@ pub fn valid_name(s: &str) -> bool {
 }
 
 /// A non-negative integer as `/proc` writes it.
-fn number(s: &str) -> Option<f64> {
+pub(super) fn number(s: &str) -> Option<f64> {
     s.parse::<u64>().ok().map(|v| v as f64)
 }
 
