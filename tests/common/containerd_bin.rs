@@ -63,7 +63,8 @@ impl ContainerdBin {
     }
 
     /// The containerd 2.x build named by `KATA_TEST_CONTAINERD2_DIR`; a
-    /// test that calls this is `#[ignore]`d and run by hand with it set.
+    /// test that calls this is ignored (the attribute says why) and run by
+    /// hand with it set.
     pub fn v2_from_env() -> ContainerdBin {
         let dir = std::env::var_os(CONTAINERD2_ENV).unwrap_or_else(|| {
             panic!(
