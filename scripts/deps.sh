@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what this project needs on a fresh Debian 12 node, and only what is missing.
 # Debian packages come from bookworm (and bookworm-backports for QEMU 10 and kernel 6.12);
-# vhost-device-vsock and virtiofsd are built with `cargo install --locked`.
+# virtiofsd is built with `cargo install --locked`; vhost-device-vsock from the
+# patched copy in vendor/ (vendor/README.md).
 set -euo pipefail
 
 say() { printf 'deps: %s\n' "$*"; }
@@ -143,25 +144,42 @@ esac
 ls /lib/modules/*/vmlinuz >/dev/null 2>&1 || ls /boot/vmlinuz-* >/dev/null 2>&1 ||
     die "no kernel image installed (apt-get install -t bookworm-backports linux-image-amd64)"
 
-# Rust-built helpers.
+# Rust-built helpers. A copy in /usr/local/bin, not a link into root's
+# home (0700): with rootless = true the helper runs as an unprivileged uid
+# that must be able to execute it.
 CARGO_BIN=${CARGO_HOME:-$HOME/.cargo}/bin
-for tool in vhost-device-vsock virtiofsd; do
-    if command -v "$tool" >/dev/null 2>&1; then
-        say "found $tool $(command -v "$tool")"
-    elif [ -x "$CARGO_BIN/$tool" ]; then
-        say "found $tool $CARGO_BIN/$tool"
-    else
-        say "building $tool with cargo install --locked (a few minutes)"
-        cargo install --locked --quiet "$tool"
-    fi
-    # A copy, not a link into root's home (0700): with rootless = true the
-    # helper runs as an unprivileged uid that must be able to execute it.
-    if [ -x "$CARGO_BIN/$tool" ] && { [ ! -e "/usr/local/bin/$tool" ] || [ -L "/usr/local/bin/$tool" ]; }; then
-        rm -f "/usr/local/bin/$tool"
-        install -m 0755 "$CARGO_BIN/$tool" "/usr/local/bin/$tool"
-        say "installed /usr/local/bin/$tool"
-    fi
-done
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+install_helper() {
+    install -m 0755 "$1" "/usr/local/bin/$2"
+    say "installed /usr/local/bin/$2"
+}
+if command -v virtiofsd >/dev/null 2>&1; then
+    say "found virtiofsd $(command -v virtiofsd)"
+elif [ -x "$CARGO_BIN/virtiofsd" ]; then
+    say "found virtiofsd $CARGO_BIN/virtiofsd"
+else
+    say "building virtiofsd with cargo install --locked (a few minutes)"
+    cargo install --locked --quiet virtiofsd
+fi
+if [ -x "$CARGO_BIN/virtiofsd" ] && { [ ! -e /usr/local/bin/virtiofsd ] || [ -L /usr/local/bin/virtiofsd ]; }; then
+    rm -f /usr/local/bin/virtiofsd
+    install_helper "$CARGO_BIN/virtiofsd" virtiofsd
+fi
+# vhost-device-vsock: the release on crates.io (0.3.0) drops a packet a
+# guest spreads over several descriptors, which 6.12 guests do for every
+# packet above 32 KiB; the patched copy is built whenever the installed
+# one is not exactly it (its version carries the patch level).
+VSOCK_SRC="$REPO/vendor/vhost-device-vsock"
+vsock_want=$(sed -n 's/^version = "\(.*\)"/\1/p' "$VSOCK_SRC/Cargo.toml" | head -1)
+vsock_have=$(/usr/local/bin/vhost-device-vsock --version 2>/dev/null | awk '{print $2}' || true)
+if [ "$vsock_have" = "$vsock_want" ]; then
+    say "found vhost-device-vsock $vsock_have /usr/local/bin/vhost-device-vsock"
+else
+    say "building vhost-device-vsock $vsock_want from vendor/ (installed: ${vsock_have:-none}; a few minutes)"
+    cargo install --locked --quiet --force --path "$VSOCK_SRC" \
+        --root "$REPO/target/vendor-install" --target-dir "$REPO/target/vendor-build"
+    install_helper "$REPO/target/vendor-install/bin/vhost-device-vsock" vhost-device-vsock
+fi
 # `make test` runs the suite with cargo-nextest (test groups keep VM tests two
 # at a time); a fresh node has cargo but not it.
 if cargo nextest --version >/dev/null 2>&1; then

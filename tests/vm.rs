@@ -241,7 +241,7 @@ fn missing_vhost_device_vsock_is_named_with_the_fix() {
     let err = run.stderr();
     assert!(err.contains("vhost-device-vsock not found"), "{err}");
     assert!(
-        err.contains("cargo install --locked vhost-device-vsock"),
+        err.contains("vendor/vhost-device-vsock"),
         "{err}"
     );
     assert_no_leaks(&id);

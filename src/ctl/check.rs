@@ -47,6 +47,9 @@ pub fn run(explicit: Option<&Path>) -> Report {
         virtiofsd_check(q, resolved.virtiofsd.as_deref()),
         qemu::binary_check(resolved.qemu.as_deref(), &q.path, probe.as_ref()),
     ];
+    if let (vsock::Mode::Hybrid, Some(daemon)) = (resolved.vsock, &resolved.vhost_device_vsock) {
+        checks.push(vsock_helper_check(daemon, &helper_version(daemon)));
+    }
     if let Some(p) = probe.as_ref().filter(|p| p.version.is_ok()) {
         let needs = qemu::needed_devices(resolved.vsock, resolved.share);
         checks.push(qemu::devices_check(p, resolved.accel.accel, &needs));
@@ -143,8 +146,8 @@ fn tcg_reason(host: HostVirt) -> &'static str {
 /// vhost-vsock where the device exists, else hybrid with a per-VM daemon,
 /// which must then be installed.
 pub fn vsock_check(q: &Qemu, host: &Host, r: &Resolved) -> Check {
-    const DAEMON_FIX: &str = "cargo install --locked vhost-device-vsock, then put it at one of \
-                              those paths or list it in hypervisor.qemu.vhost_user_vsock_daemon";
+    const DAEMON_FIX: &str = "make deps (the patched copy in vendor/vhost-device-vsock), then put \
+                              it at one of those paths or list it in hypervisor.qemu.vhost_user_vsock_daemon";
     match r.vsock {
         vsock::Mode::Vhost if host.vhost_vsock_opens => Check::ok(
             "vsock",
@@ -184,6 +187,33 @@ pub fn vsock_check(q: &Qemu, host: &Host, r: &Resolved) -> Check {
             }
         }
     }
+}
+
+/// `<helper> --version`'s output, or why there is none.
+fn helper_version(daemon: &Path) -> String {
+    match std::process::Command::new(daemon).arg("--version").output() {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).trim().to_string(),
+        Err(e) => format!("cannot run: {e}"),
+    }
+}
+
+/// The release of vhost-device-vsock on crates.io (0.3.0) drops a packet a
+/// 6.12 guest spreads over several descriptors (any above 32 KiB): a pod's
+/// output and exec replies stall. The patched copy in `vendor/` says
+/// `+kata` in its version.
+pub fn vsock_helper_check(daemon: &Path, version: &str) -> Check {
+    if version.contains("+kata") {
+        return Check::ok("vsock-helper", format!("{}: {version}", daemon.display()));
+    }
+    Check::fail(
+        "vsock-helper",
+        format!(
+            "{} is `{version}`, which loses guest vsock packets above 32 KiB (a pod's output and \
+             exec stall)",
+            daemon.display()
+        ),
+        "make deps: it builds and installs the patched copy from vendor/vhost-device-vsock",
+    )
 }
 
 /// Every pod with a CNI network needs a tap; without the device no such
@@ -362,8 +392,14 @@ mod tests {
         assert!(
             c.fix
                 .as_deref()
-                .is_some_and(|f| f.contains("cargo install --locked vhost-device-vsock"))
+                .is_some_and(|f| f.contains("vendor/vhost-device-vsock"))
         );
+        let daemon = Path::new("/usr/local/bin/vhost-device-vsock");
+        let c = vsock_helper_check(daemon, "vhost-device-vsock 0.3.0");
+        assert_eq!(c.status, Status::Fail);
+        assert!(c.message.contains("above 32 KiB"), "{c:?}");
+        let c = vsock_helper_check(daemon, "vhost-device-vsock 0.3.0+kata.1");
+        assert_eq!(c.status, Status::Ok, "{c:?}");
 
         let hybrid = Qemu {
             vsock: VsockMode::Hybrid,

@@ -29,7 +29,7 @@ use crate::vm::qemu::kernel_cmdline::KernelCmdline;
 use crate::vm::qemu::qmp::{Qmp, QmpError};
 
 const QEMU_HINT: &str = "apt-get install -t bookworm-backports qemu-system-x86";
-const VSOCK_HINT: &str = "cargo install --locked vhost-device-vsock (or make deps)";
+const VSOCK_HINT: &str = "make deps (it builds the patched copy in vendor/vhost-device-vsock)";
 const IMAGE_HINT: &str = "build the guest image with: kata-guest-image (or make image)";
 /// How long a helper may take to create its socket.
 const HELPER_READY: Duration = Duration::from_secs(10);

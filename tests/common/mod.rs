@@ -60,7 +60,7 @@ pub fn require_vm_host() {
         ),
         (
             "/usr/local/bin/vhost-device-vsock",
-            "cargo install --locked vhost-device-vsock (or make deps)",
+            "make deps (it builds the patched copy in vendor/vhost-device-vsock)",
         ),
         (
             "/usr/local/bin/virtiofsd",
@@ -76,6 +76,18 @@ pub fn require_vm_host() {
             "{tool} is missing; install it with: {hint}"
         );
     }
+    // The release on crates.io loses guest packets above 32 KiB, which the
+    // shim's reads now produce: a test against it would wedge, not fail.
+    let version = Command::new("/usr/local/bin/vhost-device-vsock")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    assert!(
+        version.contains("+kata"),
+        "/usr/local/bin/vhost-device-vsock is `{version}`, not the patched copy in \
+         vendor/vhost-device-vsock (the release drops guest packets above 32 KiB): run make deps"
+    );
 }
 
 /// Runs the workspace's `kata-guest-image` with its agent into `out`, plus

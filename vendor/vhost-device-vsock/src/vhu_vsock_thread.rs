@@ -32,6 +32,7 @@ use vsock::{VsockListener, VMADDR_CID_ANY};
 
 use crate::{
     rxops::*,
+    tx_gather,
     thread_backend::*,
     vhu_vsock::{
         BackendType, CidMap, ConnMapKey, Error, Result, VhostUserVsockBackend, BACKEND_EVENT,
@@ -736,19 +737,30 @@ impl VhostUserVsockThread {
             let mem = atomic_mem.clone().memory();
 
             let head_idx = avail_desc.head_index();
-            let pkt = match VsockPacket::from_tx_virtq_chain(
+            // kata-rs: a copy of the chain, read again by `tx_gather` when
+            // the guest spread the data over more than one descriptor.
+            let chain = avail_desc.clone();
+            let sent = match VsockPacket::from_tx_virtq_chain(
                 mem.deref(),
                 &mut avail_desc,
                 self.tx_buffer_size,
             ) {
-                Ok(pkt) => pkt,
+                Ok(pkt) => Some(self.thread_backend.send_pkt(&pkt)),
+                Err(virtio_vsock::packet::Error::DescriptorLengthTooSmall) => {
+                    Self::send_gathered(
+                        &mut self.thread_backend,
+                        self.tx_buffer_size,
+                        mem.deref(),
+                        chain,
+                    )
+                }
                 Err(e) => {
-                    log::debug!("vsock: error reading TX packet: {e:?}");
-                    continue;
+                    warn!("vsock: dropping a TX packet the device cannot read: {e:?}");
+                    None
                 }
             };
 
-            if self.thread_backend.send_pkt(&pkt).is_err() {
+            if let Some(Err(_)) = sent {
                 vring
                     .get_mut()
                     .get_queue_mut()
@@ -757,6 +769,9 @@ impl VhostUserVsockThread {
                     .go_to_previous_position();
                 break;
             }
+            // kata-rs: a packet that could not be read is still handed back
+            // to the guest (it used to be kept, one descriptor leaked per
+            // bad packet until the queue ran dry).
 
             // TODO: Check if the protocol requires read length to be correct
             let used_len = 0;
@@ -774,6 +789,45 @@ impl VhostUserVsockThread {
         }
 
         Ok(())
+    }
+
+    /// kata-rs: sends a TX packet whose data spans several descriptors
+    /// (`tx_gather`). `None`: the chain was malformed and is dropped.
+    fn send_gathered<T>(
+        backend: &mut VsockThreadBackend,
+        tx_buffer_size: u32,
+        mem: &GuestMemoryMmap,
+        chain: virtio_queue::DescriptorChain<T>,
+    ) -> Option<Result<()>>
+    where
+        T: Deref,
+        T::Target: vm_memory::GuestMemory,
+    {
+        let mut buf = match tx_gather::gather(mem, chain, tx_buffer_size) {
+            Ok(buf) => buf,
+            Err(e) => {
+                warn!("vsock: dropping a malformed multi-descriptor TX packet: {e:?}");
+                return None;
+            }
+        };
+        let mut header = [0u8; PKT_HEADER_SIZE];
+        header.copy_from_slice(&buf[..PKT_HEADER_SIZE]);
+        let (hdr, data) = buf.split_at_mut(PKT_HEADER_SIZE);
+        let data = (!data.is_empty()).then_some(data);
+        // SAFETY: `buf` is owned here and outlives `pkt`, which is dropped
+        // at the end of this function; nothing else touches it meanwhile.
+        let mut pkt = match unsafe { VsockPacket::new(hdr, data) } {
+            Ok(pkt) => pkt,
+            Err(e) => {
+                warn!("vsock: cannot build a gathered TX packet: {e:?}");
+                return None;
+            }
+        };
+        if let Err(e) = pkt.set_header_from_raw(&header) {
+            warn!("vsock: cannot build a gathered TX packet: {e:?}");
+            return None;
+        }
+        Some(backend.send_pkt(&pkt))
     }
 
     /// Wrapper to process tx queue based on whether event idx is enabled or
