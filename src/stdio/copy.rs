@@ -21,19 +21,17 @@ use tokio::time::Instant;
 use super::{AgentStreams, Ids};
 use crate::agent_client::AgentError;
 
-/// Most bytes asked from the agent per read. Large enough to keep the
-/// number of round trips low, small enough not to hold the shared agent
-/// connection for long with one frame. Over hybrid vsock it must also keep
-/// each answer below one 64 KiB virtio-vsock packet: with 64, 128 and
-/// 256 KiB reads a container writing output steadily wedged the connection
-/// within a second (vhost-device-vsock 0.3 stopped forwarding; no call was
-/// answered again and the liveness monitor ended the pod), while 32 KiB
-/// reads carry 16 MiB through CRI whole
-/// (`cri_large_stdout_reaches_the_log_whole`).
-pub(crate) const READ_LEN: u32 = 32 * 1024;
-/// Most bytes forwarded to the agent per WriteStdin: below one vsock
-/// packet, like [`READ_LEN`].
-const STDIN_CHUNK: usize = 32 * 1024;
+/// Most bytes asked from the agent per read. The agent answers with what
+/// it has buffered, up to this much, so under a steady writer one round
+/// trip carries everything that arrived during the previous one: the
+/// bigger the chunk, the fewer round trips per MiB. With the next read in
+/// flight while a chunk is written (see [`copy_output`]) the shim holds at
+/// most two chunks per stream, so this also bounds the shim's memory per
+/// stream (the agent holds at most 1 MiB more).
+pub(crate) const READ_LEN: u32 = 256 * 1024;
+/// Most bytes forwarded to the agent per WriteStdin: one FIFO read, which
+/// returns at most what the pipe holds (64 KiB unless the writer grew it).
+const STDIN_CHUNK: usize = 128 * 1024;
 /// After its reader went away, how often a FIFO is tried again (a
 /// restarted CRI-O reopens the FIFOs it finds in State).
 const REOPEN_INTERVAL: Duration = Duration::from_millis(500);
@@ -106,25 +104,25 @@ pub(crate) async fn copy_output(
 ) -> bool {
     let mut sink = open(dest, ids, stream).await;
     let mut eof = false;
+    // The next read is in flight while the last chunk is written, so the
+    // agent keeps filling its buffer during the write and a round trip is
+    // never waited for on its own. Only one read is outstanding at a time:
+    // the agent answers reads of one stream in order, and two at once
+    // could come back in either order.
+    let mut chunk: Vec<u8> = Vec::new();
     loop {
-        let read = match stream {
-            Stream::Stdout => {
-                agent
-                    .read_stdout(&ids.container_id, &ids.exec_id, READ_LEN)
-                    .await
-            }
-            Stream::Stderr => {
-                agent
-                    .read_stderr(&ids.container_id, &ids.exec_id, READ_LEN)
-                    .await
+        let write = async {
+            if !chunk.is_empty() {
+                sink.write(&chunk, ids, stream).await;
             }
         };
+        let (read, ()) = tokio::join!(read_chunk(agent, ids, stream), write);
         match read {
             Ok(data) if data.is_empty() => {
                 eof = true;
                 break;
             }
-            Ok(data) => sink.write(&data, ids, stream).await,
+            Ok(data) => chunk = data,
             Err(e) => {
                 tracing::warn!(
                     container_id = %ids.container_id,
@@ -139,6 +137,25 @@ pub(crate) async fn copy_output(
     }
     let flushed = sink.finish(ids, stream).await;
     eof && flushed
+}
+
+async fn read_chunk(
+    agent: &dyn AgentStreams,
+    ids: &Ids,
+    stream: Stream,
+) -> Result<Vec<u8>, AgentError> {
+    match stream {
+        Stream::Stdout => {
+            agent
+                .read_stdout(&ids.container_id, &ids.exec_id, READ_LEN)
+                .await
+        }
+        Stream::Stderr => {
+            agent
+                .read_stderr(&ids.container_id, &ids.exec_id, READ_LEN)
+                .await
+        }
+    }
 }
 
 async fn open(dest: Dest, ids: &Ids, stream: Stream) -> Sink {
