@@ -240,10 +240,7 @@ fn missing_vhost_device_vsock_is_named_with_the_fix() {
     assert!(!run.output.status.success());
     let err = run.stderr();
     assert!(err.contains("vhost-device-vsock not found"), "{err}");
-    assert!(
-        err.contains("vendor/vhost-device-vsock"),
-        "{err}"
-    );
+    assert!(err.contains("vendor/vhost-device-vsock"), "{err}");
     assert_no_leaks(&id);
 }
 
