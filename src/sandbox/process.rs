@@ -161,10 +161,19 @@ impl Sandbox {
                 .map_err(Error::agent(&c.id))?;
         } else {
             let process_json = p.exec_spec.clone().unwrap_or_default();
+            let began = std::time::Instant::now();
             agent
                 .exec_process(&c.id, &p.exec_id, process_json)
                 .await
                 .map_err(Error::agent(&p.exec_id))?;
+            // The agent logs its own share (`exec started`, build_us).
+            tracing::debug!(
+                sandbox_id = %self.id,
+                container_id,
+                exec_id,
+                exec_process_us = began.elapsed().as_micros() as u64,
+                "ExecProcess answered"
+            );
             p.io.start(Arc::new(agent.clone()));
         }
         match p.transition(ProcessState::start) {
