@@ -480,6 +480,56 @@ fn cri_large_stdout_reaches_the_log_whole() {
     remove_pod(&c, &cri, &pod);
 }
 
+/// Issue 17's log integrity check: containers that each write 2 MiB of
+/// numbered lines and exit, every one's CRI log compared line for line.
+/// `make test` runs a few; `KATA_LOG_RUNS=1000` is the long run.
+#[test]
+fn cri_containers_writing_2_mib_and_exiting_leave_whole_logs() {
+    const LINES: usize = 2048; // of 1024 bytes: 2 MiB
+    let runs: usize = std::env::var("KATA_LOG_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(4);
+    let (c, cri, pod) = kata_pod("logs");
+    let pad = "0".repeat(1017);
+    let script = format!(
+        "awk 'BEGIN {{ for (i = 0; i < {LINES}; i++) printf \"%06d %s\\n\", i, \"{pad}\" }}'"
+    );
+    let began = Instant::now();
+    for run in 0..runs {
+        let name = format!("writer-{run}");
+        let id = start_sh(&c, &cri, &pod, &name, &script);
+        let st = wait_exited(&cri, &id, Duration::from_secs(120));
+        assert_eq!(st.exit_code, 0, "run {run}: {st:?}\n{}", c.log_tail());
+        let path = log_file(&pod.config, &container_config(&name, BUSYBOX_REF, &[]));
+        let text = log_payload(&std::fs::read_to_string(&path).unwrap_or_default());
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), LINES, "run {run}: lines in {}", path.display());
+        for (i, line) in lines.iter().enumerate() {
+            assert_eq!(
+                *line,
+                format!("{i:06} {pad}"),
+                "run {run}: line {i} of {}",
+                path.display()
+            );
+        }
+        assert!(text.ends_with('\n'), "run {run}: the last line was cut");
+        cri.remove_container(&id).expect("RemoveContainer");
+        if (run + 1) % 50 == 0 {
+            eprintln!(
+                "log runs: {} of {runs} whole, {:.0} s",
+                run + 1,
+                began.elapsed().as_secs_f64()
+            );
+        }
+    }
+    eprintln!(
+        "log runs: {runs} containers of {LINES} lines each, all whole, in {:.1} s",
+        began.elapsed().as_secs_f64()
+    );
+    remove_pod(&c, &cri, &pod);
+}
+
 /// The same `/proc/self/status` lines for a process and its confinement.
 const CONFINEMENT: &str = "grep -E '^(Seccomp|NoNewPrivs|Cap(Inh|Prm|Eff|Bnd|Amb)):' /proc/self/status; \
      echo masked=$(head -c 16 /proc/timer_list | wc -c)";
