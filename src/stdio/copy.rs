@@ -35,6 +35,10 @@ const STDIN_CHUNK: usize = 128 * 1024;
 /// After its reader went away, how often a FIFO is tried again (a
 /// restarted CRI-O reopens the FIFOs it finds in State).
 const REOPEN_INTERVAL: Duration = Duration::from_millis(500);
+/// Longest an ended stream waits for its FIFO's reader to take what is
+/// left in the pipe ([`wait_until_read`]).
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
+const DRAIN_POLL: Duration = Duration::from_millis(2);
 /// Longest pause between attempts to open a FIFO that has no reader yet.
 const OPEN_RETRY_MAX: Duration = Duration::from_millis(200);
 /// When to say that a FIFO still has no reader.
@@ -277,6 +281,9 @@ impl Sink {
 
     /// Makes every byte reach the file and closes the destination.
     async fn finish(self, ids: &Ids, stream: Stream) -> bool {
+        if let Sink::Fifo(FifoSink { tx: Some(tx), .. }) = &self {
+            wait_until_read(tx, ids, stream).await;
+        }
         let Sink::File(mut f) = self else {
             return true;
         };
@@ -345,6 +352,53 @@ impl FileSink {
             }
         }
     }
+}
+
+/// Waits until the FIFO's reader has taken every byte left in the pipe.
+///
+/// The exit is reported once the copy returns, and containerd 1.6 answers
+/// a TaskExit by closing its read end of the FIFO *before* it waits for its
+/// copy (`task.Delete` in its client): whatever was still in the pipe then
+/// is lost ("Failed to pipe stdout ... file already closed"). That cut the
+/// last 46 KiB off one log in a hundred containers writing 2 MiB each. A
+/// reader that went away, or one that stalls past [`DRAIN_WAIT`], does not
+/// hold the exit up any longer.
+async fn wait_until_read(tx: &pipe::Sender, ids: &Ids, stream: Stream) {
+    let fd = tx.as_raw_fd();
+    let deadline = Instant::now() + DRAIN_WAIT;
+    loop {
+        let mut queued: libc::c_int = 0;
+        // SAFETY: FIONREAD writes one c_int through the pointer, which
+        // points at `queued`; `fd` is the open write end `tx` owns (a
+        // pipe's FIONREAD counts the bytes in it from either end).
+        let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
+        if r != 0 || queued <= 0 || reader_gone(fd) {
+            return;
+        }
+        if Instant::now() >= deadline {
+            tracing::warn!(
+                container_id = %ids.container_id,
+                exec_id = %ids.exec_id,
+                stream = stream.name(),
+                unread_bytes = queued,
+                "the FIFO's reader left bytes unread; reporting the exit anyway"
+            );
+            return;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
+/// A pipe's write end polls POLLERR once it has no reader.
+fn reader_gone(fd: std::os::fd::RawFd) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    // SAFETY: `fd` stays open for this call (the caller holds its owner).
+    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    let mut fds = [PollFd::new(borrowed, PollFlags::empty())];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
 }
 
 impl FifoSink {
@@ -519,4 +573,53 @@ async fn forward(agent: &dyn AgentStreams, ids: &Ids, mut data: &[u8]) -> bool {
         }
     }
     true
+}
+
+#[cfg(test)]
+mod drain_tests {
+    use super::*;
+    use std::io::Read;
+
+    fn ids() -> Ids {
+        Ids {
+            container_id: "c".into(),
+            exec_id: "e".into(),
+            namespace: "default".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn an_ended_stream_waits_until_its_reader_took_the_pipe() {
+        let (rx, tx) = nix::unistd::pipe().expect("pipe");
+        let mut tx = pipe::Sender::from_owned_fd(tx).expect("sender");
+        tx.write_all(&[7u8; 40_000]).await.expect("write");
+        let reader = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            let mut buf = Vec::new();
+            std::fs::File::from(rx).read_to_end(&mut buf).expect("read");
+            buf.len()
+        });
+        let began = std::time::Instant::now();
+        wait_until_read(&tx, &ids(), Stream::Stdout).await;
+        assert!(
+            began.elapsed() >= Duration::from_millis(150),
+            "did not wait for the reader"
+        );
+        drop(tx);
+        assert_eq!(reader.join().expect("reader"), 40_000);
+    }
+
+    #[tokio::test]
+    async fn a_reader_that_left_does_not_hold_the_exit() {
+        let (rx, tx) = nix::unistd::pipe().expect("pipe");
+        let mut tx = pipe::Sender::from_owned_fd(tx).expect("sender");
+        tx.write_all(&[7u8; 1000]).await.expect("write");
+        drop(rx);
+        let began = std::time::Instant::now();
+        wait_until_read(&tx, &ids(), Stream::Stdout).await;
+        assert!(
+            began.elapsed() < DRAIN_WAIT,
+            "waited for a reader that is gone"
+        );
+    }
 }
