@@ -8,10 +8,16 @@
 //!   once; QEMU spawn to QEMU exit.
 //! - boot to agent ready: QEMU spawn to the agent's first health answer.
 //!
+//! The pod rows are then read against the data path's floor (`floor`): a
+//! VM with the tiny `kata-floor` program instead of the agent moving the
+//! same bytes.
+//!
 //! Raw and agent boots alternate so machine noise hits both alike.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+#[path = "floor/mod.rs"]
+mod floor;
 #[path = "pods/mod.rs"]
 mod pods;
 
@@ -121,6 +127,14 @@ fn run() -> Result<(), String> {
     }
     eprintln!("bench: CRI pods (kata and runc) through a private containerd");
     let p = pods::measure(iterations)?;
+    eprintln!("bench: the floor VM (kata-floor instead of the agent)");
+    let fl = floor::measure(iterations)?;
+    // The sweep boots a VM per setting: `make bench` only, not the smoke.
+    let sweep = if iterations > 1 {
+        Some(floor::sweep())
+    } else {
+        None
+    };
     let base = median(&raw);
     let ratio = secs(median(&ready)) / secs(base);
     let pod_ratio = secs(median(&p.kata_start)) / secs(base);
@@ -171,6 +185,7 @@ fn run() -> Result<(), String> {
         ),
         String::new(),
         pods_table(&p, config.hypervisor.qemu.tcg_tb_size),
+        floor::table(&fl, &p, sweep.as_deref()),
     ]
     .join("\n");
     std::fs::write(&output, &table).map_err(|e| format!("writing {}: {e}", output.display()))?;

@@ -66,6 +66,9 @@ pub enum BuildError {
     /// busybox is not there.
     #[error("busybox {} not found; install it with `apt-get install busybox-static` or pass --busybox PATH", .0.display())]
     BusyboxMissing(PathBuf),
+    /// The floor image's program is not there.
+    #[error("floor program {} not found; build it with `cargo build --release -p kata-floor` or pass --init-program PATH", .0.display())]
+    FloorProgramMissing(PathBuf),
     /// Reading an input file failed.
     #[error("reading {}: {source}", .path.display())]
     Read {
@@ -76,7 +79,7 @@ pub enum BuildError {
     },
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, BuildError> {
+pub(crate) fn read(path: &Path) -> Result<Vec<u8>, BuildError> {
     fs::read(path).map_err(|source| BuildError::Read {
         path: path.to_path_buf(),
         source,
@@ -171,7 +174,7 @@ struct Plan {
 /// Guest directories the agent expects to exist before it mounts anything.
 const GUEST_DIRS: &[&str] = &["/proc", "/sys", "/dev", "/run", "/tmp", "/etc", "/etc/kata"];
 
-fn base_tree() -> Tree {
+pub(crate) fn base_tree() -> Tree {
     let mut t = Tree::new();
     for d in GUEST_DIRS {
         let mode = if *d == "/tmp" { 0o1777 } else { 0o755 };
@@ -183,7 +186,7 @@ fn base_tree() -> Tree {
     t
 }
 
-fn add_libs(tree: &mut Tree, libs: &[elf::Lib]) -> Result<(), BuildError> {
+pub(crate) fn add_libs(tree: &mut Tree, libs: &[elf::Lib]) -> Result<(), BuildError> {
     for lib in libs {
         tree.file(&lib.guest, 0o755, read(&lib.source)?);
     }
@@ -239,7 +242,7 @@ pub fn agent_version(agent: &Path) -> Result<String, String> {
         })
 }
 
-fn discover_kernel(
+pub(crate) fn discover_kernel(
     roots: &Roots,
     forced: Option<&str>,
     running: Option<&str>,
@@ -267,26 +270,7 @@ fn plan(opts: &Options, warn: &mut dyn FnMut(&str)) -> Result<Plan, BuildError> 
     if !opts.agent.is_file() {
         return Err(BuildError::AgentMissing(opts.agent.clone()));
     }
-    let db = ModuleDb::load(&kernel.modules_dir)?;
-    let res = db.resolve(
-        &kernel.release,
-        &kernel.modules_dir,
-        modules::REQUIRED,
-        modules::OPTIONAL,
-    )?;
-    let mut module_entries = Vec::with_capacity(res.files.len());
-    for rel in &res.files {
-        let source = kernel.modules_dir.join(rel);
-        let plain = compress::plain_module_path(rel)
-            .ok_or_else(|| CompressError::UnknownModuleSuffix(rel.clone()))?;
-        let entry = ModuleEntry {
-            name: modules::module_name(rel),
-            guest_path: format!("/lib/modules/{}/{plain}", kernel.release),
-            source_sha256: manifest::sha256_file(&source)?,
-            source_path: source.clone(),
-        };
-        module_entries.push((source, entry));
-    }
+    let (module_entries, builtin) = module_entries(&kernel)?;
     let mut libs = elf::closure(&opts.agent, Path::new("/"))?;
     let debug_shell = match &opts.debug_busybox {
         None => None,
@@ -331,7 +315,7 @@ fn plan(opts: &Options, warn: &mut dyn FnMut(&str)) -> Result<Plan, BuildError> 
         compression,
         required_modules: modules::REQUIRED.iter().map(|s| s.to_string()).collect(),
         optional_modules: modules::OPTIONAL.iter().map(|s| s.to_string()).collect(),
-        builtin_modules: res.builtin,
+        builtin_modules: builtin,
         modules: module_entries.iter().map(|(_, e)| e.clone()).collect(),
         libs: lib_entries,
         debug_shell,
@@ -346,8 +330,37 @@ fn plan(opts: &Options, warn: &mut dyn FnMut(&str)) -> Result<Plan, BuildError> 
     })
 }
 
+/// The guest's modules in load order: host file and manifest entry each.
+pub(crate) type Modules = Vec<(PathBuf, ModuleEntry)>;
+
+/// The guest's modules of `kernel`, and the required ones the kernel has
+/// built in.
+pub(crate) fn module_entries(kernel: &Kernel) -> Result<(Modules, Vec<String>), BuildError> {
+    let db = ModuleDb::load(&kernel.modules_dir)?;
+    let res = db.resolve(
+        &kernel.release,
+        &kernel.modules_dir,
+        modules::REQUIRED,
+        modules::OPTIONAL,
+    )?;
+    let mut entries = Vec::with_capacity(res.files.len());
+    for rel in &res.files {
+        let source = kernel.modules_dir.join(rel);
+        let plain = compress::plain_module_path(rel)
+            .ok_or_else(|| CompressError::UnknownModuleSuffix(rel.clone()))?;
+        let entry = ModuleEntry {
+            name: modules::module_name(rel),
+            guest_path: format!("/lib/modules/{}/{plain}", kernel.release),
+            source_sha256: manifest::sha256_file(&source)?,
+            source_path: source.clone(),
+        };
+        entries.push((source, entry));
+    }
+    Ok((entries, res.builtin))
+}
+
 /// Decompresses modules on all cores; xz decoding dominates the build.
-fn load_modules(mods: &[(PathBuf, ModuleEntry)]) -> Result<Vec<Vec<u8>>, BuildError> {
+pub(crate) fn load_modules(mods: &[(PathBuf, ModuleEntry)]) -> Result<Vec<Vec<u8>>, BuildError> {
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(mods.len().max(1));
@@ -569,10 +582,22 @@ pub fn raw_boot(
     add_libs(&mut tree, &elf::closure(&opts.busybox, Path::new("/"))?)?;
     tree.file("/init", 0o755, RAW_BOOT_INIT.as_bytes().to_vec());
     let image = compress::compress(compression, &tree.to_archive()?)?;
+    let output = write_output(&opts.output, &image)?;
+    Ok(RawBootSummary {
+        release: kernel.release,
+        output,
+        size: image.len() as u64,
+        compression,
+        duration: start.elapsed(),
+    })
+}
 
-    let output = std::path::absolute(&opts.output).map_err(|source| InstallError {
+/// Writes a standalone image to `output` (crash-safely, creating its
+/// directory); returns the absolute path.
+pub(crate) fn write_output(output: &Path, image: &[u8]) -> Result<PathBuf, BuildError> {
+    let output = std::path::absolute(output).map_err(|source| InstallError {
         what: "resolving",
-        path: opts.output.clone(),
+        path: output.to_path_buf(),
         source,
     })?;
     let dir = output.parent().unwrap_or(Path::new("/")).to_path_buf();
@@ -589,12 +614,6 @@ pub fn raw_boot(
         path: dir.clone(),
         source,
     })?;
-    install::write_file(&dir, &name, &image, 0o644)?;
-    Ok(RawBootSummary {
-        release: kernel.release,
-        output,
-        size: image.len() as u64,
-        compression,
-        duration: start.elapsed(),
-    })
+    install::write_file(&dir, &name, image, 0o644)?;
+    Ok(output)
 }

@@ -1,11 +1,12 @@
-//! CLI of `kata-guest-image`: parses flags, runs a build, a `--check` or a
-//! raw-boot image, and turns the outcome into output lines and exit codes.
+//! CLI of `kata-guest-image`: parses flags, runs a build, a `--check`, a
+//! raw-boot or a floor image, and turns the outcome into output lines and exit codes.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use kata_guest_image::build::{self, Outcome};
+use kata_guest_image::floor;
 use kata_guest_image::kernel::Roots;
 
 #[derive(Parser)]
@@ -28,6 +29,9 @@ enum Cmd {
     Build(BuildArgs),
     /// Write a baseline initrd whose /init powers the VM off at once.
     RawBoot(RawBootArgs),
+    /// Write the data-path floor's initrd: the pod image's modules,
+    /// busybox, and a floor program (kata-floor) instead of the agent.
+    Floor(FloorArgs),
 }
 
 #[derive(Args, Clone)]
@@ -90,6 +94,21 @@ struct RawBootArgs {
     kernel: KernelArgs,
 }
 
+#[derive(Args)]
+struct FloorArgs {
+    /// The floor program /init execs (the workspace's kata-floor).
+    #[arg(long, value_name = "PATH")]
+    init_program: PathBuf,
+    /// File to write the initrd to.
+    #[arg(long, value_name = "FILE")]
+    output: PathBuf,
+    /// busybox binary (Debian busybox-static).
+    #[arg(long, value_name = "PATH", default_value = build::DEFAULT_BUSYBOX)]
+    busybox: PathBuf,
+    #[command(flatten)]
+    kernel: KernelArgs,
+}
+
 fn warn(msg: &str) {
     eprintln!("kata-guest-image: warning: {msg}");
 }
@@ -137,11 +156,26 @@ fn run_raw_boot(args: RawBootArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+fn run_floor(args: FloorArgs) -> anyhow::Result<ExitCode> {
+    let opts = floor::FloorOptions {
+        roots: args.kernel.roots(),
+        kernel_release: args.kernel.kernel_release.clone(),
+        running_release: None,
+        busybox: args.busybox,
+        program: args.init_program,
+        output: args.output,
+    };
+    let summary = floor::floor(&opts, &mut |m| warn(m))?;
+    println!("{}", summary.line());
+    Ok(ExitCode::SUCCESS)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Cmd::Build(args)) => run_build(args),
         Some(Cmd::RawBoot(args)) => run_raw_boot(args),
+        Some(Cmd::Floor(args)) => run_floor(args),
         None => run_build(cli.build),
     };
     match result {

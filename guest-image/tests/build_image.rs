@@ -1,6 +1,6 @@
 //! End-to-end builds against the installed Debian kernel: image contents,
 //! manifest, symlinks, size and time budgets, up-to-date detection, `--force`,
-//! `--check`, raw-boot, and CLI error messages.
+//! `--check`, raw-boot, floor, and CLI error messages.
 
 mod common;
 
@@ -244,6 +244,56 @@ fn raw_boot_image_powers_off() {
         "{}",
         stderr(&o)
     );
+}
+
+#[test]
+fn floor_image_has_the_pod_modules_busybox_and_the_program() {
+    let release = require_kernel();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let program = standin_agent(tmp.path());
+    let file = tmp.path().join("sub/floor.initrd");
+    let file_s = file.to_str().expect("utf8");
+    let program_s = program.to_str().expect("utf8");
+    let o = run(&["floor", "--init-program", program_s, "--output", file_s]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    assert!(stdout(&o).contains("floor initrd"), "{}", stdout(&o));
+    let entries = parse_initrd(&file).expect("parse floor initrd");
+    let init = String::from_utf8(file_data(&entries, "/init").to_vec()).expect("utf8");
+    assert_eq!(init, kata_guest_image::floor::init_script());
+    assert_eq!(
+        file_data(&entries, kata_guest_image::floor::PROGRAM_GUEST),
+        fs::read(&program).expect("read program")
+    );
+    // The stand-in program is dynamic: its libraries come along.
+    assert!(find(&entries, "/lib/x86_64-linux-gnu/libc.so.6").is_some());
+    let list =
+        String::from_utf8(file_data(&entries, guest::MODULES_LOAD_LIST).to_vec()).expect("utf8");
+    for name in ["vsock.ko", "vmw_vsock_virtio_transport.ko", "virtio_net.ko"] {
+        assert!(
+            list.lines().any(|l| l.ends_with(&format!("/{name}"))),
+            "{name} not in {list}"
+        );
+    }
+    for path in list.lines() {
+        assert!(
+            path.starts_with(&format!("/lib/modules/{release}/")),
+            "{path}"
+        );
+        assert!(
+            find(&entries, path).is_some(),
+            "{path} listed but not packed"
+        );
+    }
+
+    let o = run(&[
+        "floor",
+        "--init-program",
+        "/nonexistent/kata-floor",
+        "--output",
+        file_s,
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("-p kata-floor"), "{}", stderr(&o));
 }
 
 #[test]

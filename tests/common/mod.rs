@@ -2,10 +2,10 @@
 //! the test guest image, per-test configurations, running `kata-ctl
 //! boot-check`, the per-sandbox leak check, and the host-side helpers the
 //! shim tests share (process and mount scans, bounded command runs).
-//! Submodules: `pod` (the agent driven directly), `containerd` (a private
-//! containerd), `image` (the local busybox and pause images), `crio` (a
-//! CRI-O protocol driver for the shim binary), `cri` and `stream` (a CRI
-//! client of containerd, as kubelet is).
+//! Submodules: `pod` (the agent driven directly), `floor` (the data-path
+//! floor VM), `containerd` (a private containerd), `image` (the local
+//! busybox and pause images), `crio` (a CRI-O protocol driver for the shim
+//! binary), `cri` and `stream` (a CRI client of containerd, as kubelet is).
 
 #![allow(dead_code)]
 
@@ -13,6 +13,7 @@ pub mod containerd;
 pub mod containerd_bin;
 pub mod cri;
 pub mod crio;
+pub mod floor;
 pub mod image;
 pub mod pod;
 pub mod stream;
