@@ -9,9 +9,9 @@
 //! in several descriptors. vhost-device-vsock 0.3.0 (virtio-vsock 0.10's
 //! `VsockPacket::from_tx_virtq_chain`) rejects such a chain with
 //! DescriptorLengthTooSmall and drops it without returning the
-//! descriptor: the bytes are lost and the stream stalls for good. A
-//! helper without that bug passes; the stock one fails here, clearly,
-//! after the deadline instead of hanging.
+//! descriptor: the bytes are lost, and the stream goes on without them or
+//! stalls. A helper without that bug passes; the stock one fails here
+//! clearly (a byte differs from the pattern, or the deadline passes).
 //!
 //! A VM test: root, QEMU, vhost-device-vsock and busybox are required
 //! (missing ones fail with the command that installs them).
