@@ -60,15 +60,6 @@ fn blocks_written(stderr: &Path) -> u64 {
         .unwrap_or(0)
 }
 
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
 fn exec_ms(crio: &Crio, id: &str) -> f64 {
     let began = Instant::now();
     let r = crio.exec_sync(id, &["true"], Duration::from_secs(30));

@@ -76,16 +76,6 @@ fn hostile_crio(test: &str, mode: &str) -> Crio {
     )
 }
 
-/// `VmHWM`: the process's peak resident set, in KiB.
-fn peak_rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM")
-}
-
 /// Bytes used on the filesystem holding `/run`.
 fn run_used_bytes() -> u64 {
     let s = nix::sys::statvfs::statvfs("/run").expect("statvfs /run");
@@ -185,11 +175,9 @@ fn an_oom_storm_of_unknown_ids_is_paced_and_a_real_exit_still_arrives() {
 
 /// Every stream read is answered with twice the bytes asked for, from the
 /// pod's first container on. The shim refuses such a reply as output
-/// (`AgentError::Protocol`); on this host a reply over 32 KiB also wedges
-/// vhost-device-vsock (the data-path issue), so the guest falls silent and
-/// the pod is ended by the health checks with a clear reason. Either way
-/// nothing oversized becomes output, the shim stays up and bounded, the
-/// neighbour keeps answering, and removal leaves nothing.
+/// (`AgentError::Protocol`), and may end the pod for it with a clear
+/// reason. Either way nothing oversized becomes output, the shim stays up
+/// and bounded, the neighbour keeps answering, and removal leaves nothing.
 #[test]
 fn replies_larger_than_asked_never_become_output_nor_harm_the_shim() {
     let mut crio = hostile_crio("big", "big-replies");

@@ -564,3 +564,13 @@ pub fn kata_ctl_exec(id: &str, input: &[u8]) -> Output {
         }
     }
 }
+
+/// `VmHWM`: the process's peak resident set, in KiB.
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM")
+}
