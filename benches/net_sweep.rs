@@ -1,5 +1,5 @@
 //! `cargo bench --bench net_sweep`: the network sweep of issue 17 (see
-//! NETWORK.md). It measures the TCP rows of `make bench` (`pods::net`) for
+//! NETWORK.md). It measures the network rows of `make bench` (`pods::net`) for
 //! a kata pod under each of a list of NIC configurations, with a runc pod
 //! in every round as the baseline of the same run.
 //!
@@ -161,6 +161,8 @@ struct Figures {
     up: Vec<f64>,
     down: Vec<f64>,
     rtt: Vec<f64>,
+    udp: Vec<f64>,
+    http: Vec<f64>,
 }
 
 impl Figures {
@@ -168,6 +170,8 @@ impl Figures {
         self.up.push(s.up_mib_s);
         self.down.push(s.down_mib_s);
         self.rtt.extend(s.rtt_ms);
+        self.udp.push(s.udp.mib_s);
+        self.http.push(s.http.per_s);
     }
 }
 
@@ -236,7 +240,7 @@ fn run() -> Result<(), String> {
     std::fs::write(&c.kata_config, &base_config).map_err(|e| e.to_string())?;
     let mut t = format!(
         "Net sweep: {rounds} round(s), {} MiB each way, median of rounds (round trip: median of every sample).\n\n\
-         | configuration | host → pod MiB/s | pod → host MiB/s | round trip ms | up vs default | down vs default |\n|---|---|---|---|---|---|\n",
+         | configuration | host → pod MiB/s | pod → host MiB/s | round trip ms | up vs default | down vs default | UDP host → pod MiB/s | HTTP requests/s |\n|---|---|---|---|---|---|---|---|\n",
         net::BYTES >> 20
     );
     let (du, dd) = all
@@ -246,17 +250,19 @@ fn run() -> Result<(), String> {
         .unwrap_or((f64::NAN, f64::NAN));
     let _ = writeln!(
         t,
-        "| runc (baseline) | {:.1} | {:.1} | {:.3} | | |",
+        "| runc (baseline) | {:.1} | {:.1} | {:.3} | | | {:.1} | {:.0} |",
         median(&runc.up),
         median(&runc.down),
-        median(&runc.rtt)
+        median(&runc.rtt),
+        median(&runc.udp),
+        median(&runc.http)
     );
     for (var, f) in all.iter().zip(&kata) {
         let all_up: Vec<String> = f.up.iter().map(|x| format!("{x:.1}")).collect();
         let all_down: Vec<String> = f.down.iter().map(|x| format!("{x:.1}")).collect();
         let _ = writeln!(
             t,
-            "| kata {} | {:.1} ({}) | {:.1} ({}) | {:.3} | {:.2} | {:.2} |",
+            "| kata {} | {:.1} ({}) | {:.1} ({}) | {:.3} | {:.2} | {:.2} | {:.1} | {:.0} |",
             var.name,
             median(&f.up),
             all_up.join(", "),
@@ -264,7 +270,9 @@ fn run() -> Result<(), String> {
             all_down.join(", "),
             median(&f.rtt),
             median(&f.up) / du,
-            median(&f.down) / dd
+            median(&f.down) / dd,
+            median(&f.udp),
+            median(&f.http)
         );
     }
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/net-sweep.md");
