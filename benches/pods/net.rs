@@ -106,8 +106,10 @@ pub fn measure(cri: &Cri, pod: &str, config: &PodSandboxConfig) -> Result<NetSam
         .map_err(|e| format!("pod IP: {e}"))?
         .parse()
         .map_err(|e| format!("pod IP: {e}"))?;
+    // The file is made before anything starts in the background: httpd
+    // changes into its home at start and exits if it is not there yet.
     let script = format!(
-        "mkdir -p /tmp/www && head -c {HTTP_FILE} /dev/zero > /tmp/www/f && \
+        "mkdir -p /tmp/www && head -c {HTTP_FILE} /dev/zero > /tmp/www/f || exit 1; \
          nc -ll -p {SINK_PORT} -e wc -c & \
          nc -ll -p {SOURCE_PORT} -e head -c {BYTES} /dev/zero & \
          nc -ll -p {ECHO_PORT} -e cat & \
