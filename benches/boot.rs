@@ -280,6 +280,8 @@ fn pods_table(p: &pods::Samples, tb_size: u32) -> String {
     let ours_ok = fmedian(&ours) <= 20.0;
     let net_mib = pods::net::BYTES >> 20;
     let (rtt_bytes, rtts) = (pods::net::RTT_MESSAGE, pods::net::ROUND_TRIPS);
+    let (udp_mib, dgram) = (pods::net::UDP_BYTES >> 20, pods::net::UDP_DATAGRAM);
+    let (reqs, file) = (pods::net::HTTP_REQUESTS, pods::net::HTTP_FILE);
     [
         "| kata pod against runc pod (same run) | median | min | max | kata / runc | goal |".to_string(),
         "|---|---|---|---|---|---|".into(),
@@ -298,6 +300,16 @@ fn pods_table(p: &pods::Samples, tb_size: u32) -> String {
         // A runc round trip is tens of microseconds: three decimals.
         row_with(3, &format!("TCP round trip host ↔ pod ({rtt_bytes} B echo, {rtts} per pod on one connection), kata"), "ms", &p.kata_rtt, Some(&p.runc_rtt), ""),
         row_with(3, &format!("TCP round trip host ↔ pod ({rtt_bytes} B echo, {rtts} per pod on one connection), runc"), "ms", &p.runc_rtt, None, ""),
+        row(&format!("UDP host → pod ({udp_mib} MiB in {dgram} B datagrams, unpaced; arrived in the pod's UDP layer), kata"), "MiB/s", &p.kata_udp, Some(&p.runc_udp), ""),
+        row(&format!("UDP host → pod ({udp_mib} MiB in {dgram} B datagrams, unpaced; arrived in the pod's UDP layer), runc"), "MiB/s", &p.runc_udp, None, ""),
+        row("UDP host → pod: datagrams lost, kata", "%", &p.kata_udp_loss, None, ""),
+        row("UDP host → pod: datagrams lost, runc", "%", &p.runc_udp_loss, None, ""),
+        row(&format!("many connections: {reqs} HTTP/1.0 GETs of {file} B from busybox httpd, a connection each, kata"), "requests/s", &p.kata_http, Some(&p.runc_http), ""),
+        row(&format!("many connections: {reqs} HTTP/1.0 GETs of {file} B from busybox httpd, a connection each, runc"), "requests/s", &p.runc_http, None, ""),
+        row_with(2, "many connections: request latency p50 (connect → EOF; per pod), kata", "ms", &p.kata_http_p50, Some(&p.runc_http_p50), ""),
+        row_with(2, "many connections: request latency p50 (connect → EOF; per pod), runc", "ms", &p.runc_http_p50, None, ""),
+        row_with(2, "many connections: request latency p99 (connect → EOF; per pod), kata", "ms", &p.kata_http_p99, Some(&p.runc_http_p99), ""),
+        row_with(2, "many connections: request latency p99 (connect → EOF; per pod), runc", "ms", &p.runc_http_p99, None, ""),
         row("idle kata pod: guest memory (shared memfd, counted once)", "MiB", &kib_to_mib(|m| m.guest_kib), None, ""),
         row(
             &format!("idle kata pod: QEMU private memory (TCG translation cache tb-size {tb_size} MiB included)"),
@@ -318,6 +330,10 @@ fn pods_table(p: &pods::Samples, tb_size: u32) -> String {
         ),
         String::new(),
         "TCP rows: the host reaches each pod at the IP CRI reports over the CNI bridge (a kata pod through the veth, tc mirred, the tap and QEMU's virtio-net); busybox `nc` servers in the pod count the bytes (`wc -c`), send them (`head -c`) or echo them (`cat`).".into(),
+        String::new(),
+        "UDP rows: the host sends as fast as it can to a port nothing in the pod listens on (this busybox has no UDP server); the pod's kernel counts what reached its UDP layer (`InDatagrams + NoPorts` of `/proc/net/snmp`). MiB/s runs from the first send to the count settling. Many connections: one TCP connection per request, sequential, busybox `httpd` forking per connection in the pod.".into(),
+        String::new(),
+        "The NIC options (queue sizes, offloads, multiqueue, vhost-net) and the sweep that chose them: [NETWORK.md](NETWORK.md).".into(),
         String::new(),
     ]
     .join("\n")

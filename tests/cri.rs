@@ -13,6 +13,10 @@ mod common;
 // many-pods test reads a live pod with it.
 #[path = "../benches/pods/memory.rs"]
 mod memory;
+// The bench's network rows: the unit tests of their parsing run here.
+#[allow(dead_code)]
+#[path = "../benches/pods/net.rs"]
+mod net;
 
 use std::time::{Duration, Instant};
 

@@ -8,7 +8,8 @@
 //! - stdout throughput: 64 MiB of 1 KiB lines written to the CRI log,
 //!   StartContainer → the container has exited;
 //! - TCP between the host and the pod: throughput both ways and the round
-//!   trip of a small echo (see `net`).
+//!   trip of a small echo; a UDP flood host → pod; 1,000 short HTTP
+//!   requests, a connection each (see `net`).
 //!
 //! Kata and runc alternate within each iteration so machine noise hits
 //! both alike.
@@ -58,6 +59,18 @@ pub struct Samples {
     /// TCP round trips, ms (every sample).
     pub kata_rtt: Vec<f64>,
     pub runc_rtt: Vec<f64>,
+    /// UDP host → pod: MiB/s that arrived, and the share lost in %.
+    pub kata_udp: Vec<f64>,
+    pub runc_udp: Vec<f64>,
+    pub kata_udp_loss: Vec<f64>,
+    pub runc_udp_loss: Vec<f64>,
+    /// Many connections: requests/s, and each pod's p50 and p99 in ms.
+    pub kata_http: Vec<f64>,
+    pub runc_http: Vec<f64>,
+    pub kata_http_p50: Vec<f64>,
+    pub runc_http_p50: Vec<f64>,
+    pub kata_http_p99: Vec<f64>,
+    pub runc_http_p99: Vec<f64>,
 }
 
 pub fn measure(iterations: usize) -> Result<Samples, String> {
@@ -86,12 +99,34 @@ pub fn measure(iterations: usize) -> Result<Samples, String> {
             up.push(one.net.up_mib_s);
             down.push(one.net.down_mib_s);
             rtt.extend(one.net.rtt_ms.iter().copied());
+            let (udp, loss, http, p50, p99) = match handler {
+                KATA => (
+                    &mut s.kata_udp,
+                    &mut s.kata_udp_loss,
+                    &mut s.kata_http,
+                    &mut s.kata_http_p50,
+                    &mut s.kata_http_p99,
+                ),
+                _ => (
+                    &mut s.runc_udp,
+                    &mut s.runc_udp_loss,
+                    &mut s.runc_http,
+                    &mut s.runc_http_p50,
+                    &mut s.runc_http_p99,
+                ),
+            };
+            udp.push(one.net.udp.mib_s);
+            loss.push(one.net.udp.loss * 100.0);
+            http.push(one.net.http.per_s);
+            p50.push(net::percentile(&one.net.http.latency_ms, 50.0));
+            p99.push(net::percentile(&one.net.http.latency_ms, 99.0));
             if let Some(m) = one.memory {
                 s.kata_memory.push(m);
             }
             eprintln!(
                 "bench: iteration {}/{iterations} {handler}: pod start {:.2} s, stop+remove {:.2} s, exec {:.0} ms, stdout {:.1} MiB/s, \
-                 TCP up {:.1} MiB/s, down {:.1} MiB/s, round trip {:.3} ms",
+                 TCP up {:.1} MiB/s, down {:.1} MiB/s, round trip {:.3} ms, UDP {:.1} MiB/s ({:.1} % lost), \
+                 HTTP {:.0} requests/s (p99 {:.2} ms)",
                 i + 1,
                 one.start.as_secs_f64(),
                 one.stop.as_secs_f64(),
@@ -99,7 +134,11 @@ pub fn measure(iterations: usize) -> Result<Samples, String> {
                 one.stdout_mib_s,
                 one.net.up_mib_s,
                 one.net.down_mib_s,
-                net_median(&one.net.rtt_ms)
+                net_median(&one.net.rtt_ms),
+                one.net.udp.mib_s,
+                one.net.udp.loss * 100.0,
+                one.net.http.per_s,
+                net::percentile(&one.net.http.latency_ms, 99.0)
             );
         }
     }

@@ -17,10 +17,23 @@
 //!   the host's side; `cat` writes what it reads at once). `cat` keeps the
 //!   echo path a plain read/write loop in one process, unlike a shell loop
 //!   (a fork per line) or `httpd` (HTTP parsing and a CGI or file per
-//!   request), so the figure is the network path's.
+//!   request), so the figure is the network path's;
+//! - UDP host → pod: [`UDP_BYTES`] in datagrams of [`UDP_DATAGRAM`] bytes,
+//!   sent as fast as the host can (no pacing, like `iperf -u -b 0`), to a
+//!   port nothing in the pod listens on, counted by the pod's kernel: its
+//!   `/proc/net/snmp` `Udp` counters (`InDatagrams + NoPorts`, read through
+//!   `nc -e cat`) before and after. This busybox has no UDP server applet
+//!   (`nc` without `-u`, no `udpsvd`), and the pod's own UDP layer is
+//!   where a datagram has crossed the whole path. The figure is what got
+//!   through per second, from the first send to the count settling, and
+//!   the share lost on the way;
+//! - many connections: [`HTTP_REQUESTS`] sequential `GET`s of a
+//!   [`HTTP_FILE`]-byte file from busybox `httpd`, one TCP connection each
+//!   (HTTP/1.0), connect → EOF per request: requests per second and the
+//!   latency percentiles.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use crate::common::cri::{Cri, container_config};
@@ -37,6 +50,21 @@ pub const RTT_MESSAGE: usize = 64;
 const SINK_PORT: u16 = 5001;
 const SOURCE_PORT: u16 = 5002;
 const ECHO_PORT: u16 = 5003;
+/// `nc -e cat /proc/net/snmp`: the pod's UDP counters.
+const SNMP_PORT: u16 = 5004;
+/// Where the datagrams go: nothing listens (see the module docs).
+const UDP_PORT: u16 = 5005;
+const HTTP_PORT: u16 = 5006;
+/// Bytes of the UDP flood.
+pub const UDP_BYTES: u64 = 16 << 20;
+/// Bytes of each datagram's payload.
+pub const UDP_DATAGRAM: usize = 1024;
+/// How long the pod's count must stay still to be final.
+const UDP_SETTLE: Duration = Duration::from_millis(500);
+/// Requests of the many-connections row, each on its own connection.
+pub const HTTP_REQUESTS: usize = 1000;
+/// Bytes of the file `httpd` serves.
+pub const HTTP_FILE: usize = 1024;
 /// Bound of every connect, read and write, and of waiting for the servers.
 const IO_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -48,6 +76,26 @@ pub struct NetSample {
     pub down_mib_s: f64,
     /// Every round trip, in ms.
     pub rtt_ms: Vec<f64>,
+    pub udp: UdpSample,
+    pub http: HttpSample,
+}
+
+/// The UDP flood's figures.
+#[derive(Debug, Clone, Copy)]
+pub struct UdpSample {
+    /// Datagram payload that reached the pod's UDP layer, MiB/s.
+    pub mib_s: f64,
+    /// Share of the datagrams lost on the way, 0 to 1.
+    pub loss: f64,
+}
+
+/// The many-connections row's figures.
+#[derive(Debug, Clone)]
+pub struct HttpSample {
+    /// Requests per second: the count over the requests' summed time.
+    pub per_s: f64,
+    /// Every request's latency, connect → EOF, in ms.
+    pub latency_ms: Vec<f64>,
 }
 
 /// Starts the servers in a container of `pod`, measures and removes the
@@ -58,10 +106,15 @@ pub fn measure(cri: &Cri, pod: &str, config: &PodSandboxConfig) -> Result<NetSam
         .map_err(|e| format!("pod IP: {e}"))?
         .parse()
         .map_err(|e| format!("pod IP: {e}"))?;
+    // The file is made before anything starts in the background: httpd
+    // changes into its home at start and exits if it is not there yet.
     let script = format!(
-        "nc -ll -p {SINK_PORT} -e wc -c & \
+        "mkdir -p /tmp/www && head -c {HTTP_FILE} /dev/zero > /tmp/www/f || exit 1; \
+         nc -ll -p {SINK_PORT} -e wc -c & \
          nc -ll -p {SOURCE_PORT} -e head -c {BYTES} /dev/zero & \
          nc -ll -p {ECHO_PORT} -e cat & \
+         nc -ll -p {SNMP_PORT} -e cat /proc/net/snmp & \
+         httpd -f -p {HTTP_PORT} -h /tmp/www & \
          wait"
     );
     let spec = container_config("net", BUSYBOX_REF, &["/bin/sh", "-c", &script]);
@@ -74,10 +127,14 @@ pub fn measure(cri: &Cri, pod: &str, config: &PodSandboxConfig) -> Result<NetSam
         let up_mib_s = upload(ip)?;
         let down_mib_s = download(ip)?;
         let rtt_ms = round_trips(ip)?;
+        let udp = udp_flood(ip)?;
+        let http = http_requests(ip)?;
         Ok(NetSample {
             up_mib_s,
             down_mib_s,
             rtt_ms,
+            udp,
+            http,
         })
     })();
     let removed = cri
@@ -193,4 +250,154 @@ fn round_trips(ip: Ipv4Addr) -> Result<Vec<f64>, String> {
         }
     }
     Ok(out)
+}
+
+/// The pod's datagrams that reached its UDP layer so far
+/// (`InDatagrams + NoPorts` of `/proc/net/snmp`).
+fn udp_count(ip: Ipv4Addr) -> Result<u64, String> {
+    let mut s = connect(ip, SNMP_PORT)?;
+    s.shutdown(Shutdown::Write)
+        .map_err(|e| format!("shutdown: {e}"))?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .map_err(|e| format!("the pod's /proc/net/snmp: {e}"))?;
+    parse_udp_count(&text).ok_or_else(|| format!("no Udp counters in {text:?}"))
+}
+
+/// `InDatagrams + NoPorts` from the text of `/proc/net/snmp`: a `Udp:`
+/// line of names, then one of values.
+pub fn parse_udp_count(snmp: &str) -> Option<u64> {
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let names: Vec<&str> = udp.next()?.split_whitespace().collect();
+    let values: Vec<&str> = udp.next()?.split_whitespace().collect();
+    let get = |name: &str| -> Option<u64> {
+        let i = names.iter().position(|n| *n == name)?;
+        values.get(i)?.parse().ok()
+    };
+    Some(get("InDatagrams")? + get("NoPorts")?)
+}
+
+/// host → pod: [`UDP_BYTES`] in [`UDP_DATAGRAM`]-byte datagrams, unpaced;
+/// counted by the pod's kernel until the count stays still for
+/// [`UDP_SETTLE`].
+fn udp_flood(ip: Ipv4Addr) -> Result<UdpSample, String> {
+    let before = udp_count(ip)?;
+    let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).map_err(|e| format!("UDP: {e}"))?;
+    sock.connect((ip, UDP_PORT))
+        .map_err(|e| format!("UDP connect: {e}"))?;
+    let datagrams = UDP_BYTES / UDP_DATAGRAM as u64;
+    let payload = vec![0x55u8; UDP_DATAGRAM];
+    let began = Instant::now();
+    for i in 0..datagrams {
+        // ICMP port unreachable from the pod shows up as ECONNREFUSED on
+        // a later send of a connected socket: not a failure here.
+        match sock.send(&payload) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+            Err(e) => return Err(format!("UDP datagram {i}: {e}")),
+        }
+    }
+    // The time the count last grew, observed by polling: an upper bound of
+    // the last datagram's arrival, by at most one poll.
+    let (mut count, mut grew_at) = (udp_count(ip)?, Instant::now());
+    let deadline = Instant::now() + IO_TIMEOUT;
+    while grew_at.elapsed() < UDP_SETTLE && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        let now = udp_count(ip)?;
+        if now != count {
+            (count, grew_at) = (now, Instant::now());
+        }
+    }
+    let got = count.saturating_sub(before).min(datagrams);
+    let took = grew_at.duration_since(began);
+    Ok(UdpSample {
+        mib_s: mib_s(got * UDP_DATAGRAM as u64, took),
+        loss: 1.0 - got as f64 / datagrams as f64,
+    })
+}
+
+/// [`HTTP_REQUESTS`] sequential HTTP/1.0 `GET`s, a connection each.
+fn http_requests(ip: Ipv4Addr) -> Result<HttpSample, String> {
+    let request = b"GET /f HTTP/1.0\r\nHost: pod\r\n\r\n";
+    let mut latency_ms = Vec::with_capacity(HTTP_REQUESTS);
+    let mut reply = Vec::with_capacity(HTTP_FILE + 512);
+    // The first request also waits for httpd to listen: not timed.
+    for i in 0..=HTTP_REQUESTS {
+        reply.clear();
+        let t = Instant::now();
+        let mut s = connect(ip, HTTP_PORT)?;
+        s.write_all(request)
+            .map_err(|e| format!("HTTP request {i}: {e}"))?;
+        s.read_to_end(&mut reply)
+            .map_err(|e| format!("HTTP reply {i}: {e}"))?;
+        let took = t.elapsed();
+        let head_end = reply
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .ok_or_else(|| format!("HTTP reply {i}: no header end in {} bytes", reply.len()))?;
+        if !reply.starts_with(b"HTTP/1.0 200") && !reply.starts_with(b"HTTP/1.1 200") {
+            let line = String::from_utf8_lossy(&reply[..head_end.min(80)]).to_string();
+            return Err(format!("HTTP reply {i}: {line}"));
+        }
+        if reply.len() - head_end - 4 != HTTP_FILE {
+            return Err(format!(
+                "HTTP reply {i}: a body of {} bytes, not {HTTP_FILE}",
+                reply.len() - head_end - 4
+            ));
+        }
+        if i > 0 {
+            latency_ms.push(took.as_secs_f64() * 1000.0);
+        }
+    }
+    let total: f64 = latency_ms.iter().sum::<f64>() / 1000.0;
+    Ok(HttpSample {
+        per_s: HTTP_REQUESTS as f64 / total,
+        latency_ms,
+    })
+}
+
+/// The `p`-th percentile (0 to 100) of `v`, nearest rank; NaN when empty.
+pub fn percentile(v: &[f64], p: f64) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    if s.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * s.len() as f64).ceil() as usize;
+    s[rank.clamp(1, s.len()) - 1]
+}
+
+#[cfg(test)]
+mod tests {
+    // The bench targets compile this module without a test harness, so
+    // nothing uses the import there; the tests run from tests/cri.rs.
+    #[allow(unused_imports)]
+    use super::{parse_udp_count, percentile};
+
+    #[test]
+    fn udp_count_is_in_datagrams_plus_no_ports() {
+        let snmp = "\
+Ip: Forwarding DefaultTTL InReceives
+Ip: 1 64 99
+Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors
+Udp: 7 16000 3 2 3 0 0 0 0
+UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors InCsumErrors IgnoredMulti MemErrors
+UdpLite: 0 0 0 0 0 0 0 0 0
+";
+        assert_eq!(parse_udp_count(snmp), Some(16_007));
+        assert_eq!(parse_udp_count("Udp: InDatagrams NoPorts\n"), None);
+        assert_eq!(parse_udp_count("Udp: InDatagrams\nUdp: 5\n"), None);
+        assert_eq!(parse_udp_count(""), None);
+    }
+
+    #[test]
+    fn percentiles_are_nearest_rank() {
+        let v: Vec<f64> = (1..=100).rev().map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), 50.0);
+        assert_eq!(percentile(&v, 99.0), 99.0);
+        assert_eq!(percentile(&v, 100.0), 100.0);
+        assert_eq!(percentile(&v, 0.0), 1.0);
+        assert_eq!(percentile(&[3.0], 99.0), 3.0);
+        assert!(percentile(&[], 50.0).is_nan());
+    }
 }

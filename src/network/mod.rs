@@ -13,7 +13,8 @@
 //! The guest NIC takes the veth's MAC, MTU and addresses; routes (except
 //! the kernel's own) and permanent neighbours go to the agent as well
 //! ([`PodNetwork::interfaces`], [`PodNetwork::routes`],
-//! [`PodNetwork::neighbors`]). QEMU gets the tap fds ([`Nic`]).
+//! [`PodNetwork::neighbors`]). QEMU gets the tap fds ([`Nic`]): one per
+//! queue pair, one pair per boot vCPU (see `vm::qemu::nic`).
 //!
 //! The taps are not persistent: each vanishes with the last fd on it
 //! (QEMU's), so a dead VM leaves no tap behind. What is left after a shim
@@ -112,11 +113,13 @@ pub struct NeighborInfo {
 /// What QEMU gets for one endpoint.
 #[derive(Debug)]
 pub struct Nic {
-    /// The tap's fd (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`); the tap goes
-    /// away when the last fd on it is closed.
-    pub tap: OwnedFd,
-    /// A `/dev/vhost-net` fd, when vhost-net was asked for.
-    pub vhost: Option<OwnedFd>,
+    /// The tap's fds (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`), one per queue
+    /// pair (`IFF_MULTI_QUEUE` when more than one); the tap goes away when
+    /// the last fd on it is closed.
+    pub taps: Vec<OwnedFd>,
+    /// One `/dev/vhost-net` fd per queue pair when vhost-net was asked
+    /// for; empty otherwise.
+    pub vhosts: Vec<OwnedFd>,
     /// The guest NIC's MAC (the veth's).
     pub mac: String,
 }
@@ -141,16 +144,20 @@ fn tap_name(idx: usize) -> String {
 
 impl PodNetwork {
     /// Discovers the interfaces of the network namespace at `netns` and
-    /// plumbs each to a new tap (with a `/dev/vhost-net` fd when
-    /// `vhost_net`). On any error, removes what it made and returns the
-    /// error: nothing is left behind.
-    pub fn attach(netns: &Path, vhost_net: bool) -> Result<(PodNetwork, Vec<Nic>), NetworkError> {
+    /// plumbs each to a new tap of `queues` queue pairs (with as many
+    /// `/dev/vhost-net` fds when `vhost_net`). On any error, removes what it
+    /// made and returns the error: nothing is left behind.
+    pub fn attach(
+        netns: &Path,
+        vhost_net: bool,
+        queues: u32,
+    ) -> Result<(PodNetwork, Vec<Nic>), NetworkError> {
         let path = netns.to_path_buf();
         netns::run_in(netns, move |handle| async move {
             let found = discover::discover(&handle, &path).await?;
             let mut made = Vec::with_capacity(found.links.len());
             for link in &found.links {
-                if let Err(e) = plumb(&handle, link, vhost_net, &mut made).await {
+                if let Err(e) = plumb(&handle, link, vhost_net, queues, &mut made).await {
                     rollback(&handle, made).await;
                     return Err(e);
                 }
@@ -159,8 +166,8 @@ impl PodNetwork {
                 .into_iter()
                 .zip(&found.links)
                 .map(|(m, link)| Nic {
-                    tap: m.tap_fd.expect("plumb succeeded, so the tap exists"),
-                    vhost: m.vhost,
+                    taps: m.tap_fds,
+                    vhosts: m.vhosts,
                     mac: link.endpoint.mac.clone(),
                 })
                 .collect();
@@ -254,8 +261,8 @@ struct Made {
     veth_qdisc: bool,
     tap: String,
     tap_index: Option<u32>,
-    tap_fd: Option<OwnedFd>,
-    vhost: Option<OwnedFd>,
+    tap_fds: Vec<OwnedFd>,
+    vhosts: Vec<OwnedFd>,
 }
 
 /// Plumbs one discovered link to its tap, recording each step in a new
@@ -264,6 +271,7 @@ async fn plumb(
     handle: &Handle,
     link: &discover::Link,
     vhost_net: bool,
+    queues: u32,
     made: &mut Vec<Made>,
 ) -> Result<(), NetworkError> {
     let ep = &link.endpoint;
@@ -282,7 +290,7 @@ async fn plumb(
     });
     let m = made.last_mut().expect("an entry was just pushed");
 
-    m.tap_fd = Some(tap::create(&ep.tap).map_err(fail("create the tap"))?);
+    m.tap_fds = tap::create(&ep.tap, queues).map_err(fail("create the tap"))?;
     let tap_index = tap::index_of(handle, &ep.tap)
         .await
         .map_err(fail("look the tap up"))?;
@@ -306,9 +314,13 @@ async fn plumb(
         .map_err(fail("redirect the tap to the veth"))?;
 
     if vhost_net {
-        m.vhost = Some(tap::open_vhost_net().map_err(fail("open vhost-net"))?);
+        for _ in 0..m.tap_fds.len() {
+            m.vhosts
+                .push(tap::open_vhost_net().map_err(fail("open vhost-net"))?);
+        }
     }
-    tracing::debug!(veth = %ep.name, tap = %ep.tap, mtu = ep.mtu, vhost_net, "interface plumbed");
+    tracing::debug!(veth = %ep.name, tap = %ep.tap, mtu = ep.mtu, vhost_net, queues = m.tap_fds.len(),
+        "interface plumbed");
     Ok(())
 }
 
@@ -330,8 +342,8 @@ async fn rollback(handle: &Handle, made: Vec<Made>) {
                     "rollback: cannot delete the tap (it goes with its last fd)");
             }
         }
-        drop(m.vhost);
-        drop(m.tap_fd);
+        drop(m.vhosts);
+        drop(m.tap_fds);
     }
 }
 

@@ -31,11 +31,32 @@ fn open_rw(path: &Path) -> io::Result<File> {
 }
 
 /// Creates the tap `name` (`IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`) in the
-/// current thread's network namespace and returns its fd. Fails with
-/// [`NetworkError::TapExists`] if any link has that name: `IFF_TUN_EXCL`
-/// keeps us from attaching to a persistent tap someone left behind. No
-/// `TUNSETPERSIST`: the tap goes away with the last fd on it.
-pub(super) fn create(name: &str) -> Result<OwnedFd, NetworkError> {
+/// current thread's network namespace with `queues` queues, and returns one
+/// fd per queue. Fails with [`NetworkError::TapExists`] if any link has that
+/// name: `IFF_TUN_EXCL` on the first queue keeps us from attaching to a
+/// persistent tap someone left behind. No `TUNSETPERSIST`: the tap goes
+/// away with the last fd on it. More than one queue makes an
+/// `IFF_MULTI_QUEUE` tap, each further fd attached to it by name (QEMU's
+/// virtio-net multiqueue: one queue pair per fd, see `vm::qemu::nic`).
+pub(super) fn create(name: &str, queues: u32) -> Result<Vec<OwnedFd>, NetworkError> {
+    let queues = queues.max(1);
+    let mut fds = Vec::with_capacity(queues as usize);
+    for q in 0..queues {
+        let mut flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+        if queues > 1 {
+            flags |= libc::IFF_MULTI_QUEUE;
+        }
+        // Only the first queue creates the tap; the others join it.
+        if q == 0 {
+            flags |= libc::IFF_TUN_EXCL;
+        }
+        fds.push(open_queue(name, flags)?);
+    }
+    Ok(fds)
+}
+
+/// One `TUNSETIFF` on a new `/dev/net/tun` fd with `flags`.
+fn open_queue(name: &str, flags: libc::c_int) -> Result<OwnedFd, NetworkError> {
     let err = |step: &'static str| {
         move |source: io::Error| NetworkError::Tap {
             name: name.to_string(),
@@ -55,7 +76,6 @@ pub(super) fn create(name: &str) -> Result<OwnedFd, NetworkError> {
     for (dst, src) in req.ifr_name.iter_mut().zip(name.as_bytes()) {
         *dst = *src as libc::c_char;
     }
-    let flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR | libc::IFF_TUN_EXCL;
     // ifr_flags is a C short holding bits: IFF_TUN_EXCL is its sign bit.
     let flags = u16::try_from(flags).expect("the tap flags fit in the 16-bit ifr_flags");
     req.ifr_ifru.ifru_flags = libc::c_short::from_ne_bytes(flags.to_ne_bytes());
@@ -112,7 +132,7 @@ pub(super) async fn delete(handle: &Handle, name: &str, index: u32) -> Result<()
         .map_err(NetworkError::netlink(format!("delete link {name}")))
 }
 
-/// Opens `/dev/vhost-net` for one NIC.
+/// Opens `/dev/vhost-net` for one queue pair of a NIC.
 pub(super) fn open_vhost_net() -> Result<OwnedFd, NetworkError> {
     open_vhost_net_at(Path::new(VHOST_NET_DEVICE))
 }

@@ -96,12 +96,12 @@ fn network_agent_requests_carry_the_endpoint_routes_and_neighbors() {
 #[test]
 fn network_missing_netns_path_is_netns_missing() {
     let path = PathBuf::from(format!("/run/netns/kn-missing-{}", hex()));
-    let e = PodNetwork::attach(&path, false).expect_err("no such netns");
+    let e = PodNetwork::attach(&path, false, 1).expect_err("no such netns");
     assert!(matches!(e, NetworkError::NetnsMissing { .. }), "{e:?}");
     assert!(e.to_string().contains(&*path.to_string_lossy()), "{e}");
     assert!(e.is_bad_input());
     let not_ns = tempfile::NamedTempFile::new().expect("temp file");
-    let e = PodNetwork::attach(not_ns.path(), false).expect_err("not a netns");
+    let e = PodNetwork::attach(not_ns.path(), false, 1).expect_err("not a netns");
     assert!(matches!(e, NetworkError::NotANetns { .. }), "{e:?}");
     assert!(e.is_bad_input());
 }
@@ -275,7 +275,7 @@ fn tap_exists(ns: &TestNs, tap: &str) -> bool {
 #[test]
 fn network_attach_plumbs_eth0_and_detach_removes_only_ours() {
     let ns = cni_netns();
-    let (net, nics) = PodNetwork::attach(&ns.path(), false).expect("attach");
+    let (net, nics) = PodNetwork::attach(&ns.path(), false, 1).expect("attach");
 
     assert_eq!(net.netns, ns.path());
     assert_eq!(net.endpoints.len(), 1, "{:?}", net.endpoints);
@@ -335,7 +335,8 @@ fn network_attach_plumbs_eth0_and_detach_removes_only_ours() {
 
     assert_eq!(nics.len(), 1);
     assert_eq!(nics[0].mac, "02:00:00:77:01:05");
-    assert!(nics[0].vhost.is_none());
+    assert!(nics[0].vhosts.is_empty());
+    assert_eq!(nics[0].taps.len(), 1);
     let tap = ns.ip(&["-o", "link", "show", "tap0_kata"]);
     assert!(tap.contains("mtu 1400"), "{tap}");
     let flags = tap.split(['<', '>']).nth(1).unwrap_or_default();
@@ -361,7 +362,7 @@ fn network_attach_plumbs_eth0_and_detach_removes_only_ours() {
     frame.extend_from_slice(&[0xff; 6]);
     frame.extend_from_slice(&[0x02, 0, 0, 0x77, 0x01, 0x05, 0x88, 0xb5]);
     frame.resize(10 + 60, 0);
-    nix::unistd::write(&nics[0].tap, &frame).expect("write a frame to the tap");
+    nix::unistd::write(&nics[0].taps[0], &frame).expect("write a frame to the tap");
     let tap_stats = ns.tc(&["-s", "filter", "show", "dev", "tap0_kata", "ingress"]);
     assert!(tap_stats.contains("1 pkt (dropped 0"), "{tap_stats}");
 
@@ -400,7 +401,7 @@ fn network_two_interfaces_get_two_taps() {
     let mut ns = TestNs::new();
     ns.add_veth("eth0", 1);
     ns.add_veth("eth1", 2);
-    let (net, nics) = PodNetwork::attach(&ns.path(), false).expect("attach");
+    let (net, nics) = PodNetwork::attach(&ns.path(), false, 1).expect("attach");
     let pairs: Vec<(&str, &str)> = net
         .endpoints
         .iter()
@@ -425,7 +426,7 @@ fn network_two_interfaces_get_two_taps() {
 fn network_netns_without_usable_interface_is_no_interface() {
     let ns = TestNs::new();
     ns.add_stub("stub0");
-    let e = PodNetwork::attach(&ns.path(), false).expect_err("nothing usable");
+    let e = PodNetwork::attach(&ns.path(), false, 1).expect_err("nothing usable");
     assert!(matches!(e, NetworkError::NoInterface { .. }), "{e:?}");
     let msg = e.to_string();
     assert!(msg.contains(&ns.name), "{msg}");
@@ -441,7 +442,7 @@ fn network_failure_on_the_second_endpoint_rolls_everything_back() {
     ns.add_veth("eth1", 2);
     // A tap left behind by someone else takes endpoint 1's name.
     ns.ip(&["tuntap", "add", "mode", "tap", "name", "tap1_kata"]);
-    let e = PodNetwork::attach(&ns.path(), false).expect_err("tap1_kata is taken");
+    let e = PodNetwork::attach(&ns.path(), false, 1).expect_err("tap1_kata is taken");
     let NetworkError::Plumb {
         endpoint, source, ..
     } = &e
@@ -468,14 +469,41 @@ fn network_failure_on_the_second_endpoint_rolls_everything_back() {
     assert!(tap_exists(&ns, "tap1_kata"));
 }
 
+/// A VM with more vCPUs gets a multiqueue tap: one fd per queue pair on
+/// the same tap, all of them gone with the fds.
+#[test]
+fn network_queues_make_a_multiqueue_tap_with_an_fd_each() {
+    let mut ns = TestNs::new();
+    ns.add_veth("eth0", 1);
+    let (net, nics) = PodNetwork::attach(&ns.path(), false, 3).expect("attach");
+    assert_eq!(nics[0].taps.len(), 3);
+    assert!(nics[0].vhosts.is_empty());
+    let link = run(&["ip", "-d", "-n", &ns.name, "link", "show", "tap0_kata"]);
+    assert!(link.contains("multi_queue"), "{link}");
+    let record = net.record();
+    drop(nics);
+    detach(&record);
+    assert!(!tap_exists(&ns, "tap0_kata"));
+    assert!(!has_ingress_qdisc(&ns, "eth0"));
+
+    // One queue: a plain tap, as before.
+    let (net, nics) = PodNetwork::attach(&ns.path(), false, 1).expect("attach");
+    assert_eq!(nics[0].taps.len(), 1);
+    let link = run(&["ip", "-d", "-n", &ns.name, "link", "show", "tap0_kata"]);
+    assert!(!link.contains("multi_queue"), "{link}");
+    let record = net.record();
+    drop(nics);
+    detach(&record);
+}
+
 #[test]
 fn network_vhost_net_follows_the_device() {
     let mut ns = TestNs::new();
     ns.add_veth("eth0", 1);
-    let result = PodNetwork::attach(&ns.path(), true);
+    let result = PodNetwork::attach(&ns.path(), true, 1);
     if Path::new("/dev/vhost-net").exists() {
         let (net, nics) = result.expect("attach with vhost-net");
-        assert!(nics[0].vhost.is_some());
+        assert_eq!(nics[0].vhosts.len(), 1);
         let record = net.record();
         drop(nics);
         detach(&record);
@@ -498,7 +526,7 @@ fn network_vhost_net_follows_the_device() {
 fn network_detach_after_the_netns_is_gone_returns() {
     let mut ns = TestNs::new();
     ns.add_veth("eth0", 1);
-    let (net, nics) = PodNetwork::attach(&ns.path(), false).expect("attach");
+    let (net, nics) = PodNetwork::attach(&ns.path(), false, 1).expect("attach");
     let record = net.record();
     run(&["ip", "netns", "del", &ns.name]);
     detach(&record);

@@ -177,7 +177,12 @@ impl Sandbox {
         };
         // QEMU joins the netns through this fd (setns before exec).
         let file = network::open_pod_netns(path)?;
-        let (net, nics) = network::attach(&self.id, path).await?;
+        // The VM boots with this many vCPUs; vCPUs added later for the
+        // containers' limits share the queues (as in Kata).
+        let vcpus = opts
+            .vcpus
+            .unwrap_or(plan.config.hypervisor.qemu.default_vcpus);
+        let (net, nics) = network::attach(&self.id, path, vcpus).await?;
         lc.network = Some(net.record());
         opts.nics = nics;
         opts.netns = Some(file);

@@ -106,16 +106,19 @@ pub fn open_pod_netns(path: &Path) -> Result<std::fs::File> {
 }
 
 /// Attaches the interfaces of `netns` to new taps (off the async runtime:
-/// it enters the namespace on a thread of its own).
-pub async fn attach(sandbox_id: &str, netns: &Path) -> Result<(PodNetwork, Vec<Nic>)> {
+/// it enters the namespace on a thread of its own), each with a queue pair
+/// per boot vCPU (`vm::qemu::nic::queue_pairs`).
+pub async fn attach(sandbox_id: &str, netns: &Path, vcpus: u32) -> Result<(PodNetwork, Vec<Nic>)> {
     let path = netns.to_path_buf();
     let vhost_net = Path::new(crate::network::VHOST_NET_DEVICE).exists();
-    let (net, nics) = tokio::task::spawn_blocking(move || PodNetwork::attach(&path, vhost_net))
-        .await
-        .map_err(|e| Error::Internal(format!("the network attach thread failed: {e}")))??;
+    let queues = crate::vm::qemu::nic::queue_pairs(vcpus);
+    let (net, nics) =
+        tokio::task::spawn_blocking(move || PodNetwork::attach(&path, vhost_net, queues))
+            .await
+            .map_err(|e| Error::Internal(format!("the network attach thread failed: {e}")))??;
     for e in &net.endpoints {
         tracing::info!(sandbox_id, netns = %netns.display(), interface = %e.name, mac = %e.mac,
-            mtu = e.mtu, tap = %e.tap, addresses = ?e.addresses, vhost_net, "pod interface attached");
+            mtu = e.mtu, tap = %e.tap, addresses = ?e.addresses, vhost_net, queues, "pod interface attached");
     }
     Ok((net, nics))
 }

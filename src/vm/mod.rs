@@ -26,6 +26,7 @@ use crate::layout::SandboxPaths;
 use crate::vm::child::{ChildError, LineKind, Supervised, resolve_binary};
 use crate::vm::qemu::cmdline::{self, QemuSpec, ShareDevice, VsockDevice};
 use crate::vm::qemu::kernel_cmdline::KernelCmdline;
+use crate::vm::qemu::nic;
 use crate::vm::qemu::qmp::{Qmp, QmpError};
 
 const QEMU_HINT: &str = "apt-get install -t bookworm-backports qemu-system-x86";
@@ -451,22 +452,22 @@ impl Vm {
             vsock: Some(vsock),
             share,
         };
-        let nics: Vec<cmdline::NicDevice> = opts
+        let nics: Vec<nic::NicDevice> = opts
             .nics
             .iter()
-            .map(|n| cmdline::NicDevice {
-                tap_fd: n.tap.as_raw_fd(),
-                vhost_fd: n.vhost.as_ref().map(|f| f.as_raw_fd()),
+            .map(|n| nic::NicDevice {
+                tap_fds: n.taps.iter().map(|f| f.as_raw_fd()).collect(),
+                vhost_fds: n.vhosts.iter().map(|f| f.as_raw_fd()).collect(),
                 mac: n.mac.clone(),
             })
             .collect();
         let mut cmd = Command::new(&plan.qemu_bin);
         cmd.args(spec.to_args());
-        cmd.args(cmdline::nic_args(&nics));
+        cmd.args(nic::nic_args(&nics));
         join_cgroup(&mut cmd, opts);
         let mut inherited: Vec<i32> = nics
             .iter()
-            .flat_map(|n| std::iter::once(n.tap_fd).chain(n.vhost_fd))
+            .flat_map(|n| n.tap_fds.iter().chain(&n.vhost_fds).copied())
             .collect();
         if let Some(held) = &self.vhost {
             inherited.push(held.file.as_raw_fd());

@@ -1,6 +1,6 @@
 //! The QEMU command line: a typed description of one pod VM turned into an
 //! argv. The guest kernel command line it carries is built in
-//! `kernel_cmdline`.
+//! `kernel_cmdline`, the NICs' arguments in `nic`.
 //!
 //! Everything here is pure, so the whole matrix (KVM/TCG × vhost/hybrid
 //! vsock × virtio-fs/9p) is table-tested without starting anything.
@@ -89,39 +89,6 @@ pub struct QemuSpec {
     /// `None` only for the benchmark's raw boot, which has no agent.
     pub vsock: Option<VsockDevice>,
     pub share: ShareDevice,
-}
-
-/// One guest NIC: virtio-net on a tap the shim opened in the pod's network
-/// namespace (QEMU only inherits the fds, so it needs no privilege on the
-/// netns), with the MAC of the CNI veth it stands in for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NicDevice {
-    pub tap_fd: RawFd,
-    /// `/dev/vhost-net`, where the host has it: the kernel moves the packets
-    /// instead of QEMU's userspace virtio-net.
-    pub vhost_fd: Option<RawFd>,
-    pub mac: String,
-}
-
-/// The argv of the pod's NICs, in the order the guest will enumerate them.
-pub fn nic_args(nics: &[NicDevice]) -> Vec<String> {
-    let mut a = Vec::with_capacity(nics.len() * 4);
-    for (i, nic) in nics.iter().enumerate() {
-        let vhost = match nic.vhost_fd {
-            Some(fd) => format!("vhost=on,vhostfd={fd}"),
-            None => "vhost=off".to_string(),
-        };
-        a.push("-netdev".to_string());
-        a.push(format!("tap,id=net{i},fd={},{vhost}", nic.tap_fd));
-        a.push("-device".to_string());
-        // romfile= (empty): no iPXE option ROM; the guest boots by -kernel,
-        // and the ROM would cost boot time and a package on the node.
-        a.push(format!(
-            "virtio-net-pci,netdev=net{i},mac={},romfile=",
-            nic.mac
-        ));
-    }
-    a
 }
 
 /// Id of the guest memory backend; `-machine memory-backend=` refers to it.
@@ -316,36 +283,6 @@ mod tests {
             vsock: Some(vsock),
             share,
         }
-    }
-
-    #[test]
-    fn nics_get_a_tap_netdev_and_virtio_net_with_the_veth_mac() {
-        let nics = [
-            NicDevice {
-                tap_fd: 9,
-                vhost_fd: None,
-                mac: "0a:58:0a:58:00:05".into(),
-            },
-            NicDevice {
-                tap_fd: 11,
-                vhost_fd: Some(12),
-                mac: "0a:58:0a:59:00:07".into(),
-            },
-        ];
-        assert_eq!(
-            nic_args(&nics),
-            [
-                "-netdev",
-                "tap,id=net0,fd=9,vhost=off",
-                "-device",
-                "virtio-net-pci,netdev=net0,mac=0a:58:0a:58:00:05,romfile=",
-                "-netdev",
-                "tap,id=net1,fd=11,vhost=on,vhostfd=12",
-                "-device",
-                "virtio-net-pci,netdev=net1,mac=0a:58:0a:59:00:07,romfile=",
-            ]
-        );
-        assert!(nic_args(&[]).is_empty());
     }
 
     #[test]
