@@ -139,7 +139,9 @@ impl FloorVm {
             let net = floor.net.insert(FloorNet::create(id)?);
             let ns = format!("/run/netns/{}", net.netns);
             // The shim's own plumbing: a tap joined to the veth by tc.
-            let (pod, nics) = PodNetwork::attach(Path::new(&ns), false)
+            let queues =
+                kata_shim::vm::qemu::nic::queue_pairs(config.hypervisor.qemu.default_vcpus);
+            let (pod, nics) = PodNetwork::attach(Path::new(&ns), false, queues)
                 .map_err(|e| format!("attaching {ns}: {}", kata_shim::logging::error_chain(&e)))?;
             net.record = Some(pod.record());
             vm_opts.nics = nics;
