@@ -55,8 +55,8 @@ fn blocks_written(stderr: &Path) -> u64 {
     std::fs::read_to_string(stderr)
         .unwrap_or_default()
         .lines()
-        .filter_map(|l| l.trim().parse().ok())
-        .last()
+        .rev()
+        .find_map(|l| l.trim().parse().ok())
         .unwrap_or(0)
 }
 
