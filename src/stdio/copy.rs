@@ -372,7 +372,7 @@ async fn wait_until_read(tx: &pipe::Sender, ids: &Ids, stream: Stream) {
         // points at `queued`; `fd` is the open write end `tx` owns (a
         // pipe's FIONREAD counts the bytes in it from either end).
         let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut queued) };
-        if r != 0 || queued <= 0 || reader_gone(fd) {
+        if r != 0 || queued <= 0 || reader_gone(tx) {
             return;
         }
         if Instant::now() >= deadline {
@@ -390,11 +390,10 @@ async fn wait_until_read(tx: &pipe::Sender, ids: &Ids, stream: Stream) {
 }
 
 /// A pipe's write end polls POLLERR once it has no reader.
-fn reader_gone(fd: std::os::fd::RawFd) -> bool {
+fn reader_gone(tx: &pipe::Sender) -> bool {
     use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-    // SAFETY: `fd` stays open for this call (the caller holds its owner).
-    let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    let mut fds = [PollFd::new(borrowed, PollFlags::empty())];
+    use std::os::fd::AsFd;
+    let mut fds = [PollFd::new(tx.as_fd(), PollFlags::empty())];
     matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
         && fds[0]
             .revents()
