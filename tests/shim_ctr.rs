@@ -1,7 +1,8 @@
 //! The shim under a private containerd 1.6, driven with `ctr`: a kata task
 //! prints the guest's kernel and uptime, exit codes reach `ctr`, each task
-//! has exactly one QEMU, and a running task survives a containerd restart
-//! (recovery through the bundle's `address` file). The first test checks
+//! has exactly one QEMU, a running task survives a containerd restart
+//! (recovery through the bundle's `address` file), and a task that never
+//! reads its stdin holds back only its writer. The first test checks
 //! the harness itself with runc: private containerd, local image, restart,
 //! cleanup.
 
@@ -482,4 +483,124 @@ fn ctr_shim_killed_then_containerd_delete_leaves_nothing() {
     let _ = c.ctr(&["tasks", "rm", "-f", &id]);
     c.ctr_ok(&["containers", "rm", &id]);
     assert_no_leaks(&id);
+}
+
+/// Bytes that may sit between a host writer and a container that never
+/// reads its stdin: the writer's pipe into `ctr` (64 KiB), `ctr`'s copy
+/// buffer (32 KiB), the stdin FIFO (64 KiB), the shim's chunk (128 KiB),
+/// the agent's pipe into the container (64 KiB), with room to spare.
+const STDIN_IN_FLIGHT_MAX: u64 = 2 << 20;
+
+/// A task that never reads its stdin while the host writes to it as fast
+/// as it can (issue 17, bad input). The writer must be held back once the
+/// bounded buffers on the way are full, the shim must stay small, exec into
+/// the same task and into a neighbour must still answer, and a SIGKILL must
+/// end the task while a stdin write is blocked in the agent, leaving
+/// nothing behind.
+#[test]
+fn ctr_a_task_that_never_reads_stdin_holds_back_only_its_writer() {
+    use std::io::Write;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    require_vm_host();
+    let c = Containerd::start("kata-stdin-full");
+    let image = import_busybox(&c);
+    let nb = sandbox_id("stdin-nb");
+    run_sleeping(&c, image, &nb);
+
+    let id = sandbox_id("stdin-full");
+    let mut child = Command::new("ctr")
+        .arg("--address")
+        .arg(c.address())
+        .args(["-n", &c.opts.namespace])
+        .args([
+            "run",
+            "--rm",
+            "--runtime",
+            KATA,
+            image,
+            &id,
+            "sleep",
+            "1000",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn ctr run");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let run = Background(child);
+    wait_task(&c, &id, "RUNNING", BOOT);
+
+    let written = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&written);
+    // Rust ignores SIGPIPE, so the write fails with EPIPE once ctr is gone.
+    let writer = std::thread::spawn(move || {
+        let block = vec![b'x'; 64 << 10];
+        while let Ok(n) = stdin.write(&block) {
+            counter.fetch_add(n as u64, Ordering::SeqCst);
+        }
+    });
+    // The buffers fill within seconds even under TCG; after that the
+    // count must stand still.
+    std::thread::sleep(Duration::from_secs(10));
+    let settled = written.load(Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(5));
+    let later = written.load(Ordering::SeqCst);
+
+    let exec_ms = |task: &str, exec_id: &str| {
+        let began = Instant::now();
+        let out = c
+            .ctr_within(
+                &["tasks", "exec", "--exec-id", exec_id, task, "echo", "ok"],
+                Duration::from_secs(60),
+            )
+            .unwrap_or_else(|| panic!("exec into {task} hung\n{}", c.log_tail()));
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "ok\n",
+            "exec into {task}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        began.elapsed().as_secs_f64() * 1000.0
+    };
+    let own = exec_ms(&id, "own");
+    let neighbour = exec_ms(&nb, "nb");
+    let shim: u32 = std::fs::read_to_string(c.bundle(&id).join("shim.pid"))
+        .expect("shim.pid")
+        .trim()
+        .parse()
+        .expect("a pid");
+    let peak = peak_rss_kib(shim);
+    println!(
+        "a task that never reads stdin: the host wrote {settled} bytes in 10 s and {later} \
+         after 15 s (bound {STDIN_IN_FLIGHT_MAX}); exec into it {own:.0} ms, into a neighbour \
+         {neighbour:.0} ms; shim peak RSS {peak} KiB"
+    );
+    assert!(settled > 0, "no stdin byte was taken at all");
+    assert_eq!(settled, later, "the writer was not held back");
+    assert!(
+        settled <= STDIN_IN_FLIGHT_MAX,
+        "{settled} bytes were taken from a writer whose reader never reads"
+    );
+    assert!(peak < 64 << 10, "shim peak RSS {peak} KiB");
+
+    // A stdin write is blocked in the agent; the kill must still end it.
+    c.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &id]);
+    let code = run.exit_code(Duration::from_secs(60));
+    assert_eq!(
+        code,
+        Some(137),
+        "ctr run of the killed task\n{}",
+        c.log_tail()
+    );
+    writer.join().expect("writer thread");
+    assert_no_leaks(&id);
+
+    c.ctr_ok(&["tasks", "kill", "-s", "SIGKILL", &nb]);
+    wait_task(&c, &nb, "STOPPED", Duration::from_secs(60));
+    c.ctr_ok(&["tasks", "rm", &nb]);
+    c.ctr_ok(&["containers", "rm", &nb]);
+    assert_no_leaks(&nb);
 }
