@@ -469,3 +469,32 @@ fn guest_clock_is_set_by_set_guest_date_time() {
     assert_eq!(out, "2030-01-01\n", "guest date after SetGuestDateTime");
     pod.remove("c1");
 }
+
+/// A container's processes start with every signal at its default and none
+/// blocked, as under runc: the agent is a Rust program, whose runtime
+/// ignores SIGPIPE, and an ignored signal survives fork and execve. With
+/// SIGPIPE ignored `yes | head` never ended, and a shell could not trap
+/// SIGPIPE.
+#[test]
+fn container_and_exec_start_with_default_signal_dispositions() {
+    let pod = Pod::boot("signals");
+    let root = pod.rootfs("c1");
+    let script = "grep -E '^Sig(Blk|Ign)' /proc/self/status; yes | head -c 5; echo; \
+                  trap 'echo trapped' PIPE; kill -PIPE $$; echo done";
+    let want = "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\ny\ny\ny\ntrapped\ndone\n";
+    pod.run("c1", &spec(&root, &["/bin/sh", "-c", script]));
+    let out = String::from_utf8_lossy(&pod.read_all("c1", "", false)).to_string();
+    assert_eq!(pod.wait("c1", ""), 0, "{out}");
+    assert_eq!(out, want, "the container's init");
+    pod.remove("c1");
+
+    let root = pod.rootfs("c2");
+    pod.run("c2", &spec(&root, &["/bin/sleep", "1000"]));
+    pod.exec("c2", "e1", &process(&["/bin/sh", "-c", script], false));
+    let out = String::from_utf8_lossy(&pod.read_all("c2", "e1", false)).to_string();
+    assert_eq!(pod.wait("c2", "e1"), 0, "{out}");
+    assert_eq!(out, want, "an exec");
+    pod.signal("c2", "", 9);
+    assert_eq!(pod.wait("c2", ""), 137);
+    pod.remove("c2");
+}

@@ -15,6 +15,7 @@
 
 pub mod cgroup;
 mod console;
+mod executor;
 mod kernel_fs;
 pub mod resources;
 pub mod spec;
@@ -322,6 +323,7 @@ impl Container {
         let res =
             crate::forksafe::run("creating the container", move || -> Result<(i32, Stdio)> {
                 let b = ContainerBuilder::new(lc_id, SyscallType::default())
+                    .with_executor(executor::DefaultSignals)
                     .validate_id()
                     .map_err(|e| AgentError::InvalidArgument {
                         field: "container_id",
@@ -485,6 +487,7 @@ impl Container {
         let (id, root, pf) = (self.id.clone(), Self::lc_root(&self.dir), pfile.clone());
         let res = crate::forksafe::run("exec", move || -> Result<(i32, Stdio)> {
             let b = ContainerBuilder::new(id, SyscallType::default())
+                .with_executor(executor::DefaultSignals)
                 .with_root_path(root)
                 .map_err(|e| lc_err("libcontainer root", e))?;
             let (b, stdio) = stdio.attach(b)?;
