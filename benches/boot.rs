@@ -293,6 +293,11 @@ fn pods_table(p: &pods::Samples, tb_size: u32) -> String {
         row("ExecSync `true` round trip, runc", "ms", &re, None, ""),
         row("stdout to the CRI log (64 MiB of 1 KiB lines), kata", "MiB/s", &p.kata_stdout, Some(&p.runc_stdout), ""),
         row("stdout to the CRI log (64 MiB of 1 KiB lines), runc", "MiB/s", &p.runc_stdout, None, ""),
+        row("stdout to the CRI log (the same bytes from `kata-floor lines` in 64 KiB writes, first byte → exit), kata", "MiB/s", &p.kata_floor_stdout, Some(&p.runc_floor_stdout), "≥ 0.25× runc"),
+        row("stdout to the CRI log (the same bytes from `kata-floor lines` in 64 KiB writes, first byte → exit), runc", "MiB/s", &p.runc_floor_stdout, None, ""),
+        row("ExecSync `true` of an idle kata pod, before a neighbour's flood", "ms", &p.flood_idle_ms, None, ""),
+        row("ExecSync `true` of the same pod while a neighbouring kata pod writes `yes` into its CRI log", "ms", &p.flood_ms, None, ""),
+        row("the flooding pod's CRI log growth meanwhile", "MiB/s", &p.flood_mib_s, None, ""),
         row(&format!("TCP host → pod ({net_mib} MiB, connect → the pod's byte count), kata"), "MiB/s", &p.kata_net_up, Some(&p.runc_net_up), ""),
         row(&format!("TCP host → pod ({net_mib} MiB, connect → the pod's byte count), runc"), "MiB/s", &p.runc_net_up, None, ""),
         row(&format!("TCP pod → host ({net_mib} MiB, connect → EOF), kata"), "MiB/s", &p.kata_net_down, Some(&p.runc_net_down), ""),
@@ -327,6 +332,13 @@ fn pods_table(p: &pods::Samples, tb_size: u32) -> String {
             "Our processes per idle kata pod: **{:.1} MiB** (goal ≤ 20 MiB: {}). Memory is private (Private_Clean + Private_Dirty from smaps, the guest's memfd excluded and counted once under guest memory).",
             fmedian(&ours),
             if ours_ok { "met" } else { "not met" }
+        ),
+        String::new(),
+        format!(
+            "Neighbour during a flood: ExecSync median {:.1} ms against {:.1} ms idle, **{:.2}×** (the two pods share the machine's cores).",
+            fmedian(&p.flood_ms),
+            fmedian(&p.flood_idle_ms),
+            fmedian(&p.flood_ms) / fmedian(&p.flood_idle_ms)
         ),
         String::new(),
         "TCP rows: the host reaches each pod at the IP CRI reports over the CNI bridge (a kata pod through the veth, tc mirred, the tap and QEMU's virtio-net); busybox `nc` servers in the pod count the bytes (`wc -c`), send them (`head -c`) or echo them (`cat`).".into(),

@@ -5,15 +5,20 @@
 //!   in its CRI log (create and start included, as kubelet sees it);
 //! - ExecSync round trip of `true`;
 //! - host memory of an idle kata pod (see `memory`);
-//! - stdout throughput: 64 MiB of 1 KiB lines written to the CRI log,
-//!   StartContainer → the container has exited;
+//! - stdout throughput: 64 MiB of 1 KiB lines written to the CRI log by
+//!   `yes | head`, StartContainer → the container has exited; and the same
+//!   bytes written by `kata-floor lines` in 64 KiB writes (the floor VM's
+//!   program, mounted from the host), first byte in the log → exit;
 //! - TCP between the host and the pod: throughput both ways and the round
 //!   trip of a small echo; a UDP flood host → pod; 1,000 short HTTP
-//!   requests, a connection each (see `net`).
+//!   requests, a connection each (see `net`);
+//! - a kata pod's ExecSync while a neighbouring kata pod floods its CRI
+//!   log, against its idle ExecSync (see `flood`).
 //!
 //! Kata and runc alternate within each iteration so machine noise hits
 //! both alike.
 
+mod flood;
 // Its unit tests run from tests/cri.rs, which includes the same file.
 #[allow(dead_code, unused_imports)]
 mod memory;
@@ -51,6 +56,9 @@ pub struct Samples {
     /// MiB/s.
     pub kata_stdout: Vec<f64>,
     pub runc_stdout: Vec<f64>,
+    /// The same bytes from `kata-floor lines`, first byte → exit, MiB/s.
+    pub kata_floor_stdout: Vec<f64>,
+    pub runc_floor_stdout: Vec<f64>,
     /// TCP host → pod and pod → host, MiB/s.
     pub kata_net_up: Vec<f64>,
     pub runc_net_up: Vec<f64>,
@@ -71,6 +79,19 @@ pub struct Samples {
     pub runc_http_p50: Vec<f64>,
     pub kata_http_p99: Vec<f64>,
     pub runc_http_p99: Vec<f64>,
+    /// The TCP rows with `kata-floor tcp` as the pod's server: MiB/s both
+    /// ways, round trips in ms (every sample).
+    pub kata_floor_up: Vec<f64>,
+    pub runc_floor_up: Vec<f64>,
+    pub kata_floor_down: Vec<f64>,
+    pub runc_floor_down: Vec<f64>,
+    pub kata_floor_rtt: Vec<f64>,
+    pub runc_floor_rtt: Vec<f64>,
+    /// A kata pod's ExecSync before and during a neighbour's stdout flood,
+    /// ms (every sample), and the flooding pod's log growth, MiB/s.
+    pub flood_idle_ms: Vec<f64>,
+    pub flood_ms: Vec<f64>,
+    pub flood_mib_s: Vec<f64>,
 }
 
 pub fn measure(iterations: usize) -> Result<Samples, String> {
@@ -92,6 +113,10 @@ pub fn measure(iterations: usize) -> Result<Samples, String> {
             }
             exec.extend(one.execs.iter().copied());
             stdout.push(one.stdout_mib_s);
+            match handler {
+                KATA => s.kata_floor_stdout.push(one.floor_stdout_mib_s),
+                _ => s.runc_floor_stdout.push(one.floor_stdout_mib_s),
+            }
             let (up, down, rtt) = match handler {
                 KATA => (&mut s.kata_net_up, &mut s.kata_net_down, &mut s.kata_rtt),
                 _ => (&mut s.runc_net_up, &mut s.runc_net_down, &mut s.runc_rtt),
@@ -115,6 +140,21 @@ pub fn measure(iterations: usize) -> Result<Samples, String> {
                     &mut s.runc_http_p99,
                 ),
             };
+            let (fup, fdown, frtt) = match handler {
+                KATA => (
+                    &mut s.kata_floor_up,
+                    &mut s.kata_floor_down,
+                    &mut s.kata_floor_rtt,
+                ),
+                _ => (
+                    &mut s.runc_floor_up,
+                    &mut s.runc_floor_down,
+                    &mut s.runc_floor_rtt,
+                ),
+            };
+            fup.push(one.net.floor.up_mib_s);
+            fdown.push(one.net.floor.down_mib_s);
+            frtt.extend(one.net.floor.rtt_ms.iter().copied());
             udp.push(one.net.udp.mib_s);
             loss.push(one.net.udp.loss * 100.0);
             http.push(one.net.http.per_s);
@@ -124,23 +164,40 @@ pub fn measure(iterations: usize) -> Result<Samples, String> {
                 s.kata_memory.push(m);
             }
             eprintln!(
-                "bench: iteration {}/{iterations} {handler}: pod start {:.2} s, stop+remove {:.2} s, exec {:.0} ms, stdout {:.1} MiB/s, \
+                "bench: iteration {}/{iterations} {handler}: pod start {:.2} s, stop+remove {:.2} s, exec {:.0} ms, stdout {:.1} MiB/s ({:.1} from kata-floor lines), \
                  TCP up {:.1} MiB/s, down {:.1} MiB/s, round trip {:.3} ms, UDP {:.1} MiB/s ({:.1} % lost), \
-                 HTTP {:.0} requests/s (p99 {:.2} ms)",
+                 HTTP {:.0} requests/s (p99 {:.2} ms); kata-floor tcp: up {:.1} MiB/s, down {:.1} MiB/s, \
+                 round trip {:.3} ms",
                 i + 1,
                 one.start.as_secs_f64(),
                 one.stop.as_secs_f64(),
                 one.execs[0].as_secs_f64() * 1000.0,
                 one.stdout_mib_s,
+                one.floor_stdout_mib_s,
                 one.net.up_mib_s,
                 one.net.down_mib_s,
                 net_median(&one.net.rtt_ms),
                 one.net.udp.mib_s,
                 one.net.udp.loss * 100.0,
                 one.net.http.per_s,
-                net::percentile(&one.net.http.latency_ms, 99.0)
+                net::percentile(&one.net.http.latency_ms, 99.0),
+                one.net.floor.up_mib_s,
+                one.net.floor.down_mib_s,
+                net_median(&one.net.floor.rtt_ms)
             );
         }
+        let f = flood::measure(&c, &cri, i)?;
+        eprintln!(
+            "bench: iteration {}/{iterations} flood: neighbour exec {:.0} ms idle, {:.0} ms \
+             during the flood ({:.1} MiB/s into its log)",
+            i + 1,
+            net_median(&f.idle_ms),
+            net_median(&f.flood_ms),
+            f.flood_mib_s
+        );
+        s.flood_idle_ms.extend(f.idle_ms);
+        s.flood_ms.extend(f.flood_ms);
+        s.flood_mib_s.push(f.flood_mib_s);
     }
     Ok(s)
 }
@@ -151,6 +208,7 @@ struct OnePod {
     execs: Vec<Duration>,
     memory: Option<PodMemory>,
     stdout_mib_s: f64,
+    floor_stdout_mib_s: f64,
     net: net::NetSample,
 }
 
@@ -193,6 +251,7 @@ fn pod_once(c: &Containerd, cri: &Cri, name: &str, handler: &str) -> Result<OneP
             None
         };
         let stdout_mib_s = throughput(cri, &pod, &config)?;
+        let floor_stdout_mib_s = floor_throughput(cri, &pod, &config)?;
         let net = net::measure(cri, &pod, &config).map_err(|e| format!("TCP in {name}: {e}"))?;
         Ok(OnePod {
             start,
@@ -200,6 +259,7 @@ fn pod_once(c: &Containerd, cri: &Cri, name: &str, handler: &str) -> Result<OneP
             execs,
             memory,
             stdout_mib_s,
+            floor_stdout_mib_s,
             net,
         })
     })();
@@ -227,26 +287,57 @@ fn throughput(cri: &Cri, pod: &str, config: &PodSandboxConfig) -> Result<f64, St
     let line = "x".repeat(LINE - 1);
     let script = format!("yes {line} | head -c {THROUGHPUT_BYTES}");
     let spec = container_config("stdout", BUSYBOX_REF, &["/bin/sh", "-c", &script]);
+    throughput_of(cri, pod, config, spec, false)
+}
+
+/// The same bytes written by `kata-floor lines` in 64 KiB writes, from the
+/// first byte in the log to the exit: the output path without the cost of
+/// a shell pipeline in the guest or of the container's start.
+fn floor_throughput(cri: &Cri, pod: &str, config: &PodSandboxConfig) -> Result<f64, String> {
+    let (bytes, write) = (THROUGHPUT_BYTES.to_string(), net::FLOOR_WRITE.to_string());
+    let spec = net::floor_container("stdout-floor", &["lines", &bytes, &write]);
+    throughput_of(cri, pod, config, spec, true)
+}
+
+/// Runs `spec`, which writes [`THROUGHPUT_BYTES`] to stdout, and returns
+/// MiB/s from StartContainer (or, with `from_first_byte`, from the first
+/// byte in its log) to its exit.
+fn throughput_of(
+    cri: &Cri,
+    pod: &str,
+    config: &PodSandboxConfig,
+    spec: k8s_cri::v1::ContainerConfig,
+    from_first_byte: bool,
+) -> Result<f64, String> {
+    let name = spec
+        .metadata
+        .as_ref()
+        .map(|m| m.name.clone())
+        .unwrap_or_default();
     let log = log_file(config, &spec);
     let id = cri
         .create_container(pod, spec, config)
-        .map_err(|e| format!("CreateContainer stdout: {e}"))?;
-    let began = Instant::now();
+        .map_err(|e| format!("CreateContainer {name}: {e}"))?;
+    let mut began = Instant::now();
     cri.start_container(&id)
-        .map_err(|e| format!("StartContainer stdout: {e}"))?;
+        .map_err(|e| format!("StartContainer {name}: {e}"))?;
     let deadline = Instant::now() + WAIT;
+    if from_first_byte {
+        wait_for(|| std::fs::metadata(&log).is_ok_and(|m| m.len() > 0), &log)?;
+        began = Instant::now();
+    }
     loop {
         let st = cri
             .container_status(&id)
-            .map_err(|e| format!("ContainerStatus stdout: {e}"))?;
+            .map_err(|e| format!("ContainerStatus {name}: {e}"))?;
         if st.state == ContainerState::ContainerExited as i32 {
             if st.exit_code != 0 {
-                return Err(format!("the stdout writer exited {}", st.exit_code));
+                return Err(format!("the {name} writer exited {}", st.exit_code));
             }
             break;
         }
         if Instant::now() > deadline {
-            return Err(format!("the stdout writer still runs after {WAIT:?}"));
+            return Err(format!("the {name} writer still runs after {WAIT:?}"));
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -260,7 +351,7 @@ fn throughput(cri: &Cri, pod: &str, config: &PodSandboxConfig) -> Result<f64, St
         ));
     }
     cri.remove_container(&id)
-        .map_err(|e| format!("RemoveContainer stdout: {e}"))?;
+        .map_err(|e| format!("RemoveContainer {name}: {e}"))?;
     Ok((THROUGHPUT_BYTES as f64 / (1 << 20) as f64) / took.as_secs_f64())
 }
 

@@ -31,14 +31,21 @@
 //!   [`HTTP_FILE`]-byte file from busybox `httpd`, one TCP connection each
 //!   (HTTP/1.0), connect → EOF per request: requests per second and the
 //!   latency percentiles.
+//!
+//! Then the TCP rows once more with the floor VM's own program: `kata-floor
+//! tcp` in a second container (the host's binary and C libraries mounted
+//! read-only), moving the same bytes in the same writes as in the floor VM
+//! (`floor`), so that kata / floor compares the paths and not busybox `nc`
+//! with a 64 KiB read loop.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use crate::common::cri::{Cri, container_config};
+use crate::common::floor::{dial_tcp_retrying, echo, fetch, push};
 use crate::common::image::BUSYBOX_REF;
-use k8s_cri::v1::PodSandboxConfig;
+use k8s_cri::v1::{Mount, PodSandboxConfig};
 
 /// Bytes of each throughput transfer: big enough to dwarf connection set-up,
 /// small enough for a TCG guest to move in seconds.
@@ -55,6 +62,10 @@ const SNMP_PORT: u16 = 5004;
 /// Where the datagrams go: nothing listens (see the module docs).
 const UDP_PORT: u16 = 5005;
 const HTTP_PORT: u16 = 5006;
+/// `kata-floor tcp`'s port.
+const FLOOR_PORT: u16 = 5007;
+/// Write size of the floor program's transfers (as the floor VM's).
+pub const FLOOR_WRITE: usize = 64 << 10;
 /// Bytes of the UDP flood.
 pub const UDP_BYTES: u64 = 16 << 20;
 /// Bytes of each datagram's payload.
@@ -78,6 +89,16 @@ pub struct NetSample {
     pub rtt_ms: Vec<f64>,
     pub udp: UdpSample,
     pub http: HttpSample,
+    /// The same three TCP figures with `kata-floor tcp` as the server.
+    pub floor: FloorProgram,
+}
+
+/// The TCP figures of `kata-floor tcp` in the pod.
+#[derive(Debug, Clone, Default)]
+pub struct FloorProgram {
+    pub up_mib_s: f64,
+    pub down_mib_s: f64,
+    pub rtt_ms: Vec<f64>,
 }
 
 /// The UDP flood's figures.
@@ -135,12 +156,79 @@ pub fn measure(cri: &Cri, pod: &str, config: &PodSandboxConfig) -> Result<NetSam
             rtt_ms,
             udp,
             http,
+            floor: FloorProgram::default(),
         })
     })();
     let removed = cri
         .stop_container(&id, 0)
         .and_then(|()| cri.remove_container(&id))
         .map_err(|e| format!("removing the net container: {e}"));
+    let mut sample = result?;
+    removed?;
+    sample.floor = floor_program(cri, pod, config, ip)?;
+    Ok(sample)
+}
+
+/// A container `name` running `kata-floor <args>` from the host's build,
+/// with the host's C libraries it links (this busybox image has none).
+pub fn floor_container(name: &str, args: &[&str]) -> k8s_cri::v1::ContainerConfig {
+    let program = crate::common::bin("kata-floor");
+    let mut cmd = vec!["/kata-floor"];
+    cmd.extend_from_slice(args);
+    let mut spec = container_config(name, BUSYBOX_REF, &cmd);
+    // The shim refuses a mount source that passes through a symlink, and
+    // /lib and /lib64 are symlinks into /usr on a merged-/usr host.
+    let ro = |host: &str, guest: &str| Mount {
+        container_path: guest.into(),
+        host_path: std::fs::canonicalize(host)
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| host.into()),
+        readonly: true,
+        ..Default::default()
+    };
+    spec.mounts = vec![
+        ro(&program.to_string_lossy(), "/kata-floor"),
+        ro("/lib/x86_64-linux-gnu", "/lib/x86_64-linux-gnu"),
+        ro("/lib64", "/lib64"),
+    ];
+    spec
+}
+
+/// The TCP rows with `kata-floor tcp` as the server.
+fn floor_program(
+    cri: &Cri,
+    pod: &str,
+    config: &PodSandboxConfig,
+    ip: Ipv4Addr,
+) -> Result<FloorProgram, String> {
+    let id = cri
+        .create_container(
+            pod,
+            floor_container("floor", &["tcp", &FLOOR_PORT.to_string()]),
+            config,
+        )
+        .map_err(|e| format!("CreateContainer floor: {e}"))?;
+    let result = (|| -> Result<FloorProgram, String> {
+        cri.start_container(&id)
+            .map_err(|e| format!("StartContainer floor: {e}"))?;
+        let addr = SocketAddr::from((ip, FLOOR_PORT));
+        let dial = || dial_tcp_retrying(addr, IO_TIMEOUT);
+        let deadline = Duration::from_secs(300);
+        let up = push(&mut dial()?, BYTES, FLOOR_WRITE, false, deadline)
+            .map_err(|e| format!("kata-floor host → pod: {e}"))?;
+        let down = fetch(&mut dial()?, BYTES, FLOOR_WRITE, deadline)
+            .map_err(|e| format!("kata-floor pod → host: {e}"))?;
+        let rtt = echo(&mut dial()?, RTT_MESSAGE, ROUND_TRIPS)?;
+        Ok(FloorProgram {
+            up_mib_s: mib_s(BYTES, up),
+            down_mib_s: mib_s(BYTES, down),
+            rtt_ms: rtt.iter().map(|d| d.as_secs_f64() * 1000.0).collect(),
+        })
+    })();
+    let removed = cri
+        .stop_container(&id, 0)
+        .and_then(|()| cri.remove_container(&id))
+        .map_err(|e| format!("removing the floor container: {e}"));
     let sample = result?;
     removed?;
     Ok(sample)

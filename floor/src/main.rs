@@ -4,6 +4,16 @@
 //! the `kata_floor` library, one thread per connection, at most
 //! [`MAX_CONNECTIONS`] at once. std and libc only: no runtime between the
 //! socket and the bytes, which is the point of a floor.
+//!
+//! As an ordinary program, in a container of a kata pod and of a runc pod,
+//! it lets `make bench` move the pods' bytes with the floor VM's own code:
+//!
+//! - `kata-floor tcp <port>` serves the same protocol on TCP only;
+//! - `kata-floor lines <bytes> <write_size>` writes `bytes` bytes of
+//!   [`LINE`]-byte lines to stdout in `write(2)` calls of `write_size`
+//!   bytes (rounded down to whole lines), as the floor VM's `send` does to
+//!   vsock: the cheapest writer a container can have, so that the stdout
+//!   row measures the runtime's output path and not the writer.
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -26,16 +36,83 @@ const IO_TIMEOUT: Duration = Duration::from_secs(120);
 const READ_BUF: usize = 256 << 10;
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some("--version") {
-        println!("kata-floor {}", env!("CARGO_PKG_VERSION"));
-        return;
-    }
-    if let Err(e) = serve() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["--version"] => {
+            println!("kata-floor {}", env!("CARGO_PKG_VERSION"));
+            return;
+        }
+        [] => serve(),
+        ["lines", bytes, write_size] => match (bytes.parse(), write_size.parse()) {
+            (Ok(bytes), Ok(write_size)) => write_lines(bytes, write_size),
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("lines: {bytes:?} and {write_size:?} must be byte counts"),
+            )),
+        },
+        ["tcp", port] => match port.parse::<u16>() {
+            Ok(port) => serve_tcp_only(port),
+            Err(_) => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("tcp: {port:?} is not a port number"),
+            )),
+        },
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "usage: kata-floor [--version | tcp <port> | lines <bytes> <write_size>]",
+        )),
+    };
+    if let Err(e) = result {
         // As PID 1 an exit panics the guest kernel, and `panic=1` with
         // QEMU's -no-reboot ends the VM: the host sees the VM go.
         eprintln!("kata-floor: {e}");
         std::process::exit(1);
     }
+}
+
+/// Bytes of each line `lines` writes, newline included (the bench's 1 KiB
+/// lines).
+const LINE: usize = 1024;
+
+/// `lines`: `bytes` bytes (rounded down to whole lines) of `x` lines to
+/// stdout, `write_size` bytes (rounded down to whole lines, at least one,
+/// at most [`MAX_WRITE`]) per `write(2)`.
+fn write_lines(bytes: u64, write_size: usize) -> io::Result<()> {
+    let per_write = (write_size.min(MAX_WRITE) / LINE).max(1) * LINE;
+    let mut line = vec![b'x'; LINE];
+    line[LINE - 1] = b'\n';
+    let block = line.repeat(per_write / LINE);
+    let mut out = io::stdout().lock();
+    let mut left = bytes / LINE as u64 * LINE as u64;
+    while left > 0 {
+        let n = left.min(per_write as u64) as usize;
+        out.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    out.flush()
+}
+
+/// Serves every connection of a TCP listener.
+fn serve_tcp(tcp: TcpListener, live: &Arc<AtomicUsize>) {
+    for conn in tcp.incoming() {
+        match conn {
+            Ok(s) => {
+                // Nagle off: the echo's round trips are the figure.
+                let _ = s.set_nodelay(true);
+                spawn_conn(OwnedFd::from(s), live);
+            }
+            Err(e) => eprintln!("kata-floor: tcp accept: {e}"),
+        }
+    }
+}
+
+fn serve_tcp_only(port: u16) -> io::Result<()> {
+    let tcp = TcpListener::bind((Ipv4Addr::UNSPECIFIED, port))?;
+    println!("kata-floor: listening on TCP port {port}");
+    io::stdout().flush()?;
+    serve_tcp(tcp, &Arc::new(AtomicUsize::new(0)));
+    Ok(())
 }
 
 fn serve() -> io::Result<()> {
@@ -45,18 +122,7 @@ fn serve() -> io::Result<()> {
     io::stdout().flush()?;
     let live = Arc::new(AtomicUsize::new(0));
     let tcp_live = Arc::clone(&live);
-    std::thread::spawn(move || {
-        for conn in tcp.incoming() {
-            match conn {
-                Ok(s) => {
-                    // Nagle off: the echo's round trips are the figure.
-                    let _ = s.set_nodelay(true);
-                    spawn_conn(OwnedFd::from(s), &tcp_live);
-                }
-                Err(e) => eprintln!("kata-floor: tcp accept: {e}"),
-            }
-        }
-    });
+    std::thread::spawn(move || serve_tcp(tcp, &tcp_live));
     loop {
         match accept(&vsock) {
             Ok(fd) => spawn_conn(fd, &live),

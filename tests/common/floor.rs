@@ -207,29 +207,9 @@ impl FloorVm {
     /// A TCP connection to the floor over its NIC.
     pub fn dial_tcp(&self) -> Result<TcpStream, String> {
         let ip = self.guest_ip().ok_or("the floor VM has no NIC")?;
-        let addr = (ip, kata_floor::TCP_PORT).into();
         // The guest reports ready on vsock, which can be a moment before its
-        // NIC answers ARP ("No route to host") or its listener is up: retry
-        // those for a while, as a client of a starting pod would.
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let s = loop {
-            match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
-                Ok(s) => break s,
-                Err(e)
-                    if std::time::Instant::now() < deadline
-                        && matches!(
-                            e.kind(),
-                            std::io::ErrorKind::HostUnreachable
-                                | std::io::ErrorKind::ConnectionRefused
-                        ) =>
-                {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                Err(e) => return Err(format!("connecting to {ip}:{}: {e}", kata_floor::TCP_PORT)),
-            }
-        };
-        s.set_nodelay(true).map_err(|e| e.to_string())?;
-        Ok(s)
+        // NIC answers ARP or its listener is up.
+        dial_tcp_retrying((ip, kata_floor::TCP_PORT).into(), Duration::from_secs(30))
     }
 
     /// The guest's address on its NIC.
@@ -410,6 +390,34 @@ fn stalled(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     )
+}
+
+/// A TCP connection (Nagle off) to a `kata-floor` that may still be
+/// starting: "No route to host" (its NIC does not answer ARP yet) and
+/// "Connection refused" (nothing listens yet) are retried for `within`, as
+/// a client of a starting pod would.
+pub fn dial_tcp_retrying(
+    addr: std::net::SocketAddr,
+    within: Duration,
+) -> Result<TcpStream, String> {
+    let deadline = std::time::Instant::now() + within;
+    let s = loop {
+        match TcpStream::connect_timeout(&addr, Duration::from_secs(10)) {
+            Ok(s) => break s,
+            Err(e)
+                if std::time::Instant::now() < deadline
+                    && matches!(
+                        e.kind(),
+                        std::io::ErrorKind::HostUnreachable | std::io::ErrorKind::ConnectionRefused
+                    ) =>
+            {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(format!("connecting to {addr}: {e}")),
+        }
+    };
+    s.set_nodelay(true).map_err(|e| e.to_string())?;
+    Ok(s)
 }
 
 /// Guest → host: asks for `bytes` in guest writes of `write_size`, reads
