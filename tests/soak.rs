@@ -465,6 +465,17 @@ fn soak_pod_cycles_leave_nothing_and_keep_their_pace() {
         answers: Mutex::new(BTreeMap::new()),
     };
     let anchor_ctr = soak.start(&cri, &anchor, "anchor", POLITE);
+    // The baseline is taken once the sandbox's pause has forked its
+    // `sleep`: right after the pod starts it may still be on its way there
+    // (under TCG, most of a second after the anchor already runs).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !host::guest_ps(&cri, &anchor_ctr).contains("sleep 3600") {
+        assert!(
+            Instant::now() < deadline,
+            "the pause never forked its sleep"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let began = Instant::now();
     let baseline = snapshot(&c, &cri, &anchor, &anchor_ctr);
     let mut rows = vec![baseline.clone()];
@@ -643,8 +654,9 @@ fn verdict(
         for (name, v) in &r.leaks {
             assert_eq!(
                 *v, base.leaks[name],
-                "after cycle {}: {name} is {v}, {} before the first cycle",
-                r.after, base.leaks[name]
+                "after cycle {}: {name} is {v}, {} before the first cycle\n\
+                 the long-lived pod's processes before:\n{}\nand after:\n{}",
+                r.after, base.leaks[name], base.guest_ps, r.guest_ps
             );
         }
         for (name, slack) in [
@@ -686,4 +698,14 @@ fn verdict(
             p99 * 100.0
         );
     }
+}
+
+#[test]
+fn lasting_processes_leave_out_ps_and_the_anchors_sleep() {
+    let listing = "PID   PPID  COMMAND\n    1     0 /bin/sh -c trap 'exit 0' TERM INT; while :; do sleep 3600 & wait $!; done\n    2     0 /bin/sh -c echo hello-from-$HOSTNAME; trap 'echo got-term; exit 0' TERM; while :; do sleep 1; done\n    3     1 sleep 3600\n  180     2 sleep 1\n  181     0 ps -o pid,ppid,args\n";
+    assert_eq!(host::lasting_processes(listing), 3);
+    // A churn container's `sleep 1` left behind (reparented to the pause)
+    // is counted.
+    let leaked = format!("{listing}  190     1 sleep 1\n");
+    assert_eq!(host::lasting_processes(&leaked), 4);
 }

@@ -19,6 +19,9 @@ pub struct Snapshot {
     pub leaks: BTreeMap<&'static str, i64>,
     /// What long-lived processes hold: may vary, must not grow per pod.
     pub held: BTreeMap<&'static str, i64>,
+    /// The long-lived pod's guest processes as `ps` lists them, for the
+    /// message when their count differs.
+    pub guest_ps: String,
 }
 
 pub fn snapshot(c: &Containerd, cri: &Cri, anchor: &Pod, anchor_ctr: &str) -> Snapshot {
@@ -76,16 +79,8 @@ pub fn snapshot(c: &Containerd, cri: &Cri, anchor: &Pod, anchor_ctr: &str) -> Sn
         .map(|d| entries_under(Path::new(d)))
         .sum(),
     );
-    // The processes of the long-lived pod's guest pid namespace, less the
-    // `ps` pipeline itself.
-    let ps = cri
-        .exec_sync(anchor_ctr, &["sh", "-c", "ps -o pid= | wc -l"], 60)
-        .expect("ps in the long-lived pod");
-    let guest: i64 = String::from_utf8_lossy(&ps.stdout)
-        .trim()
-        .parse()
-        .expect("a count from ps");
-    leaks.insert("guest processes", guest);
+    let guest_ps = guest_ps(cri, anchor_ctr);
+    leaks.insert("guest processes", lasting_processes(&guest_ps));
 
     let mut held = BTreeMap::new();
     let pid_of =
@@ -137,7 +132,41 @@ pub fn snapshot(c: &Containerd, cri: &Cri, anchor: &Pod, anchor_ctr: &str) -> Sn
         runc: 0,
         leaks,
         held,
+        guest_ps,
     }
+}
+
+/// The long-lived pod's guest processes (its pid namespace is the pod's),
+/// as `ps -o pid,ppid,args` lists them.
+pub fn guest_ps(cri: &Cri, anchor_ctr: &str) -> String {
+    let ps = cri
+        .exec_sync(anchor_ctr, &["ps", "-o", "pid,ppid,args"], 60)
+        .expect("ps in the long-lived pod");
+    String::from_utf8_lossy(&ps.stdout).into_owned()
+}
+
+/// The processes of a [`guest_ps`] listing that outlive a moment: all but
+/// the `ps` itself and the `sleep 1` the anchor container's loop forks
+/// anew every second (between two of them there is none).
+pub fn lasting_processes(listing: &str) -> i64 {
+    let rows: Vec<(&str, &str, &str)> = listing
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let l = l.trim_start();
+            let (pid, rest) = l.split_once(char::is_whitespace)?;
+            let (ppid, args) = rest.trim_start().split_once(char::is_whitespace)?;
+            Some((pid, ppid, args.trim()))
+        })
+        .collect();
+    let anchor_sh = rows
+        .iter()
+        .find(|r| r.2.contains("echo hello-from-"))
+        .map(|r| r.0);
+    rows.iter()
+        .filter(|r| !r.2.starts_with("ps "))
+        .filter(|r| !(Some(r.1) == anchor_sh && r.2 == "sleep 1"))
+        .count() as i64
 }
 
 fn command_lines(cmd: &str, args: &[&str]) -> Vec<String> {
