@@ -17,7 +17,7 @@ use common::*;
 /// How long the flood runs.
 const FLOOD: Duration = Duration::from_secs(15);
 /// Most bytes that may sit between the container and the logger: the
-/// guest pipe (64 KiB), the agent's stream buffer (1 MiB), the shim's two
+/// guest pipe (256 KiB), the agent's stream buffer (1 MiB), the shim's two
 /// chunks in flight (2 × 256 KiB), the logger's pipe (64 KiB) and the
 /// block being written (64 KiB), with room to spare.
 const IN_FLIGHT_MAX: u64 = 3 << 20;

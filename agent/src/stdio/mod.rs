@@ -81,8 +81,10 @@ pub const STREAM_BUFFER_CAP: usize = 1 << 20;
 /// Most bytes one read returns; larger requests are capped, not refused.
 pub const MAX_READ: usize = 1 << 20;
 
-/// Size of one `read(2)` from a pipe/pty (a pipe holds 64 KiB by default).
-const READ_CHUNK: usize = 64 * 1024;
+/// Most bytes one `read(2)` from a pipe/pty takes: what an output pipe
+/// holds (`pipe::OUTPUT_PIPE_SIZE`), and what the shim asks for per read,
+/// so that a full pipe becomes one chunk and one reply.
+const READ_CHUNK: usize = 256 * 1024;
 
 /// What kind of stdio a process gets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,10 +262,7 @@ impl ProcessIo {
     /// Bytes currently buffered on the agent side for (stdout, stderr).
     #[cfg(test)]
     fn buffered(&self) -> (usize, usize) {
-        (
-            lock(&self.stdout.state).buf.len(),
-            lock(&self.stderr.state).buf.len(),
-        )
+        (lock(&self.stdout.state).len, lock(&self.stderr.state).len)
     }
 
     /// Most bytes ever buffered at once for (stdout, stderr).
@@ -318,13 +317,53 @@ struct OutputStream {
     read_lock: tokio::sync::Mutex<()>,
 }
 
+/// The buffer is a queue of the chunks the pipe reads returned, each
+/// handed on as it is: a reply made of one chunk is moved, not copied.
+/// Under TCG every copy of the output costs guest CPU that the writer and
+/// the transport need, so the agent copies each byte only where it must
+/// (out of the pipe, into the ttrpc message, into the socket).
 #[derive(Debug, Default)]
 struct OutputState {
-    buf: VecDeque<u8>,
+    chunks: VecDeque<Vec<u8>>,
+    /// Bytes in `chunks`.
+    len: usize,
     /// The reader task has seen EOF (or a fatal error); nothing more comes.
     eof: bool,
-    /// High-water mark of `buf.len()`, for tests.
+    /// High-water mark of `len`, for tests.
     peak: usize,
+}
+
+impl OutputState {
+    /// Takes up to `max` (> 0) of the oldest bytes. A first chunk that fits
+    /// is moved out whole; later ones are appended while they fit, and a
+    /// chunk larger than what is left is split.
+    fn take(&mut self, max: usize) -> Vec<u8> {
+        let mut out: Vec<u8> = Vec::new();
+        while let Some(front) = self.chunks.front_mut() {
+            let room = max - out.len();
+            if room == 0 {
+                break;
+            }
+            if front.len() <= room {
+                let chunk = self.chunks.pop_front().unwrap_or_default();
+                if out.is_empty() {
+                    out = chunk;
+                } else {
+                    out.extend_from_slice(&chunk);
+                }
+            } else {
+                let rest = front.split_off(room);
+                let head = std::mem::replace(front, rest);
+                if out.is_empty() {
+                    out = head;
+                } else {
+                    out.extend_from_slice(&head);
+                }
+            }
+        }
+        self.len -= out.len();
+        out
+    }
 }
 
 impl OutputStream {
@@ -353,13 +392,8 @@ impl OutputStream {
             changed.as_mut().enable();
             {
                 let mut st = lock(&self.state);
-                if !st.buf.is_empty() {
-                    let n = max.min(st.buf.len());
-                    let (a, b) = st.buf.as_slices();
-                    let mut out = Vec::with_capacity(n);
-                    out.extend_from_slice(&a[..n.min(a.len())]);
-                    out.extend_from_slice(&b[..n - out.len()]);
-                    st.buf.drain(..n);
+                if st.len > 0 {
+                    let out = st.take(max);
                     drop(st);
                     // Wakes the reader task if it waits for room, and
                     // `wait_drained` if this was the last byte.
@@ -379,7 +413,7 @@ impl OutputStream {
         loop {
             let mut changed = pin!(self.changed.notified());
             changed.as_mut().enable();
-            let room = STREAM_BUFFER_CAP.saturating_sub(lock(&self.state).buf.len());
+            let room = STREAM_BUFFER_CAP.saturating_sub(lock(&self.state).len);
             if room > 0 {
                 return room;
             }
@@ -387,10 +421,14 @@ impl OutputStream {
         }
     }
 
-    fn push(&self, data: &[u8]) {
+    fn push(&self, data: Vec<u8>) {
+        if data.is_empty() {
+            return;
+        }
         let mut st = lock(&self.state);
-        st.buf.extend(data);
-        st.peak = st.peak.max(st.buf.len());
+        st.len += data.len();
+        st.chunks.push_back(data);
+        st.peak = st.peak.max(st.len);
         drop(st);
         self.changed.notify_waiters();
     }
@@ -406,7 +444,7 @@ impl OutputStream {
             changed.as_mut().enable();
             {
                 let st = lock(&self.state);
-                if st.eof && st.buf.is_empty() {
+                if st.eof && st.len == 0 {
                     return;
                 }
             }
@@ -418,17 +456,22 @@ impl OutputStream {
 /// The reader task of one output stream: pipe/pty → buffer, pausing while
 /// the buffer is full, until EOF.
 async fn pump(fd: Arc<AsyncFd<OwnedFd>>, stream: Arc<OutputStream>, is_pty: bool) {
-    let mut chunk = vec![0u8; READ_CHUNK];
     loop {
         // Never read more than fits, so the buffer never exceeds its cap and
         // the excess stays in the kernel, blocking the writer.
         let want = stream.wait_for_room().await.min(READ_CHUNK);
-        let Some(dst) = chunk.get_mut(..want) else {
-            break;
-        };
-        match read_some(&fd, dst).await {
+        let mut chunk = Vec::with_capacity(want);
+        match read_into(&fd, &mut chunk).await {
             Ok(0) => break,
-            Ok(n) => stream.push(dst.get(..n).unwrap_or_default()),
+            Ok(n) => {
+                // A short read keeps no idle capacity in the buffer (a
+                // process printing a byte at a time must not cost a
+                // READ_CHUNK per byte); shrinking in place copies nothing.
+                if n < want / 2 {
+                    chunk.shrink_to_fit();
+                }
+                stream.push(chunk);
+            }
             // A pty master reports EIO once every holder closed the slave:
             // that is the terminal's EOF.
             Err(e) if is_pty && e.raw_os_error() == Some(libc::EIO) => break,
@@ -441,15 +484,35 @@ async fn pump(fd: Arc<AsyncFd<OwnedFd>>, stream: Arc<OutputStream>, is_pty: bool
     stream.finish();
 }
 
-/// One non-blocking `read(2)`, waiting for readiness; retries EINTR.
-async fn read_some(fd: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<usize> {
+/// One non-blocking `read(2)` into `buf`'s spare capacity (which the
+/// caller sized), waiting for readiness; retries EINTR. The bytes read are
+/// appended to `buf`. Reading into uninitialized memory spares a pass that
+/// zeroes the buffer first.
+async fn read_into(fd: &AsyncFd<OwnedFd>, buf: &mut Vec<u8>) -> io::Result<usize> {
     loop {
         let mut guard = fd.readable().await?;
+        let spare = buf.spare_capacity_mut();
         match guard.try_io(|inner| {
-            nix::unistd::read(inner.get_ref().as_raw_fd(), buf).map_err(io::Error::from)
+            // SAFETY: read(2) writes at most `spare.len()` bytes into the
+            // spare capacity, which `buf` owns and nothing else refers to
+            // while this runs; the fd is open for the AsyncFd's lifetime.
+            let n = unsafe {
+                libc::read(
+                    inner.get_ref().as_raw_fd(),
+                    spare.as_mut_ptr().cast(),
+                    spare.len(),
+                )
+            };
+            usize::try_from(n).map_err(|_| io::Error::last_os_error())
         }) {
             Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Ok(res) => return res,
+            Ok(Ok(n)) => {
+                // SAFETY: read(2) initialized the first `n` bytes of the
+                // spare capacity, and `n` is at most its length.
+                unsafe { buf.set_len(buf.len() + n) };
+                return Ok(n);
+            }
+            Ok(Err(e)) => return Err(e),
             // WouldBlock: readiness was cleared, wait again.
             Err(_would_block) => continue,
         }

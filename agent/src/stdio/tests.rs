@@ -397,3 +397,26 @@ async fn output_is_not_eof_before_child_started() {
     io.child_started();
     assert!(io.wait_output_drained_timeout(T).await);
 }
+
+#[test]
+fn take_moves_a_chunk_that_fits_joins_small_ones_and_splits_a_big_one() {
+    let mut st = OutputState::default();
+    let first = vec![1u8; 10];
+    let first_ptr = first.as_ptr();
+    for c in [first, vec![2; 5], vec![3; 20]] {
+        st.len += c.len();
+        st.chunks.push_back(c);
+    }
+    // The first chunk alone: moved, not copied.
+    let a = st.take(10);
+    assert_eq!(a, vec![1; 10]);
+    assert_eq!(a.as_ptr(), first_ptr, "the chunk was copied");
+    // The rest of a request is filled from the next chunks, the last split.
+    let b = st.take(13);
+    assert_eq!(b, [vec![2; 5], vec![3; 8]].concat());
+    assert_eq!(st.len, 12);
+    let c = st.take(100);
+    assert_eq!(c, vec![3; 12]);
+    assert_eq!(st.len, 0);
+    assert!(st.chunks.is_empty());
+}
