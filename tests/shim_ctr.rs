@@ -77,10 +77,7 @@ impl Drop for Background {
 }
 
 fn ctr_background(c: &Containerd, args: &[&str]) -> Background {
-    let child = Command::new("ctr")
-        .arg("--address")
-        .arg(c.address())
-        .args(["-n", &c.opts.namespace])
+    let child = ctr_command(c)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -104,6 +101,24 @@ fn run_sleeping(c: &Containerd, image: &str, id: &str) -> u32 {
         "1000",
     ]);
     wait_task(c, id, "RUNNING", BOOT)
+}
+
+/// `ctr` against `c`, in its namespace.
+fn ctr_command(c: &Containerd) -> Command {
+    let mut cmd = Command::new("ctr");
+    cmd.arg("--address")
+        .arg(c.address())
+        .args(["-n", &c.opts.namespace]);
+    cmd
+}
+
+/// The pid of task `id`'s shim, from its bundle.
+fn shim_pid(c: &Containerd, id: &str) -> u32 {
+    std::fs::read_to_string(c.bundle(id).join("shim.pid"))
+        .expect("shim.pid")
+        .trim()
+        .parse()
+        .expect("a pid")
 }
 
 fn stdout(o: &std::process::Output) -> String {
@@ -401,10 +416,7 @@ fn ctr_events_in_order_pause_resume_stdin_and_file_logs() {
 
     // stdin reaches the process and its EOF (CloseIO) ends `cat`.
     let id = sandbox_id("stdin");
-    let mut child = Command::new("ctr")
-        .arg("--address")
-        .arg(c.address())
-        .args(["-n", &c.opts.namespace])
+    let mut child = ctr_command(&c)
         .args(["run", "--rm", "--runtime", KATA, image, &id])
         .args(["sh", "-c", "cat; echo done"])
         .stdin(Stdio::piped())
@@ -462,11 +474,7 @@ fn ctr_shim_killed_then_containerd_delete_leaves_nothing() {
     let image = import_busybox(&c);
     let id = sandbox_id("crash");
     run_sleeping(&c, image, &id);
-    let shim: u32 = std::fs::read_to_string(c.bundle(&id).join("shim.pid"))
-        .expect("shim.pid")
-        .trim()
-        .parse()
-        .expect("a pid");
+    let shim = shim_pid(&c, &id);
     assert_eq!(qemu_pids(&id).len(), 1);
     kill9(shim);
     // containerd sees the connection close and runs `<shim> delete`,
@@ -510,10 +518,7 @@ fn ctr_a_task_that_never_reads_stdin_holds_back_only_its_writer() {
     run_sleeping(&c, image, &nb);
 
     let id = sandbox_id("stdin-full");
-    let mut child = Command::new("ctr")
-        .arg("--address")
-        .arg(c.address())
-        .args(["-n", &c.opts.namespace])
+    let mut child = ctr_command(&c)
         .args([
             "run",
             "--rm",
@@ -567,12 +572,7 @@ fn ctr_a_task_that_never_reads_stdin_holds_back_only_its_writer() {
     };
     let own = exec_ms(&id, "own");
     let neighbour = exec_ms(&nb, "nb");
-    let shim: u32 = std::fs::read_to_string(c.bundle(&id).join("shim.pid"))
-        .expect("shim.pid")
-        .trim()
-        .parse()
-        .expect("a pid");
-    let peak = peak_rss_kib(shim);
+    let peak = peak_rss_kib(shim_pid(&c, &id));
     println!(
         "a task that never reads stdin: the host wrote {settled} bytes in 10 s and {later} \
          after 15 s (bound {STDIN_IN_FLIGHT_MAX}); exec into it {own:.0} ms, into a neighbour \
