@@ -336,7 +336,8 @@ struct OutputState {
 impl OutputState {
     /// Takes up to `max` (> 0) of the oldest bytes. A first chunk that fits
     /// is moved out whole; later ones are appended while they fit, and a
-    /// chunk larger than what is left is split.
+    /// chunk larger than what is left is split (which copies its rest: the
+    /// shim asks for READ_CHUNK bytes, so with it a chunk always fits).
     fn take(&mut self, max: usize) -> Vec<u8> {
         let mut out: Vec<u8> = Vec::new();
         while let Some(front) = self.chunks.front_mut() {
