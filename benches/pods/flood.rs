@@ -18,8 +18,6 @@ const FLOOD_EXECS: usize = 10;
 /// Pause between two execs during the flood, so that they sample it
 /// rather than queue behind each other.
 const BETWEEN: Duration = Duration::from_millis(300);
-/// How long to wait for the flood's log to start growing.
-const WAIT: Duration = Duration::from_secs(300);
 
 /// One iteration's figures.
 pub struct FloodSample {
@@ -31,18 +29,9 @@ pub struct FloodSample {
     pub flood_mib_s: f64,
 }
 
+/// The neighbour's ExecSync round trip, in ms.
 fn exec_ms(cri: &Cri, id: &str) -> Result<f64, String> {
-    let t = Instant::now();
-    let r = cri
-        .exec_sync(id, &["true"], 60)
-        .map_err(|e| format!("ExecSync in the neighbour: {e}"))?;
-    if r.exit_code != 0 {
-        return Err(format!(
-            "ExecSync true in the neighbour exited {}",
-            r.exit_code
-        ));
-    }
-    Ok(t.elapsed().as_secs_f64() * 1000.0)
+    super::exec_true(cri, id, "the neighbour").map(|d| d.as_secs_f64() * 1000.0)
 }
 
 /// Starts a pod with one container running `cmd`; returns (pod, container).
@@ -101,14 +90,8 @@ pub fn measure(c: &Containerd, cri: &Cri, iteration: usize) -> Result<FloodSampl
             &format!("bench-flood-{iteration}"),
             &["/bin/sh", "-c", &script],
         )?;
-        let flooded = (|| {
-            let deadline = Instant::now() + WAIT;
-            while log_len(&log) == 0 {
-                if Instant::now() > deadline {
-                    return Err(format!("{} stayed empty for {WAIT:?}", log.display()));
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
+        let flooded = (|| -> Result<(Vec<f64>, f64), String> {
+            super::wait_for(|| log_len(&log) > 0, &log)?;
             let (began, before) = (Instant::now(), log_len(&log));
             let mut flood_ms = Vec::with_capacity(FLOOD_EXECS);
             for _ in 0..FLOOD_EXECS {

@@ -224,7 +224,7 @@ fn pod_once(c: &Containerd, cri: &Cri, name: &str, handler: &str) -> Result<OneP
     let pod = cri
         .run_pod(&config, handler)
         .map_err(|e| format!("RunPodSandbox {name}: {e}"))?;
-    let result = (|| {
+    let result = (|| -> Result<OnePod, String> {
         let id = cri
             .create_container(&pod, main, &config)
             .map_err(|e| format!("CreateContainer {name}: {e}"))?;
@@ -233,17 +233,9 @@ fn pod_once(c: &Containerd, cri: &Cri, name: &str, handler: &str) -> Result<OneP
         wait_for(|| std::fs::metadata(&log).is_ok_and(|m| m.len() > 0), &log)?;
         let start = began.elapsed();
 
-        let mut execs = Vec::with_capacity(EXECS_PER_POD);
-        for _ in 0..EXECS_PER_POD {
-            let t = Instant::now();
-            let r = cri
-                .exec_sync(&id, &["true"], 60)
-                .map_err(|e| format!("ExecSync in {name}: {e}"))?;
-            if r.exit_code != 0 {
-                return Err(format!("ExecSync true in {name} exited {}", r.exit_code));
-            }
-            execs.push(t.elapsed());
-        }
+        let execs = (0..EXECS_PER_POD)
+            .map(|_| exec_true(cri, &id, name))
+            .collect::<Result<Vec<_>, _>>()?;
         let memory = if handler == KATA {
             std::thread::sleep(IDLE);
             Some(memory::pod_memory(&pod)?)
@@ -359,6 +351,19 @@ fn net_median(v: &[f64]) -> f64 {
     let mut s = v.to_vec();
     s.sort_by(f64::total_cmp);
     s.get(s.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// One ExecSync of `true` in container `id` (of pod `pod`, for messages):
+/// its round trip.
+fn exec_true(cri: &Cri, id: &str, pod: &str) -> Result<Duration, String> {
+    let t = Instant::now();
+    let r = cri
+        .exec_sync(id, &["true"], 60)
+        .map_err(|e| format!("ExecSync in {pod}: {e}"))?;
+    if r.exit_code != 0 {
+        return Err(format!("ExecSync true in {pod} exited {}", r.exit_code));
+    }
+    Ok(t.elapsed())
 }
 
 fn wait_for(mut ready: impl FnMut() -> bool, what: &Path) -> Result<(), String> {
